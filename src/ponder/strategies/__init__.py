@@ -1,0 +1,64 @@
+"""Test-time-compute strategies and their registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import entry_points
+from typing import Any
+
+from ponder.errors import InvalidRequest, UnknownStrategy
+from ponder.strategies.base import RunContext, SamplingDefaults, Strategy, finish, to_candidate
+from ponder.strategies.basic import BestOfN, ChainOfThought, Direct, SelfConsistency, majority_vote
+
+__all__ = [
+    "BestOfN",
+    "ChainOfThought",
+    "Direct",
+    "RunContext",
+    "SamplingDefaults",
+    "SelfConsistency",
+    "Strategy",
+    "available_strategies",
+    "finish",
+    "get_strategy",
+    "majority_vote",
+    "to_candidate",
+]
+
+_BUILTIN: dict[str, type] = {
+    "direct": Direct,
+    "cot": ChainOfThought,
+    "self_consistency": SelfConsistency,
+    "best_of_n": BestOfN,
+}
+
+
+def available_strategies() -> dict[str, type]:
+    found = dict(_BUILTIN)
+    for ep in entry_points(group="ponder.strategies"):
+        found.setdefault(ep.name, ep.load())
+    return found
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """Build a strategy by name; unknown names and parameters are clear errors."""
+    registry = available_strategies()
+    cls = registry.get(name)
+    if cls is None:
+        raise UnknownStrategy(
+            f"unknown strategy {name!r}; choose one of: {', '.join(sorted(registry))}",
+            param="strategy",
+        )
+    if dataclasses.is_dataclass(cls):
+        allowed = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        unknown = set(params) - allowed
+        if unknown:
+            raise InvalidRequest(
+                f"strategy {name!r} has no parameter(s) {sorted(unknown)}; "
+                f"it accepts {sorted(allowed)}",
+                param="strategy_params",
+            )
+    try:
+        return cls(**params)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"bad parameters for strategy {name!r}: {exc}") from exc

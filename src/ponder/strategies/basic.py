@@ -1,0 +1,154 @@
+"""The core strategies: direct, budgeted chain of thought, self-consistency, best-of-N."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ponder.errors import BudgetExhausted
+from ponder.strategies.base import RunContext, finish, to_candidate
+from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
+from ponder.verifiers.simple import AgreementVerifier, MeanLogprobVerifier
+
+__all__ = ["BestOfN", "ChainOfThought", "Direct", "SelfConsistency", "majority_vote"]
+
+
+def _thinking(budget: int | None, min_tokens: int = 0) -> ThinkingConfig | None:
+    if not budget:
+        return None
+    return ThinkingConfig(budget_tokens=budget, min_tokens=min(min_tokens, budget))
+
+
+@dataclass
+class Direct:
+    """One greedy answer, no extended thinking."""
+
+    name: str = "direct"
+    temperature: float = 0.0
+
+    async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
+        candidates: list[Candidate] = []
+        try:
+            gens = await ctx.generate(ctx.request(problem, temperature=self.temperature))
+            candidates = [to_candidate(g) for g in gens]
+        except BudgetExhausted:
+            pass
+        return finish(self.name, ctx, candidates, 0 if candidates else None)
+
+
+@dataclass
+class ChainOfThought:
+    """Think first (capped at ``thinking_budget`` tokens), then answer.
+
+    ``min_thinking`` extends a too-short thought s1-style ("Wait").
+    """
+
+    name: str = "cot"
+    thinking_budget: int = 512
+    min_thinking: int = 0
+    temperature: float = 0.0
+
+    async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
+        candidates: list[Candidate] = []
+        try:
+            req = ctx.request(
+                problem,
+                temperature=self.temperature,
+                thinking=_thinking(self.thinking_budget, self.min_thinking),
+            )
+            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+        except BudgetExhausted:
+            pass
+        return finish(self.name, ctx, candidates, 0 if candidates else None)
+
+
+def majority_vote(candidates: Sequence[Candidate]) -> int | None:
+    """Index of a candidate with the most common answer; complete candidates first.
+
+    Ties go to the answer reached first (deterministic); candidates without an
+    extractable answer never win while any candidate has one.
+    """
+    pool = [i for i, c in enumerate(candidates) if not c.truncated and c.answer is not None]
+    if not pool:
+        pool = [i for i, c in enumerate(candidates) if c.answer is not None]
+    if not pool:
+        return 0 if candidates else None
+    counts = Counter(candidates[i].answer for i in pool)
+    best = max(counts.values())
+    return next(i for i in pool if counts[candidates[i].answer] == best)
+
+
+@dataclass
+class SelfConsistency:
+    """Sample ``n`` solutions (one shared-prefix batch) and return the majority answer."""
+
+    name: str = "self_consistency"
+    n: int = 5
+    temperature: float = 0.7
+    thinking_budget: int | None = None
+
+    async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
+        candidates: list[Candidate] = []
+        try:
+            req = ctx.request(
+                problem,
+                n=self.n,
+                temperature=self.temperature,
+                thinking=_thinking(self.thinking_budget),
+            )
+            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+        except BudgetExhausted:
+            pass
+        chosen = majority_vote(candidates)
+        scores = await AgreementVerifier().score(problem, candidates) if candidates else []
+        return finish(self.name, ctx, candidates, chosen, scores)
+
+
+@dataclass
+class BestOfN:
+    """Sample ``n`` candidates and keep the one the verifier scores highest.
+
+    Without a verifier: vote agreement when the candidates' answers agree at
+    all, otherwise the mean token logprob (the model's own confidence).
+    """
+
+    name: str = "best_of_n"
+    n: int = 4
+    temperature: float = 0.8
+    thinking_budget: int | None = None
+
+    async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
+        candidates: list[Candidate] = []
+        try:
+            req = ctx.request(
+                problem,
+                n=self.n,
+                temperature=self.temperature,
+                thinking=_thinking(self.thinking_budget),
+                logprobs=True,
+            )
+            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+        except BudgetExhausted:
+            pass
+        if not candidates:
+            return finish(self.name, ctx, candidates, None)
+        verifier = ctx.verifier
+        if verifier is None:
+            answers = Counter(c.answer for c in candidates if c.answer is not None)
+            agree = bool(answers) and max(answers.values()) > 1
+            verifier = AgreementVerifier() if agree else MeanLogprobVerifier()
+        scores = await verifier.score(problem, candidates)
+        ctx.tracer.event("scored", verifier=type(verifier).__name__, scores=[s.value for s in scores])
+        chosen = _argmax(candidates, scores)
+        return finish(self.name, ctx, candidates, chosen, scores)
+
+
+def _argmax(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
+    """Highest score; complete candidates beat truncated ones; ties -> higher mean logprob."""
+
+    def key(i: int) -> tuple[bool, float, float]:
+        lp = candidates[i].generation.mean_logprob if candidates[i].generation else None
+        return (not candidates[i].truncated, scores[i].value, lp if lp is not None else float("-inf"))
+
+    return max(range(len(candidates)), key=key)

@@ -1,0 +1,5 @@
+"""Tracing of strategy runs."""
+
+from ponder.telemetry.trace import Tracer
+
+__all__ = ["Tracer"]

@@ -1,0 +1,272 @@
+"""Plain data shared by every layer: messages, requests, generations, usage, outcomes.
+
+No I/O here. Everything is a pydantic model so it serializes to JSON for traces,
+ledgers and the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "Budget",
+    "Candidate",
+    "Capabilities",
+    "Delta",
+    "GenRequest",
+    "Generation",
+    "Message",
+    "Outcome",
+    "Problem",
+    "Role",
+    "Score",
+    "ThinkingConfig",
+    "TokenLogprob",
+    "TraceEvent",
+    "Usage",
+    "as_messages",
+]
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+FinishReason = Literal["stop", "length", "deadline", "budget", "error"]
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+def as_messages(prompt: str | Sequence[Message] | Sequence[dict[str, Any]]) -> list[Message]:
+    """Accept a bare prompt, Message objects or OpenAI-style dicts."""
+    if isinstance(prompt, str):
+        return [Message(role="user", content=prompt)]
+    return [m if isinstance(m, Message) else Message.model_validate(m) for m in prompt]
+
+
+class Usage(BaseModel):
+    """Token usage in exclusive buckets.
+
+    ``input`` + ``cached_input`` are prompt tokens (evaluated vs. served from cache),
+    ``reasoning`` + ``output`` are generated tokens (hidden thinking vs. visible answer).
+    No token is in two buckets. Each bucket has a flag telling whether it was
+    estimated (e.g. by tokenizing text) rather than reported by the engine.
+    """
+
+    input: int = 0
+    cached_input: int = 0
+    reasoning: int = 0
+    output: int = 0
+    input_estimated: bool = False
+    cached_input_estimated: bool = False
+    reasoning_estimated: bool = False
+    output_estimated: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input + self.cached_input
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.reasoning + self.output
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input=self.input + other.input,
+            cached_input=self.cached_input + other.cached_input,
+            reasoning=self.reasoning + other.reasoning,
+            output=self.output + other.output,
+            input_estimated=self.input_estimated or other.input_estimated,
+            cached_input_estimated=self.cached_input_estimated or other.cached_input_estimated,
+            reasoning_estimated=self.reasoning_estimated or other.reasoning_estimated,
+            output_estimated=self.output_estimated or other.output_estimated,
+        )
+
+    @classmethod
+    def sum(cls, usages: Sequence[Usage]) -> Usage:
+        total = cls()
+        for u in usages:
+            total = total + u
+        return total
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI ``usage`` object: completion tokens = reasoning + visible output."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_input},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning},
+        }
+
+
+class ThinkingConfig(BaseModel):
+    """How much hidden thinking one generation may do.
+
+    ``budget_tokens`` caps the thinking: when it is reached the end-of-thinking
+    delimiter is forced and the answer follows. ``min_tokens`` extends thinking
+    s1-style: an early end of thinking is replaced by ``extend_with`` ("Wait").
+    ``prompted`` asks models without native thinking to think in a delimited
+    scratchpad (the delimiters are then prefilled / forced by the engine).
+    """
+
+    budget_tokens: int = Field(ge=0)
+    min_tokens: int = Field(default=0, ge=0)
+    extend_with: str = "Wait"
+    max_extensions: int = Field(default=2, ge=0)
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+    prompted: bool = True
+
+
+class GenRequest(BaseModel):
+    """One call to a backend: a conversation, sampling settings, n samples."""
+
+    messages: list[Message]
+    n: int = Field(default=1, ge=1)
+    max_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    # Continue the last assistant message instead of starting a new turn
+    # (step-level search extends partial solutions this way).
+    continue_final: bool = False
+    thinking: ThinkingConfig | None = None
+    # Generate exactly max_tokens (benchmarks); end-of-generation tokens are skipped.
+    ignore_eos: bool = False
+    # Absolute time.monotonic() after which the backend should stop decoding.
+    deadline: float | None = None
+    model: str | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, v: list[Message]) -> list[Message]:
+        if not v:
+            raise ValueError("messages must contain at least one message")
+        return v
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)
+
+
+class Generation(BaseModel):
+    """One sampled completion.
+
+    ``usage`` is this sequence's share of the call: the prompt is attributed to
+    the first generation of a call only (it was evaluated once), so summing the
+    usages of a call gives the call's true cost.
+    """
+
+    text: str
+    reasoning: str = ""
+    finish_reason: FinishReason = "stop"
+    usage: Usage = Field(default_factory=Usage)
+    logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        if not self.logprobs:
+            return None
+        return sum(t.logprob for t in self.logprobs) / len(self.logprobs)
+
+
+class Delta(BaseModel):
+    """A streamed piece of one generation."""
+
+    index: int = 0
+    text: str = ""
+    reasoning: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class Capabilities(BaseModel):
+    """What a backend can do natively; strategies adapt to it."""
+
+    native_n: bool = False
+    logprobs: bool = False
+    thinking_budget: bool = False
+    continue_final: bool = False
+    prefix_cache: bool = False
+    max_context: int | None = None
+
+
+class Problem(BaseModel):
+    """What a strategy solves: the conversation plus optional grading hints."""
+
+    messages: list[Message]
+    # Ground truth or tests are for verifiers that are allowed to see them.
+    reference: str | None = None
+    task: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+
+class Candidate(BaseModel):
+    """A complete answer proposed by a strategy, with the key it votes under."""
+
+    text: str
+    reasoning: str = ""
+    answer: str | None = None
+    generation: Generation | None = None
+    truncated: bool = False
+
+
+class Score(BaseModel):
+    value: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(BaseModel):
+    """A hard compute budget for one strategy run.
+
+    ``tokens`` caps generated tokens (reasoning + output) summed over every
+    internal call; ``deadline_s`` caps wall time. ``None`` means unlimited.
+    """
+
+    tokens: int | None = Field(default=None, ge=0)
+    deadline_s: float | None = Field(default=None, gt=0)
+
+
+class TraceEvent(BaseModel):
+    name: str
+    at: float = Field(default_factory=time.monotonic)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Outcome(BaseModel):
+    """What a strategy returns: the answer and everything it cost."""
+
+    answer: str
+    reasoning: str = ""
+    strategy: str
+    candidates: list[Candidate] = Field(default_factory=list)
+    scores: list[Score] = Field(default_factory=list)
+    chosen: int | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    truncated: bool = False
+    stop_reason: str | None = None
+    calls: int = 0
+    trace: list[TraceEvent] = Field(default_factory=list)
