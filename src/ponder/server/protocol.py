@@ -1,0 +1,245 @@
+"""Wire schemas of the OpenAI-compatible gateway.
+
+Requests accept what the official ``openai`` client sends (unknown top-level
+fields are ignored, so new client versions keep working) plus one extension
+object, ``ponder``, that clients pass with ``extra_body={"ponder": {...}}``.
+Schemas check shapes and ranges only; what a request *means* (which strategy,
+which budget) is decided in :mod:`ponder.server.handlers`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+
+from ponder.types import Role
+
+__all__ = [
+    "AssistantMessage",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChunkChoice",
+    "ChunkDelta",
+    "ModelCard",
+    "ModelList",
+    "OpenAIFinishReason",
+    "PonderInfo",
+    "PonderOptions",
+    "ReasoningEffort",
+    "StreamOptions",
+    "ThinkingParam",
+    "completion_id",
+]
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+OpenAIFinishReason = Literal["stop", "length"]
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class ChatMessage(BaseModel):
+    """One message as OpenAI clients send it; content parts are joined into plain text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Role
+    # Assistant messages that only carry tool calls have no content.
+    content: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_parts(cls, v: Any) -> Any:
+        if v is None or isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError("must be a string or a list of content parts")
+        texts: list[str] = []
+        for i, part in enumerate(v):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(
+                    f"part {i} has type {kind!r}; only text parts "
+                    '({"type": "text", "text": "..."}) are supported'
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ValueError(f"part {i} needs a string 'text'")
+            texts.append(text)
+        return "\n".join(texts)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ThinkingParam(BaseModel):
+    """Anthropic-style ``thinking``: ``{"type": "enabled", "budget_tokens": 2048}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["enabled", "disabled"]
+    # Optional here (Anthropic requires it); the handler supplies a default when missing.
+    budget_tokens: int | None = Field(default=None, ge=0)
+
+
+class PonderOptions(BaseModel):
+    """The ``ponder`` extension: pick and bound the test-time-compute strategy."""
+
+    # Our own namespace: a misspelled key is an error, not a silently ignored option.
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Generated tokens (reasoning + output) over all internal calls of the strategy.
+    budget: int | None = Field(default=None, ge=0)
+    thinking_budget: int | None = Field(default=None, ge=0)
+    deadline_s: float | None = Field(default=None, gt=0)
+    include_reasoning: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    n: int = Field(default=1, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    thinking: ThinkingParam | None = None
+    ponder: PonderOptions = Field(default_factory=PonderOptions)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: Any) -> Any:
+        # A before-validator instead of ``str | list[str]`` so a wrong type gets
+        # one readable message rather than one per union member.
+        if v is None:
+            return None
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, list) and all(isinstance(s, str) for s in v):
+            return v
+        raise ValueError("must be a string or a list of strings")
+
+    @field_validator("ponder", mode="before")
+    @classmethod
+    def _ponder_null(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    # Present only when the caller asked for it and may see it.
+    reasoning_content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_hidden(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("reasoning_content") is None:
+            data.pop("reasoning_content", None)
+        return data
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: OpenAIFinishReason
+    logprobs: None = None
+
+
+class PonderInfo(BaseModel):
+    """What ponder did for this request (an extension clients may ignore)."""
+
+    strategy: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: int | None = None
+    thinking_budget: int | None = None
+    truncated: bool = False
+    stop_reason: str | None = None
+    calls: int = 0
+    latency_s: float = 0.0
+    n_candidates: int = 0
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[Choice]
+    # Built by ``ponder.types.Usage.to_openai`` (completion tokens = reasoning + output).
+    usage: dict[str, Any]
+    ponder: PonderInfo
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta = Field(default_factory=ChunkDelta)
+    finish_reason: OpenAIFinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion (serialize with ``exclude_none``)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: dict[str, Any] | None = None
+    ponder: PonderInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "ponder"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
