@@ -8,8 +8,8 @@ from ponder.strategies import get_strategy
 from ponder.types import (
     Budget,
     Candidate,
-    GenRequest,
     Generation,
+    GenRequest,
     Message,
     Outcome,
     Problem,

@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
+from ponder.errors import InvalidRequest
 from ponder.strategies import RunContext, SamplingDefaults, Strategy, get_strategy
 from ponder.types import Budget, Message, Outcome, Problem, as_messages
 from ponder.verifiers.base import Verifier
@@ -18,13 +21,39 @@ PromptLike = str | Sequence[Message] | Sequence[dict[str, Any]]
 
 
 def _as_budget(budget: int | Budget | None, deadline_s: float | None) -> Budget:
+    if deadline_s is not None and not deadline_s > 0:
+        raise InvalidRequest(
+            f"deadline_s must be > 0 seconds (or None for no deadline), got {deadline_s}",
+            param="deadline_s",
+        )
     if isinstance(budget, Budget):
-        return budget if deadline_s is None else budget.model_copy(update={"deadline_s": deadline_s})
+        return (
+            budget if deadline_s is None else budget.model_copy(update={"deadline_s": deadline_s})
+        )
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)):
+        raise InvalidRequest(
+            f"budget must be a whole number of tokens, got {budget!r}", param="budget"
+        )
     if budget is not None and budget < 0:
-        from ponder.errors import InvalidRequest
-
         raise InvalidRequest(f"budget must be >= 0 tokens, got {budget}", param="budget")
     return Budget(tokens=budget, deadline_s=deadline_s)
+
+
+def _as_problem(prompt: PromptLike | Problem) -> Problem:
+    if isinstance(prompt, Problem):
+        problem = prompt
+    else:
+        try:
+            problem = Problem(messages=as_messages(prompt))
+        except ValidationError as exc:
+            raise InvalidRequest(
+                f"bad prompt: {exc.errors()[0]['msg']}; give a string or chat messages "
+                "with a role (system, user, assistant, ...) and content",
+                param="messages",
+            ) from exc
+    if not problem.messages:
+        raise InvalidRequest("the prompt has no messages; give at least one", param="messages")
+    return problem
 
 
 class Ponder:
@@ -41,11 +70,13 @@ class Ponder:
         from ponder.config import load_settings
 
         settings = load_settings()
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "model": model or settings.engine.model,
             "n_ctx": settings.engine.n_ctx,
             "max_sequences": settings.engine.max_sequences,
+            "n_batch": settings.engine.n_batch,
             "threads": settings.engine.threads,
+            "seed": settings.engine.seed,
             "cache_dir": settings.cache_dir,
         }
         kwargs.update(engine_kwargs)
@@ -67,8 +98,18 @@ class Ponder:
         stop: Sequence[str] = (),
         **strategy_params: Any,
     ) -> Outcome:
-        problem = prompt if isinstance(prompt, Problem) else Problem(messages=as_messages(prompt))
-        strat = get_strategy(strategy, **strategy_params) if isinstance(strategy, str) else strategy
+        """Run ``strategy`` on ``prompt``; bad arguments raise before any model call."""
+        problem = _as_problem(prompt)
+        if isinstance(strategy, str):
+            strat = get_strategy(strategy, **strategy_params)
+        elif strategy_params:
+            raise InvalidRequest(
+                f"strategy parameters {sorted(strategy_params)} were given with a strategy "
+                "object; set them on the object or pass the strategy by name",
+                param="strategy_params",
+            )
+        else:
+            strat = strategy
         ctx = RunContext(
             backend=MeteredBackend(self.backend, _as_budget(budget, deadline_s)),
             verifier=verifier or self.verifier,
@@ -83,7 +124,10 @@ class Ponder:
         )
         return await strat.run(problem, ctx)
 
-    def solve(self, prompt: PromptLike | Problem, strategy: str | Strategy = "direct", **kwargs: Any) -> Outcome:
+    def solve(
+        self, prompt: PromptLike | Problem, strategy: str | Strategy = "direct", **kwargs: Any
+    ) -> Outcome:
+        """Synchronous :meth:`asolve` (not from inside a running event loop)."""
         return asyncio.run(self.asolve(prompt, strategy, **kwargs))
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,7 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "default_cache_dir", "load_settings"]
+__all__ = ["EngineSettings", "ServerSettings", "Settings", "default_cache_dir", "load_settings"]
 
 
 def default_cache_dir() -> Path:
@@ -25,7 +25,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "ponder"
 
 
-class EngineSettings(BaseSettings):
+class EngineSettings(BaseModel):
     """The embedded llama.cpp engine."""
 
     model: str = "qwen2.5-coder-0.5b-instruct"
@@ -36,7 +36,7 @@ class EngineSettings(BaseSettings):
     seed: int = 0
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     default_strategy: str = "direct"

@@ -7,7 +7,7 @@ ledgers and the wire.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,7 +44,7 @@ class Message(BaseModel):
     content: str
 
 
-def as_messages(prompt: str | Sequence[Message] | Sequence[dict[str, Any]]) -> list[Message]:
+def as_messages(prompt: str | Sequence[Message | dict[str, Any]]) -> list[Message]:
     """Accept a bare prompt, Message objects or OpenAI-style dicts."""
     if isinstance(prompt, str):
         return [Message(role="user", content=prompt)]
@@ -60,10 +60,10 @@ class Usage(BaseModel):
     estimated (e.g. by tokenizing text) rather than reported by the engine.
     """
 
-    input: int = 0
-    cached_input: int = 0
-    reasoning: int = 0
-    output: int = 0
+    input: int = Field(default=0, ge=0)
+    cached_input: int = Field(default=0, ge=0)
+    reasoning: int = Field(default=0, ge=0)
+    output: int = Field(default=0, ge=0)
     input_estimated: bool = False
     cached_input_estimated: bool = False
     reasoning_estimated: bool = False
@@ -93,8 +93,14 @@ class Usage(BaseModel):
             output_estimated=self.output_estimated or other.output_estimated,
         )
 
+    def __radd__(self, other: object) -> Usage:
+        # Lets the builtin ``sum(usages)`` start from its default 0.
+        if other == 0:
+            return self
+        return NotImplemented
+
     @classmethod
-    def sum(cls, usages: Sequence[Usage]) -> Usage:
+    def sum(cls, usages: Iterable[Usage]) -> Usage:
         total = cls()
         for u in usages:
             total = total + u

@@ -230,7 +230,6 @@ def test_catalog_entries_are_consistent() -> None:
             assert p.member.startswith(p.module + "/")
 
 
-@pytest.mark.xfail(strict=True, reason="catalog.model_status raises KeyError for unknown names")
 def test_model_status_of_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable):
         model_status("no-such-model", tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ponder.backends.base import Backend
@@ -9,8 +11,8 @@ from ponder.backends.fake import FakeBackend, FunctionBackend, Reply, count_word
 from ponder.types import GenRequest, Message, ThinkingConfig
 
 
-def req(prompt: str = "what is six plus one", **kw: object) -> GenRequest:
-    return GenRequest(messages=[Message(role="user", content=prompt)], **kw)  # type: ignore[arg-type]
+def req(prompt: str = "what is six plus one", **kw: Any) -> GenRequest:
+    return GenRequest(messages=[Message(role="user", content=prompt)], **kw)
 
 
 def test_fakes_satisfy_the_backend_protocol() -> None:

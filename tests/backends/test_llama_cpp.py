@@ -12,7 +12,9 @@ from ponder.types import GenRequest, Message, ThinkingConfig
 
 pytestmark = pytest.mark.model
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'ponder[llama]')")
+pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'ponder[llama]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ async def test_n_samples_share_one_prompt_evaluation(engine):
 
 
 async def test_seeded_sampling_is_reproducible_and_diverse(engine):
-    req = GenRequest(messages=user("Name a random animal."), max_tokens=12, n=6, temperature=1.2, seed=7)
+    req = GenRequest(
+        messages=user("Name a random animal."), max_tokens=12, n=6, temperature=1.2, seed=7
+    )
     a = await engine.generate(req)
     b = await engine.generate(req)
     assert [g.text for g in a] == [g.text for g in b]
@@ -110,7 +114,9 @@ async def test_prompt_longer_than_context_is_rejected(engine):
 
 async def test_concurrent_requests_batch_without_interference(engine):
     prompts = [COUNT, user("Spell the word cat backwards."), user("What color is the sky?")]
-    alone = [(await engine.generate(GenRequest(messages=p, max_tokens=16)))[0].text for p in prompts]
+    alone = [
+        (await engine.generate(GenRequest(messages=p, max_tokens=16)))[0].text for p in prompts
+    ]
     together = await asyncio.gather(
         *(engine.generate(GenRequest(messages=p, max_tokens=16)) for p in prompts)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -15,8 +16,8 @@ from ponder.types import Budget, GenRequest, Message, ThinkingConfig
 LONG = " ".join(f"w{i}" for i in range(50))
 
 
-def req(prompt: str = "two words", **kw: object) -> GenRequest:
-    return GenRequest(messages=[Message(role="user", content=prompt)], **kw)  # type: ignore[arg-type]
+def req(prompt: str = "two words", **kw: Any) -> GenRequest:
+    return GenRequest(messages=[Message(role="user", content=prompt)], **kw)
 
 
 async def test_sums_usage_over_calls_including_prompt_tokens_of_each_call() -> None:
@@ -229,8 +230,8 @@ async def test_stream_is_admitted_clipped_and_accounted() -> None:
         [d async for d in meter.stream(req())]
 
 
-async def test_stream_abandoned_early_still_counts_the_call() -> None:
-    meter = MeteredBackend(FakeBackend([LONG]))
+async def test_stream_abandoned_early_still_counts_the_call_and_its_tokens() -> None:
+    meter = MeteredBackend(FakeBackend([LONG]), Budget(tokens=100))
 
     agen = meter.stream(req())
     async for _ in agen:
@@ -238,3 +239,6 @@ async def test_stream_abandoned_early_still_counts_the_call() -> None:
     await agen.aclose()  # type: ignore[attr-defined]
 
     assert meter.calls == 1
+    assert meter.usage.output == 1
+    assert meter.usage.output_estimated
+    assert meter.remaining_tokens == 99

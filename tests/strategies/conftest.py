@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,12 @@ def make_ctx() -> MakeCtx:
         *,
         tokens: int | None = None,
         verifier: Verifier | None = None,
-        **sampling: object,
+        **sampling: Any,
     ) -> RunContext:
         return RunContext(
             backend=MeteredBackend(backend, Budget(tokens=tokens)),
             verifier=verifier,
-            sampling=SamplingDefaults(**sampling),  # type: ignore[arg-type]
+            sampling=SamplingDefaults(**sampling),
         )
 
     return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -70,9 +71,9 @@ def test_request_stop_list_is_a_copy(problem: Problem) -> None:
         {"top_k": -1},
     ],
 )
-def test_sampling_defaults_reject_bad_values(bad: dict[str, object]) -> None:
+def test_sampling_defaults_reject_bad_values(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as info:
-        SamplingDefaults(**bad)  # type: ignore[arg-type]
+        SamplingDefaults(**bad)
     assert info.value.param == next(iter(bad))
 
 

@@ -44,7 +44,7 @@ async def test_direct_returns_the_single_reply(problem: Problem, make_ctx: MakeC
     assert out.calls == 1 and len(fake.calls) == 1
     assert fake.calls[0].n == 1 and fake.calls[0].temperature == 0.0
     assert fake.calls[0].thinking is None
-    assert out.usage.input == 4 and out.usage.output == 3
+    assert out.usage.input == 5 and out.usage.output == 3
     assert [e.name for e in out.trace] == ["generate", "chosen"]
 
 
@@ -261,6 +261,17 @@ async def test_best_of_n_prefers_complete_candidates(problem: Problem, make_ctx:
 
     assert out.candidates[0].truncated
     assert out.chosen == 1
+
+
+async def test_best_of_n_never_picks_a_nan_score(problem: Problem, make_ctx: MakeCtx) -> None:
+    fake = FakeBackend(["Answer: 1", "Answer: 2", "Answer: 3"])
+    verifier = FunctionVerifier(
+        lambda p, c: float("nan") if c.answer == "1" else float(c.answer or 0)
+    )
+
+    out = await BestOfN(n=3).run(problem, make_ctx(fake, verifier=verifier))
+
+    assert out.chosen == 2
 
 
 # --- budgets ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ponder.errors import InvalidRequest, UnknownStrategy
@@ -73,7 +75,8 @@ def test_name_is_not_a_parameter() -> None:
         ("self_consistency", {"n": "many"}),
     ],
 )
-def test_invalid_values_are_invalid_requests(name: str, params: dict[str, object]) -> None:
+def test_invalid_values_are_invalid_requests(name: str, params: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as info:
         get_strategy(name, **params)
-    assert next(iter(params)) in info.value.message
+    assert info.value.param == next(iter(params))
+    assert name in info.value.message

@@ -66,6 +66,20 @@ def test_digits_inside_words_are_not_numbers() -> None:
     assert extract_answer("w1 w2 w3") == "w1 w2 w3"
 
 
+def test_answer_word_without_a_stated_answer_is_skipped() -> None:
+    assert extract_answer("Answer: 7\nI hope this answer helps.") == "7"
+    assert extract_answer("Answer: 7\nThat is the answer.") == "7"
+    assert extract_answer("**Answer**: 12") == "12"
+
+
+def test_pathological_inputs_stay_linear() -> None:
+    # These took seconds to minutes with backtracking-prone patterns; each must stay instant.
+    # (No timing is asserted: a regression shows up as a hung test run.)
+    assert extract_answer("Answer" + "\n" * 5000) == "answer"
+    assert extract_answer("Answer:" + " " * 5000 + "\n" * 5000) == "answer:"
+    assert extract_code("```" + "a" * 50000) == "```" + "a" * 50000
+
+
 def test_unclosed_boxed_falls_back() -> None:
     assert extract_answer(r"\boxed{12") == "12"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from ponder.types import Capabilities, Delta, GenRequest, Generation
+from ponder.types import Capabilities, Delta, Generation, GenRequest
 
 __all__ = ["Backend"]
 

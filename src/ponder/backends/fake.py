@@ -9,10 +9,11 @@ stop strings, so budget logic can be tested exactly.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ponder.types import Capabilities, Delta, GenRequest, Generation, TokenLogprob, Usage
+from ponder.types import Capabilities, Delta, Generation, GenRequest, TokenLogprob, Usage
 
 __all__ = ["FakeBackend", "FunctionBackend", "Reply", "count_words"]
 
@@ -38,11 +39,15 @@ def _as_reply(r: ReplyLike) -> Reply:
     return r if isinstance(r, Reply) else Reply(text=r)
 
 
+_WORD = re.compile(r"\S+")
+
+
 def _cut(text: str, limit: int) -> tuple[str, bool]:
-    words = text.split()
-    if len(words) <= limit:
+    """The first ``limit`` words of ``text``, as the exact prefix a real engine would emit."""
+    ends = [m.end() for m in _WORD.finditer(text)]
+    if len(ends) <= limit:
         return text, False
-    return " ".join(words[:limit]), True
+    return (text[: ends[limit - 1]] if limit > 0 else ""), True
 
 
 @dataclass
@@ -104,15 +109,18 @@ class FunctionBackend:
         (gen,) = await self.generate(req.model_copy(update={"n": 1}))
         if gen.reasoning:
             yield Delta(reasoning=gen.reasoning)
-        for i, word in enumerate(gen.text.split(" ")):
-            yield Delta(text=word if i == 0 else " " + word)
+        if gen.text:
+            for i, word in enumerate(gen.text.split(" ")):
+                yield Delta(text=word if i == 0 else " " + word)
         yield Delta(finish_reason=gen.finish_reason, usage=gen.usage)
 
 
 class FakeBackend(FunctionBackend):
     """Replays ``replies`` in order, one per sample, cycling when it runs out."""
 
-    def __init__(self, replies: Iterable[ReplyLike] | Sequence[ReplyLike], name: str = "fake"):
+    def __init__(
+        self, replies: Iterable[ReplyLike] | Sequence[ReplyLike], name: str = "fake"
+    ) -> None:
         self.replies = [_as_reply(r) for r in replies]
         if not self.replies:
             raise ValueError("FakeBackend needs at least one reply")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import itertools
 import os
@@ -37,8 +38,8 @@ from ponder.errors import BackendError, ContextOverflow, InvalidRequest
 from ponder.types import (
     Capabilities,
     Delta,
-    GenRequest,
     Generation,
+    GenRequest,
     Message,
     ThinkingConfig,
     TokenLogprob,
@@ -141,7 +142,9 @@ class LlamaCppBackend:
         from ponder.config import default_cache_dir
 
         self._ll = llama_cpp
-        self.model_path = resolve_model(model, Path(cache_dir) if cache_dir else default_cache_dir())
+        self.model_path = resolve_model(
+            model, Path(cache_dir) if cache_dir else default_cache_dir()
+        )
         self.name = model if model in CATALOG else Path(model).stem
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
@@ -250,7 +253,7 @@ class LlamaCppBackend:
             return self._piece_cache[token]
         buf = ctypes.create_string_buffer(64)
         n = self._ll.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-        piece = bytes(buf[: max(n, 0)])
+        piece = buf.raw[: max(n, 0)]
         if not special:
             self._piece_cache[token] = piece
         return piece
@@ -295,8 +298,8 @@ class LlamaCppBackend:
         if self._batch is not None:
             self._ll.llama_batch_free(self._batch)
             self._batch = None
-        self._ctx.close()
-        self._model.close()
+        self._ctx.close()  # type: ignore[no-untyped-call]
+        self._model.close()  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ admission
 
@@ -391,7 +394,9 @@ class LlamaCppBackend:
         for start in range(0, len(job.prompt), self.n_batch):
             chunk = job.prompt[start : start + self.n_batch]
             last = start + len(chunk) == len(job.prompt)
-            self._fill_batch([(t, start + j, first, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
+            self._fill_batch(
+                [(t, start + j, first, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
+            )
             self._decode()
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
@@ -438,12 +443,11 @@ class LlamaCppBackend:
     def _loop(self) -> None:
         while not self._closed:
             try:
-                if not self._active:
-                    if not self._waiting:
-                        job = self._pending.get()
-                        if job is None:
-                            break
-                        self._waiting.append(job)
+                if not self._active and not self._waiting:
+                    job = self._pending.get()
+                    if job is None:
+                        break
+                    self._waiting.append(job)
                 self._admit_waiting()
                 if self._closed:
                     break
@@ -478,8 +482,9 @@ class LlamaCppBackend:
     # -------------------------------------------------------------- sampling
 
     def _sample(self, req: GenRequest, seq: _Seq, raw: np.ndarray) -> tuple[int, np.ndarray | None]:
-        logits = raw.astype(np.float64, copy=True)
+        logits = raw
         if req.ignore_eos and self._eog.size:
+            logits = raw.copy()
             logits[self._eog] = -np.inf
         logp = None
         if req.logprobs:
@@ -487,14 +492,16 @@ class LlamaCppBackend:
             logp = logits - (m + np.log(np.exp(logits - m).sum()))
         if req.temperature <= 0.0:
             return int(np.argmax(logits)), logp
-        scaled = logits / req.temperature
+        scaled = logits * np.float32(1.0 / req.temperature)
         if req.top_k > 0 and req.top_k < scaled.size:
             pool = np.argpartition(-scaled, req.top_k)[: req.top_k]
         elif req.top_p < 1.0:
             pool = np.argpartition(-scaled, _TOP_P_POOL)[:_TOP_P_POOL]
         else:
-            pool = None
-        values = scaled if pool is None else scaled[pool]
+            # Full-vocabulary sampling, exact, without a 150k-long cumsum per token.
+            weights = np.exp(scaled - scaled.max())
+            return self._draw(weights, seq.rng), logp
+        values = scaled[pool].astype(np.float64)
         probs = np.exp(values - values.max())
         probs /= probs.sum()
         if req.top_p < 1.0:
@@ -504,8 +511,22 @@ class LlamaCppBackend:
             mask = np.zeros_like(probs)
             mask[keep] = probs[keep]
             probs = mask / mask.sum()
-        choice = int(seq.rng.choice(probs.size, p=probs))
-        return (choice if pool is None else int(pool[choice])), logp
+        return int(pool[self._draw(probs, seq.rng)]), logp
+
+    def _draw(self, weights: np.ndarray, rng: np.random.Generator) -> int:
+        """Index drawn with probability proportional to ``weights`` (inverse CDF in two levels)."""
+        block = 1024
+        if weights.size <= block:
+            cdf = np.cumsum(weights, dtype=np.float64)
+            u = rng.random() * cdf[-1]
+            return min(int(np.searchsorted(cdf, u, side="right")), weights.size - 1)
+        starts = np.arange(0, weights.size, block)
+        block_cdf = np.cumsum(np.add.reduceat(weights, starts), dtype=np.float64)
+        u = rng.random() * block_cdf[-1]
+        b = min(int(np.searchsorted(block_cdf, u, side="right")), len(starts) - 1)
+        inner = np.cumsum(weights[starts[b] : starts[b] + block], dtype=np.float64)
+        u -= block_cdf[b - 1] if b else 0.0
+        return int(starts[b]) + min(int(np.searchsorted(inner, u, side="right")), inner.size - 1)
 
     def _choose(self, job: _Job, seq: _Seq, raw: np.ndarray) -> None:
         """Pick this sequence's next token (forced or sampled) and account for it."""
@@ -639,8 +660,10 @@ class LlamaCppBackend:
         assert job.stream is not None
         cfg = job.req.thinking
         think_visible = self._visible_reasoning(seq.think_text, cfg)
-        hold_t = 0 if seq.finish or not seq.thinking else self._holdback(
-            think_visible, [cfg.close_tag] if cfg else []
+        hold_t = (
+            0
+            if seq.finish or not seq.thinking
+            else self._holdback(think_visible, [cfg.close_tag] if cfg else [])
         )
         new_think = think_visible[seq.emitted_think : len(think_visible) - hold_t]
         out_visible = seq.out_text.lstrip() if cfg is not None else seq.out_text
@@ -654,7 +677,9 @@ class LlamaCppBackend:
             self._post(job, Delta(index=seq.index, text=new_out, reasoning=new_think))
         if seq.finish is not None:
             gen = self._generation(job, seq)
-            self._post(job, Delta(index=seq.index, finish_reason=gen.finish_reason, usage=gen.usage))
+            self._post(
+                job, Delta(index=seq.index, finish_reason=gen.finish_reason, usage=gen.usage)
+            )
 
     @staticmethod
     def _holdback(text: str, markers: list[str]) -> int:
@@ -718,10 +743,8 @@ class LlamaCppBackend:
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         if job in self._active:
-            try:
+            with contextlib.suppress(Exception):
                 self._release(job, deliver=False)
-            except Exception:
-                pass
         if job.future is not None:
             job.loop.call_soon_threadsafe(_reject, job.future, exc)
         elif job.stream is not None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from ponder.backends.base import Backend
 from ponder.errors import BudgetExhausted
-from ponder.types import Budget, Capabilities, Delta, GenRequest, Generation, Usage
+from ponder.types import Budget, Capabilities, Delta, Generation, GenRequest, Usage
 
 __all__ = ["MeteredBackend"]
 
@@ -40,28 +40,42 @@ class MeteredBackend:
             return None
         return max(self.budget.tokens - self.usage.completion_tokens, 0)
 
-    def _admit(self, req: GenRequest) -> GenRequest:
-        """Clip ``req`` to what is left, or raise when nothing is left."""
+    def _admit(self, req: GenRequest) -> tuple[GenRequest, bool]:
+        """Clip ``req`` to what is left, or raise when nothing is left.
+
+        Also says whether the budget (not the caller) lowered ``max_tokens`` or ``n``,
+        so a generation cut short by that clip is reported as a budget stop.
+        """
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.exhausted = "deadline"
-            raise BudgetExhausted("deadline reached", reason="deadline")
+            raise BudgetExhausted(
+                "deadline reached before the next model call; allow more time (deadline_s)",
+                reason="deadline",
+            )
         update: dict[str, object] = {}
         if self.deadline is not None:
             update["deadline"] = (
                 self.deadline if req.deadline is None else min(req.deadline, self.deadline)
             )
+        clipped = False
         left = self.remaining_tokens
         if left is not None:
+            if left < 1:
+                self.exhausted = "budget"
+                raise BudgetExhausted(
+                    f"token budget of {self.budget.tokens} generated tokens is spent; "
+                    "raise the budget for a longer run",
+                    reason="budget",
+                )
             per_sample = left // req.n
             if per_sample < 1:
                 # Fewer tokens left than samples: shrink n rather than overshoot.
-                if left < 1:
-                    self.exhausted = "budget"
-                    raise BudgetExhausted("token budget exhausted", reason="budget")
                 update["n"] = left
                 per_sample = 1
+                clipped = True
             if req.max_tokens > per_sample:
                 update["max_tokens"] = per_sample
+                clipped = True
             if req.thinking is not None and req.thinking.budget_tokens > per_sample:
                 update["thinking"] = req.thinking.model_copy(
                     update={
@@ -69,29 +83,46 @@ class MeteredBackend:
                         "min_tokens": min(req.thinking.min_tokens, per_sample),
                     }
                 )
-        return req.model_copy(update=update) if update else req
+        return (req.model_copy(update=update) if update else req), clipped
 
-    def _account(self, gens: list[Generation]) -> None:
+    def _account(self, usage: Usage, finish_reasons: list[str | None], clipped: bool) -> None:
         self.calls += 1
-        self.usage = self.usage + Usage.sum([g.usage for g in gens])
-        if self.remaining_tokens == 0:
+        self.usage = self.usage + usage
+        # A generation the budget cut short is a budget stop; one that merely used the
+        # last token of the budget and finished on its own is complete.
+        if clipped and "length" in finish_reasons:
             self.exhausted = "budget"
-        if any(g.finish_reason == "deadline" for g in gens):
+        if "deadline" in finish_reasons:
             self.exhausted = "deadline"
 
     async def generate(self, req: GenRequest) -> list[Generation]:
-        admitted = self._admit(req)
+        admitted, clipped = self._admit(req)
         gens = await self.inner.generate(admitted)
-        self._account(gens)
+        self._account(Usage.sum(g.usage for g in gens), [g.finish_reason for g in gens], clipped)
         return gens
 
     async def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
-        admitted = self._admit(req)
+        admitted, clipped = self._admit(req)
         final_usage: Usage | None = None
-        async for delta in self.inner.stream(admitted):
-            if delta.usage is not None:
-                final_usage = delta.usage
-            yield delta
-        self.calls += 1
-        if final_usage is not None:
-            self.usage = self.usage + final_usage
+        finish_reasons: list[str | None] = []
+        # Until the engine reports usage, estimate one token per non-empty delta.
+        seen_reasoning = seen_output = 0
+        try:
+            async for delta in self.inner.stream(admitted):
+                seen_reasoning += bool(delta.reasoning)
+                seen_output += bool(delta.text)
+                if delta.usage is not None:
+                    final_usage = delta.usage
+                if delta.finish_reason is not None:
+                    finish_reasons.append(delta.finish_reason)
+                yield delta
+        finally:
+            # Counted even when the consumer stops early: no call escapes accounting.
+            if final_usage is None:
+                final_usage = Usage(
+                    reasoning=seen_reasoning,
+                    output=seen_output,
+                    reasoning_estimated=seen_reasoning > 0,
+                    output_estimated=seen_output > 0,
+                )
+            self._account(final_usage, finish_reasons, clipped)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ponder import __version__
 from ponder.backends.base import Backend
 from ponder.config import ServerSettings
 from ponder.errors import PonderError
@@ -56,8 +57,6 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
         yield
         # The engine holds a model in memory (and maybe threads): free it on shutdown.
         await _close(backend)
-
-    from ponder import __version__
 
     app = FastAPI(title="ponder", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway

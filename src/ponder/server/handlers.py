@@ -205,7 +205,12 @@ def _messages(request: ChatCompletionRequest) -> list[Message]:
             "the last message has empty content; send the question as non-empty text",
             param=f"messages[{last_i}].content",
         )
-    return [Message(role=m.role, content=m.content or "") for m in request.messages]
+    # "developer" is OpenAI's newer name for "system"; open models' chat templates
+    # only know "system" (and some drop unknown roles silently).
+    return [
+        Message(role="system" if m.role == "developer" else m.role, content=m.content or "")
+        for m in request.messages
+    ]
 
 
 def _choose(request: ChatCompletionRequest, settings: ServerSettings) -> tuple[str, int | None]:
@@ -264,7 +269,8 @@ def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
         exc.param = "ponder.strategy" if opts.strategy else "strategy"
         raise
     except InvalidRequest as exc:
-        exc.param = "ponder.params"
+        inner = exc.param if exc.param not in (None, "strategy_params") else None
+        exc.param = f"ponder.params.{inner}" if inner else "ponder.params"
         raise
 
     if request.stream and name not in STREAMABLE_STRATEGIES:

@@ -103,7 +103,8 @@ class ThinkingParam(BaseModel):
 
     type: Literal["enabled", "disabled"]
     # Optional here (Anthropic requires it); the handler supplies a default when missing.
-    budget_tokens: int | None = Field(default=None, ge=0)
+    # strict: JSON true must not count as a 1-token budget.
+    budget_tokens: int | None = Field(default=None, ge=0, strict=True)
 
 
 class PonderOptions(BaseModel):
@@ -115,8 +116,9 @@ class PonderOptions(BaseModel):
     strategy: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     # Generated tokens (reasoning + output) over all internal calls of the strategy.
-    budget: int | None = Field(default=None, ge=0)
-    thinking_budget: int | None = Field(default=None, ge=0)
+    # strict: JSON true or "5" must not silently become a token count.
+    budget: int | None = Field(default=None, ge=0, strict=True)
+    thinking_budget: int | None = Field(default=None, ge=0, strict=True)
     deadline_s: float | None = Field(default=None, gt=0)
     include_reasoning: bool = False
 

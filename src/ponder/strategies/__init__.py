@@ -40,7 +40,7 @@ def available_strategies() -> dict[str, type]:
     return found
 
 
-def get_strategy(name: str, **params: Any) -> Strategy:
+def get_strategy(name: str, /, **params: Any) -> Strategy:
     """Build a strategy by name; unknown names and parameters are clear errors."""
     registry = available_strategies()
     cls = registry.get(name)

@@ -9,17 +9,19 @@ marked truncated.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ponder.budget.metered import MeteredBackend
+from ponder.errors import InvalidRequest
 from ponder.telemetry.trace import Tracer
 from ponder.types import (
     Candidate,
-    GenRequest,
     Generation,
+    GenRequest,
     Outcome,
     Problem,
     Score,
@@ -28,7 +30,34 @@ from ponder.types import (
 from ponder.verifiers.answers import extract_answer
 from ponder.verifiers.base import Verifier
 
-__all__ = ["RunContext", "SamplingDefaults", "Strategy", "finish", "to_candidate"]
+__all__ = [
+    "RunContext",
+    "SamplingDefaults",
+    "Strategy",
+    "check_int",
+    "check_temperature",
+    "finish",
+    "to_candidate",
+]
+
+
+def check_int(owner: str, name: str, value: object, minimum: int) -> None:
+    """Raise :class:`InvalidRequest` unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(
+            f"{owner}: {name} must be an integer >= {minimum}, got {value!r}", param=name
+        )
+
+
+def check_temperature(owner: str, value: object, name: str = "temperature") -> None:
+    """Raise :class:`InvalidRequest` unless ``value`` is a finite number >= 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidRequest(f"{owner}: {name} must be a number >= 0, got {value!r}", param=name)
 
 
 @dataclass
@@ -41,6 +70,27 @@ class SamplingDefaults:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        owner = "sampling"
+        check_int(owner, "max_tokens", self.max_tokens, 1)
+        if self.temperature is not None:
+            check_temperature(owner, self.temperature)
+        if (
+            isinstance(self.top_p, bool)
+            or not isinstance(self.top_p, int | float)
+            or not 0 < self.top_p <= 1
+        ):
+            raise InvalidRequest(
+                f"{owner}: top_p must be in (0, 1], got {self.top_p!r}", param="top_p"
+            )
+        check_int(owner, "top_k", self.top_k, 0)
+        if self.seed is not None:
+            check_int(owner, "seed", self.seed, -(2**63))
+        if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
+            raise InvalidRequest(
+                f"{owner}: stop must be a list of strings, got {self.stop!r}", param="stop"
+            )
 
 
 @dataclass
@@ -103,7 +153,8 @@ def to_candidate(gen: Generation) -> Candidate:
         reasoning=gen.reasoning,
         answer=extract_answer(gen.text),
         generation=gen,
-        truncated=gen.finish_reason in ("length", "deadline", "budget"),
+        # Anything but a natural stop is an unfinished answer (an engine error included).
+        truncated=gen.finish_reason != "stop",
     )
 
 

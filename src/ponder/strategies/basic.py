@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ponder.errors import BudgetExhausted
-from ponder.strategies.base import RunContext, finish, to_candidate
+from ponder.strategies.base import (
+    RunContext,
+    check_int,
+    check_temperature,
+    finish,
+    to_candidate,
+)
 from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
 from ponder.verifiers.simple import AgreementVerifier, MeanLogprobVerifier
 
@@ -20,12 +27,22 @@ def _thinking(budget: int | None, min_tokens: int = 0) -> ThinkingConfig | None:
     return ThinkingConfig(budget_tokens=budget, min_tokens=min(min_tokens, budget))
 
 
+def _check_sampled(owner: str, n: int, temperature: float, thinking_budget: int | None) -> None:
+    check_int(owner, "n", n, 1)
+    check_temperature(owner, temperature)
+    if thinking_budget is not None:
+        check_int(owner, "thinking_budget", thinking_budget, 0)
+
+
 @dataclass
 class Direct:
     """One greedy answer, no extended thinking."""
 
     name: str = "direct"
     temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_temperature(self.name, self.temperature)
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
@@ -48,6 +65,11 @@ class ChainOfThought:
     thinking_budget: int = 512
     min_thinking: int = 0
     temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int(self.name, "thinking_budget", self.thinking_budget, 0)
+        check_int(self.name, "min_thinking", self.min_thinking, 0)
+        check_temperature(self.name, self.temperature)
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
@@ -88,6 +110,9 @@ class SelfConsistency:
     temperature: float = 0.7
     thinking_budget: int | None = None
 
+    def __post_init__(self) -> None:
+        _check_sampled(self.name, self.n, self.temperature, self.thinking_budget)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
         try:
@@ -118,6 +143,9 @@ class BestOfN:
     temperature: float = 0.8
     thinking_budget: int | None = None
 
+    def __post_init__(self) -> None:
+        _check_sampled(self.name, self.n, self.temperature, self.thinking_budget)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
         try:
@@ -139,16 +167,27 @@ class BestOfN:
             agree = bool(answers) and max(answers.values()) > 1
             verifier = AgreementVerifier() if agree else MeanLogprobVerifier()
         scores = await verifier.score(problem, candidates)
-        ctx.tracer.event("scored", verifier=type(verifier).__name__, scores=[s.value for s in scores])
+        ctx.tracer.event(
+            "scored", verifier=type(verifier).__name__, scores=[s.value for s in scores]
+        )
         chosen = _argmax(candidates, scores)
         return finish(self.name, ctx, candidates, chosen, scores)
 
 
 def _argmax(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
-    """Highest score; complete candidates beat truncated ones; ties -> higher mean logprob."""
+    """Highest score; complete candidates beat truncated ones; ties -> higher mean logprob.
+
+    A NaN score ranks lowest (compared as is, it would win or lose by position).
+    """
 
     def key(i: int) -> tuple[bool, float, float]:
-        lp = candidates[i].generation.mean_logprob if candidates[i].generation else None
-        return (not candidates[i].truncated, scores[i].value, lp if lp is not None else float("-inf"))
+        gen = candidates[i].generation
+        lp = gen.mean_logprob if gen is not None else None
+        value = scores[i].value
+        return (
+            not candidates[i].truncated,
+            value if not math.isnan(value) else float("-inf"),
+            lp if lp is not None else float("-inf"),
+        )
 
     return max(range(len(candidates)), key=key)

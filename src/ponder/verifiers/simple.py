@@ -24,8 +24,10 @@ class AgreementVerifier:
         counts = Counter(c.answer for c in candidates if c.answer is not None)
         total = len(candidates) or 1
         return [
-            Score(value=(counts[c.answer] / total) if c.answer is not None else 0.0,
-                  detail={"votes": counts.get(c.answer, 0) if c.answer is not None else 0})
+            Score(
+                value=(counts[c.answer] / total) if c.answer is not None else 0.0,
+                detail={"votes": counts.get(c.answer, 0) if c.answer is not None else 0},
+            )
             for c in candidates
         ]
 
@@ -37,7 +39,9 @@ class MeanLogprobVerifier:
         out = []
         for c in candidates:
             lp = c.generation.mean_logprob if c.generation is not None else None
-            out.append(Score(value=lp if lp is not None else float("-inf"), detail={"mean_logprob": lp}))
+            out.append(
+                Score(value=lp if lp is not None else float("-inf"), detail={"mean_logprob": lp})
+            )
         return out
 
 
@@ -46,10 +50,18 @@ class ExactMatchVerifier:
     """1.0 when the extracted answer equals ``problem.reference`` (normalized), else 0.0."""
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
-        from ponder.verifiers.answers import normalize_answer
+        from ponder.verifiers.answers import extract_answer, normalize_answer
 
         ref = normalize_answer(problem.reference) if problem.reference else None
-        return [Score(value=float(ref is not None and c.answer == ref)) for c in candidates]
+        return [
+            Score(
+                value=float(
+                    ref is not None
+                    and (c.answer if c.answer is not None else extract_answer(c.text)) == ref
+                )
+            )
+            for c in candidates
+        ]
 
 
 ScoreFn = Callable[[Problem, Candidate], float | Awaitable[float]]
@@ -67,5 +79,5 @@ class FunctionVerifier:
             v = self.fn(problem, c)
             if inspect.isawaitable(v):
                 v = await v
-            out.append(Score(value=float(v)))  # type: ignore[arg-type]
+            out.append(Score(value=float(v)))
         return out
