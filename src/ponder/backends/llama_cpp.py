@@ -132,6 +132,7 @@ class LlamaCppBackend:
         cache_dir: str | Path | None = None,
         seed: int = 0,
         verbose: bool = False,
+        context_params: dict[str, Any] | None = None,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -162,6 +163,9 @@ class LlamaCppBackend:
         # One KV buffer shared by all sequences: a prompt copied to n sequences
         # is stored once (the cells just gain sequence ids).
         cparams.kv_unified = True
+        # Expert knobs of llama_context_params (e.g. flash_attn_type, type_k).
+        for key, value in (context_params or {}).items():
+            setattr(cparams, key, value)
         self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx.ctx)
         self.max_sequences = max_sequences
@@ -483,7 +487,10 @@ class LlamaCppBackend:
 
     def _sample(self, req: GenRequest, seq: _Seq, raw: np.ndarray) -> tuple[int, np.ndarray | None]:
         logits = raw
-        if req.ignore_eos and self._eog.size:
+        # An answer must follow a thought: ending right after the delimiter would
+        # leave the caller with hidden reasoning and an empty reply.
+        answer_start = req.thinking is not None and not seq.thinking and not seq.out_tokens
+        if (req.ignore_eos or answer_start) and self._eog.size:
             logits = raw.copy()
             logits[self._eog] = -np.inf
         logp = None
