@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[llama,server,dev]'
+	# Game of 24 data; --no-deps because the package pins old numpy/openai.
+	$(PY) -m pip install --quiet --no-deps tree-of-thoughts-llm==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

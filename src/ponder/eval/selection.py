@@ -1,0 +1,17 @@
+"""Selection verifiers for eval items: what a strategy may use to choose (never hidden tests)."""
+
+from __future__ import annotations
+
+from ponder.eval.datasets import Item
+from ponder.verifiers.base import Verifier
+
+__all__ = ["selection_verifier"]
+
+
+def selection_verifier(item: Item) -> Verifier | None:
+    """HumanEval: public tests derived from the docstring examples; math: none (strategies vote)."""
+    if item.kind == "code" and "prompt" in item.metadata:
+        from ponder.verifiers import public_test_verifier  # built with the code sandbox
+
+        return public_test_verifier(item.metadata["prompt"], item.metadata["entry_point"])
+    return None
