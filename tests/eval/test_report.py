@@ -13,7 +13,9 @@ def load():
 
 
 def test_report_writes_markdown_html_summary_and_plots(tmp_path):
-    files = write_report(load(), tmp_path, title="fixture run", prices={"m": {"input": 1, "output": 2}})
+    files = write_report(
+        load(), tmp_path, title="fixture run", prices={"m": {"input": 1, "output": 2}}
+    )
     for name in ("markdown", "html", "summary", "scaling", "difficulty"):
         assert files[name].exists() and files[name].stat().st_size > 0, name
     assert files["scaling"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,9 @@ from ponder.eval.runner import EvalConfig, ResultStore, expand_grid, run_eval
 
 
 def items(n=6):
-    return records([{"id": f"q{i}", "prompt": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(n)])
+    return records(
+        [{"id": f"q{i}", "prompt": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(n)]
+    )
 
 
 def right_answers(req, index):
@@ -24,10 +26,15 @@ class Interrupted(Exception):
 
 
 def test_expand_grid_gives_one_config_per_n_only_for_sampling_strategies():
-    grid = expand_grid(["direct", "self_consistency", "best_of_n:temperature=0.5"], ns=[1, 4], budgets=[None, 100])
+    grid = expand_grid(
+        ["direct", "self_consistency", "best_of_n:temperature=0.5"], ns=[1, 4], budgets=[None, 100]
+    )
     keys = {(c.strategy, c.params.get("n"), c.budget) for c in grid}
     assert ("direct", None, None) in keys and ("direct", None, 100) in keys
-    assert {(s, n) for s, n, _ in keys if s == "self_consistency"} == {("self_consistency", 1), ("self_consistency", 4)}
+    assert {(s, n) for s, n, _ in keys if s == "self_consistency"} == {
+        ("self_consistency", 1),
+        ("self_consistency", 4),
+    }
     assert all(c.params["temperature"] == 0.5 for c in grid if c.strategy == "best_of_n")
     assert len(grid) == 2 + 4 + 4
 
@@ -88,4 +95,9 @@ async def test_records_grade_verdicts_per_sample_and_usage(tmp_path):
 
 async def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no backend"):
-        await run_eval(items(1), [EvalConfig(model="x", strategy="direct")], {}, ResultStore(tmp_path / "r.jsonl"))
+        await run_eval(
+            items(1),
+            [EvalConfig(model="x", strategy="direct")],
+            {},
+            ResultStore(tmp_path / "r.jsonl"),
+        )

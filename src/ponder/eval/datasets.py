@@ -55,8 +55,14 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def problem(self) -> Problem:
-        # The reference stays out of the problem: strategies must not see it.
-        return Problem(messages=self.messages, task=self.kind, metadata={"item": self.id})
+        # The reference stays out of the problem: strategies must not see it. Code
+        # items pass the prompt's code and entry point (visible to the model anyway)
+        # so a code verifier can derive public tests from the docstring examples.
+        meta: dict[str, Any] = {"item": self.id}
+        if self.kind == "code":
+            meta["prompt_code"] = self.metadata.get("prompt", "")
+            meta["entry_point"] = self.metadata.get("entry_point")
+        return Problem(messages=self.messages, task=self.kind, metadata=meta)
 
 
 def _package_file(module: str, *parts: str) -> Path:

@@ -10,8 +10,9 @@ __all__ = ["selection_verifier"]
 
 def selection_verifier(item: Item) -> Verifier | None:
     """HumanEval: public tests derived from the docstring examples; math: none (strategies vote)."""
-    if item.kind == "code" and "prompt" in item.metadata:
-        from ponder.verifiers import public_test_verifier  # built with the code sandbox
+    if item.kind == "code":
+        from ponder.verifiers.code import CodeExecutionVerifier
 
-        return public_test_verifier(item.metadata["prompt"], item.metadata["entry_point"])
+        # Reads prompt_code / entry_point from the problem metadata (see Item.problem).
+        return CodeExecutionVerifier()
     return None
