@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ponder.eval.datasets import check_24, humaneval_program, hub_rows, jsonl, records
+from ponder.eval.datasets import check_24, hub_rows, humaneval_program, jsonl, records
 
 
 def test_records_graders_by_kind():

@@ -56,6 +56,8 @@ def add_eval_commands(sub: Any) -> None:
     ev.add_argument("--max-tokens", type=int, default=512)
     ev.add_argument("--concurrency", type=int, default=4)
     ev.add_argument("--out", required=True, help="run directory; results.jsonl there is resumed")
+    ev.add_argument("--no-pool", action="store_true",
+                    help="do not store/replay samples in <out>/pool.jsonl")  # fmt: skip
     ev.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("report", help="write Markdown + HTML + plots from an eval run")
@@ -91,6 +93,13 @@ def _cmd_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     items = load_dataset(args.dataset, limit=args.limit, seed=args.seed, per_level=args.per_level)
     backends = _backends(args)
+    if not args.no_pool:
+        from ponder.eval.pool import PooledBackend
+
+        backends = {
+            name: PooledBackend(b, Path(args.out) / "pool.jsonl", model=name)
+            for name, b in backends.items()
+        }
     configs = expand_grid(
         [s.strip() for s in args.strategies.split(",") if s.strip()],
         ns=[int(n) for n in args.n.split(",")],

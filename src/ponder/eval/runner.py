@@ -8,6 +8,7 @@ where it stopped and repeats no finished item.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -114,6 +115,10 @@ class ResultStore:
             os.fsync(fh.fileno())
 
 
+def item_seed(item_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:4], "big")
+
+
 async def _grade(item: Item, text: str) -> bool:
     # Graders may run code in a subprocess: keep them off the event loop.
     return await asyncio.to_thread(item.grade, text)
@@ -129,6 +134,9 @@ async def run_one(
         budget=config.budget,
         max_tokens=config.max_tokens,
         verifier=verifier,
+        # A fixed seed per item: reruns are reproducible, and a sample pool can
+        # serve N = 1, 2, 4 from the N = 8 call (sample i depends on (seed, i) only).
+        seed=item_seed(item.id),
         **config.params,
     )
     correct = await _grade(item, outcome.answer)
