@@ -51,3 +51,18 @@ async def test_pool_persists_across_instances(tmp_path):
     other_model = PooledBackend(FunctionBackend(sampler), path, model="other")
     await other_model.generate(req(4))
     assert other_model.misses == 1
+
+
+async def test_logprobs_requests_share_samples_with_plain_ones(tmp_path):
+    inner = FunctionBackend(sampler)
+    pool = PooledBackend(inner, tmp_path / "pool.jsonl", model="m")
+    with_lp = await pool.generate(req(4).model_copy(update={"logprobs": True}))
+    plain = await pool.generate(req(4))
+    assert len(inner.calls) == 1
+    assert [g.text for g in plain] == [g.text for g in with_lp]
+    assert all(g.logprobs is None for g in plain) and all(g.logprobs for g in with_lp)
+    # Stored without logprobs, asked with: the engine runs again.
+    other = PooledBackend(FunctionBackend(sampler), tmp_path / "other.jsonl", model="m")
+    await other.generate(req(2))
+    await other.generate(req(2).model_copy(update={"logprobs": True}))
+    assert other.misses == 2

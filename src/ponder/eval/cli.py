@@ -41,10 +41,13 @@ def add_eval_commands(sub: Any) -> None:
         "--per-level", type=int, default=10, help="reasoning-gym items per difficulty level"
     )
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--strategies", default="", help="comma list of strategy names")
     ev.add_argument(
-        "--strategies",
-        default="direct,self_consistency,best_of_n",
-        help="comma list; name or name:k=v",
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="NAME[:K=V,...]",
+        help="a strategy with parameters, e.g. best_of_n:temperature=0.7 (repeatable)",
     )
     ev.add_argument("--n", default="1,2,4,8", help="sample counts for sampling strategies")
     ev.add_argument("--budgets", default="none", help="token budgets per item, e.g. none,2000")
@@ -100,8 +103,11 @@ def _cmd_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
             name: PooledBackend(b, Path(args.out) / "pool.jsonl", model=name)
             for name, b in backends.items()
         }
+    specs = [s.strip() for s in args.strategies.split(",") if s.strip()] + args.strategy
+    if not specs:
+        specs = ["direct", "self_consistency", "best_of_n"]
     configs = expand_grid(
-        [s.strip() for s in args.strategies.split(",") if s.strip()],
+        specs,
         ns=[int(n) for n in args.n.split(",")],
         budgets=_budgets(args.budgets),
         models=list(backends),

@@ -27,7 +27,8 @@ __all__ = ["PooledBackend", "request_key"]
 
 
 def request_key(req: GenRequest, model: str) -> str:
-    data = req.model_dump(mode="json", exclude={"n", "deadline"})
+    # Logprobs do not change what is sampled: one stored call serves both kinds.
+    data = req.model_dump(mode="json", exclude={"n", "deadline", "logprobs", "top_logprobs"})
     data["model"] = model
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -63,18 +64,30 @@ class PooledBackend:
     async def generate(self, req: GenRequest) -> list[Generation]:
         key = request_key(req, self.model)
         stored = self._pool.get(key)
-        if stored is not None and len(stored) >= req.n:
+        if stored is not None and len(stored) >= req.n and self._has_logprobs(stored, req):
             self.hits += 1
-            return [g.model_copy(deep=True) for g in stored[: req.n]]
+            served = [g.model_copy(deep=True) for g in stored[: req.n]]
+            if not req.logprobs:
+                for g in served:
+                    g.logprobs = None
+            return served
         self.misses += 1
         gens = await self.inner.generate(req)
         if all(g.finish_reason != "deadline" for g in gens):  # a cut-short call is not reusable
             self._store(key, gens)
         return gens
 
+    @staticmethod
+    def _has_logprobs(stored: list[Generation], req: GenRequest) -> bool:
+        return not req.logprobs or all(g.logprobs is not None for g in stored)
+
     def _store(self, key: str, gens: list[Generation]) -> None:
         with self._lock:
-            if len(gens) <= len(self._pool.get(key, [])):
+            old = self._pool.get(key, [])
+            richer = all(g.logprobs is not None for g in gens) and any(
+                g.logprobs is None for g in old
+            )
+            if len(gens) < len(old) or (len(gens) == len(old) and not richer):
                 return
             self._pool[key] = gens
             with open(self.path, "a") as fh:
