@@ -21,6 +21,8 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("PONDER_CACHE_DIR", str(cache))
     monkeypatch.setenv("COLUMNS", "160")
+    # Keys, quotas and the ledger go to a throwaway database, never ~/.local/share.
+    monkeypatch.setenv("PONDER_LEDGER__URL", f"sqlite:///{tmp_path / 'ponder.db'}")
     return cache
 
 

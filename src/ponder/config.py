@@ -17,7 +17,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["EngineSettings", "ServerSettings", "Settings", "default_cache_dir", "load_settings"]
+__all__ = [
+    "AlertSettings",
+    "EngineSettings",
+    "LedgerSettings",
+    "PriceSettings",
+    "ServerSettings",
+    "Settings",
+    "TelemetrySettings",
+    "TierSettings",
+    "default_cache_dir",
+    "load_settings",
+]
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +55,77 @@ class ServerSettings(BaseModel):
     # Expose hidden reasoning to callers that ask for it (scopes come with auth).
     allow_reasoning: bool = True
     request_timeout_s: float = 300.0
+    # Auth is enforced when this is true or once any API key exists, so a fresh
+    # `ponder serve` works with no setup (see README, "Keys, quotas and the ledger").
+    require_auth: bool = False
+    # Gateway store (keys, quotas, ledger). Off: no auth, no quotas, no ledger.
+    ledger: bool = True
+    # The tier name recorded in the ledger and metrics for this server's backend.
+    tier: str | None = None
+
+
+class PriceSettings(BaseModel):
+    """USD per 1M tokens; ``gpu_second`` is USD per second of engine time (self-hosted tiers)."""
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    reasoning: float | None = Field(default=None, ge=0)
+    gpu_second: float = Field(default=0.0, ge=0)
+
+
+class LedgerSettings(BaseModel):
+    """Where keys, quotas and the request ledger live (SQLAlchemy URL)."""
+
+    # None: sqlite:///$XDG_DATA_HOME/ponder/ponder.db; or postgresql://user@host/db
+    url: str | None = None
+
+
+class AlertSettings(BaseModel):
+    """Alerts go to the log and, when set, are POSTed as JSON to ``webhook_url``."""
+
+    webhook_url: str | None = None
+    thinking_factor: float = Field(default=2.0, gt=0)
+    min_class_samples: int = Field(default=20, ge=1)
+    quota_thresholds: list[float] = Field(default_factory=lambda: [0.8, 1.0])
+    error_burst: int = Field(default=5, ge=1)
+    error_window_s: float = Field(default=60.0, gt=0)
+
+
+class TelemetrySettings(BaseModel):
+    # OpenTelemetry spans (needs ponder[otel]; exporter from the standard OTEL_* env).
+    otel: bool = False
+
+
+class TierSettings(BaseModel):
+    """One model tier: a backend, a model and a price, plus resilience settings.
+
+    ``backend`` is a registered backend name (``llama_cpp``, ``openai_compat``,
+    ``anthropic``, ``vllm``, or a third-party one); ``options`` are passed to it
+    as keyword arguments (``flavor``, ``chat_template``, ``n_ctx``...).
+    ``fallback`` names the tier to use while this one is out.
+    """
+
+    backend: str
+    model: str
+    base_url: str | None = None
+    # The name of the environment variable holding the API key (never the key itself).
+    api_key_env: str | None = None
+    price: PriceSettings = Field(default_factory=PriceSettings)
+    options: dict[str, Any] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_token_s: float | None = Field(default=60.0, gt=0)
+    attempt_timeout_s: float | None = Field(default=None, gt=0)
+    total_timeout_s: float | None = Field(default=300.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    retry_base_delay_s: float = Field(default=0.25, ge=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    fallback: str | None = None
+
+    def api_key(self) -> str | None:
+        """The API key from the environment variable named by ``api_key_env``."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 class Settings(BaseSettings):
@@ -57,6 +139,13 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    # Prices per model name (or tier name); "default" applies to the rest.
+    pricing: dict[str, PriceSettings] = Field(default_factory=dict)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    # Named model tiers ([tiers.<name>] tables), weakest first; see ponder.backends.tiers.
+    tiers: dict[str, TierSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

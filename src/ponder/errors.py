@@ -5,11 +5,18 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BudgetExhausted",
+    "CircuitOpen",
     "ContextOverflow",
+    "Forbidden",
     "InvalidRequest",
     "ModelNotAvailable",
     "PonderError",
+    "QuotaExceeded",
+    "StoreUnavailable",
+    "Unauthorized",
     "UnknownStrategy",
+    "UpstreamError",
+    "UpstreamTimeout",
 ]
 
 
@@ -34,6 +41,10 @@ class PonderError(Exception):
                 "code": self.code,
             }
         }
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error (e.g. ``retry-after``)."""
+        return {}
 
 
 class InvalidRequest(PonderError):
@@ -72,3 +83,115 @@ class BudgetExhausted(PonderError):
     def __init__(self, message: str, *, reason: str = "budget") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class Unauthorized(PonderError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(PonderError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class QuotaExceeded(PonderError):
+    """A request refused before it ran: it spent nothing. Says which limit, the usage, the reset."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: dict[str, object],
+        usage: dict[str, object],
+        resets_at: int | None,
+        retry_after_s: int | None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.usage = usage
+        self.resets_at = resets_at
+        self.retry_after_s = retry_after_s
+        if code is not None:
+            self.code = code
+
+    def to_openai(self) -> dict[str, object]:
+        body = super().to_openai()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error.update(limit=self.limit, usage=self.usage, resets_at=self.resets_at)
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
+
+
+class StoreUnavailable(PonderError):
+    """The key/quota/ledger store cannot be reached: requests are refused (fail closed)."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
+class UpstreamError(BackendError):
+    """An upstream model server failed or refused a call.
+
+    ``retryable`` says whether the same call may succeed later (5xx, 429, timeouts,
+    dropped connections, garbled bodies); ``reason`` is the upstream's own words.
+    The HTTP status reported to ponder's client follows the upstream's: its 4xx
+    rejections of the request become 400s, outages 502/503/504.
+    """
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str | None = None,
+        upstream_status: int | None = None,
+        reason: str | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.upstream = upstream
+        self.upstream_status = upstream_status
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        if upstream_status == 429:
+            self.status, self.type, self.code = 429, "rate_limit_error", "upstream_rate_limited"
+        elif upstream_status in (400, 404, 413, 422):
+            self.status, self.type, self.code = 400, "invalid_request_error", "upstream_rejected"
+
+    def to_openai(self) -> dict[str, object]:
+        body = super().to_openai()
+        err = body["error"]
+        assert isinstance(err, dict)
+        err["upstream"] = self.upstream
+        err["upstream_status"] = self.upstream_status
+        return body
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer (connect, first token or total) in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class CircuitOpen(UpstreamError):
+    """Calls to an upstream are suspended after repeated failures."""
+
+    status = 503
+    code = "upstream_unavailable"

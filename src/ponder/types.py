@@ -27,6 +27,7 @@ __all__ = [
     "ThinkingConfig",
     "TokenLogprob",
     "TraceEvent",
+    "TraceNode",
     "Usage",
     "as_messages",
 ]
@@ -261,6 +262,23 @@ class TraceEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class TraceNode(BaseModel):
+    """One node of a strategy's search tree: a (partial) solution and what it cost.
+
+    ``text`` is what this node adds to its parent's text (a step, a sample, a
+    revision); ``chosen`` marks the path to the returned answer.
+    """
+
+    id: int
+    text: str = ""
+    kind: str = "node"
+    score: float | None = None
+    tokens: int = 0
+    chosen: bool = False
+    detail: dict[str, Any] = Field(default_factory=dict)
+    children: list[TraceNode] = Field(default_factory=list)
+
+
 class Outcome(BaseModel):
     """What a strategy returns: the answer and everything it cost."""
 
@@ -276,3 +294,5 @@ class Outcome(BaseModel):
     stop_reason: str | None = None
     calls: int = 0
     trace: list[TraceEvent] = Field(default_factory=list)
+    # The search tree of the run (root = the problem); see ponder.strategies.tree.
+    tree: TraceNode | None = None

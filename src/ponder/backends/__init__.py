@@ -26,6 +26,9 @@ _BUILTIN = {
     "fake": "ponder.backends.fake:FakeBackend",
     "function": "ponder.backends.fake:FunctionBackend",
     "llama_cpp": "ponder.backends.llama_cpp:LlamaCppBackend",
+    "openai_compat": "ponder.backends.openai_compat:OpenAICompatBackend",
+    "anthropic": "ponder.backends.anthropic:AnthropicBackend",
+    "vllm": "ponder.backends.vllm:VLLMBackend",
 }
 
 

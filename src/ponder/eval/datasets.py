@@ -349,11 +349,13 @@ DATASETS: dict[str, Callable[..., list[Item]]] = {
 def load_dataset(
     spec: str, limit: int | None = None, seed: int = 0, per_level: int = 10
 ) -> list[Item]:
-    """``humaneval``, ``game24``, ``rg:<task>``, ``gsm8k``, ``math500`` or a path to a ``.jsonl`` file."""
+    """``humaneval``, ``game24``, ``rg:<task>[+<task>...]``, ``gsm8k``, ``math500`` or a ``.jsonl`` path."""
     if spec.endswith(".jsonl"):
         return _sample(jsonl(spec), limit, seed)
     if spec.startswith("rg:"):
-        return _sample(reasoning_gym(spec[3:], per_level=per_level, seed=seed), limit, seed)
+        tasks = spec[3:].split("+")  # rg:basic_arithmetic+chain_sum
+        found = [it for t in tasks for it in reasoning_gym(t, per_level=per_level, seed=seed)]
+        return _sample(found, limit, seed)
     if spec in DATASETS:
         return DATASETS[spec](limit=limit, seed=seed)
     raise ValueError(

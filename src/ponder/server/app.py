@@ -7,6 +7,7 @@ response. All logic (and every error message) lives in the handlers.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ponder import __version__
 from ponder.backends.base import Backend
+from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import PonderError
 from ponder.server.handlers import (
@@ -27,12 +29,28 @@ from ponder.server.handlers import (
     parse_json,
     ponder_headers,
 )
+from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["create_app"]
 
+logger = logging.getLogger("ponder.server")
+
 
 def _error(result: ErrorResult) -> JSONResponse:
-    return JSONResponse(status_code=result.status, content=result.body)
+    return JSONResponse(status_code=result.status, content=result.body, headers=result.headers)
+
+
+def _json(result: dict[str, Any] | ErrorResult, status: int = 200) -> JSONResponse:
+    if isinstance(result, ErrorResult):
+        return _error(result)
+    return JSONResponse(result, status_code=status)
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return parse_json(await request.body())
+    except PonderError as exc:
+        return error_result(exc)
 
 
 async def _close(backend: Any) -> None:
@@ -44,17 +62,33 @@ async def _close(backend: Any) -> None:
         await result
 
 
-def create_app(backend: Backend, settings: ServerSettings | None = None) -> FastAPI:
-    """An OpenAI-compatible app over ``backend``; settings default to ``ponder.toml`` + env."""
-    if settings is None:
-        from ponder.config import load_settings
+def create_app(
+    backend: Backend,
+    settings: ServerSettings | None = None,
+    *,
+    gateway: Gateway | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible app over ``backend``; settings default to ``ponder.toml`` + env.
 
-        settings = load_settings().server
-    gateway = Gateway(backend, settings)
+    Pass a ready :class:`Gateway` (with a store, prices, alerts) to govern it;
+    without one the app has no auth, quotas or ledger (library and test use).
+    """
+    if gateway is None:
+        if settings is None:
+            from ponder.config import load_settings
+
+            settings = load_settings().server
+        gateway = Gateway(backend, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if gateway.store is not None:
+            # Holds of requests whose process was killed would otherwise block quota.
+            released = gateway.store.release_stale()
+            if released:
+                logger.warning("released %d reservations left by a previous process", released)
         yield
+        await gateway.alerts.drain()
         # The engine holds a model in memory (and maybe threads): free it on shutdown.
         await _close(backend)
 
@@ -83,11 +117,10 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     async def chat_completions(request: Request) -> Response:
         # Decoded by hand (not a pydantic body parameter) so malformed JSON and
         # validation errors get OpenAI error bodies instead of FastAPI's 422.
-        try:
-            body = parse_json(await request.body())
-        except PonderError as exc:
-            return _error(error_result(exc))
-        result = await gateway.chat(body)
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        result = await gateway.chat(body, request.headers)
         if isinstance(result, ErrorResult):
             return _error(result)
         if isinstance(result, StreamResult):
@@ -105,5 +138,49 @@ def create_app(backend: Backend, settings: ServerSettings | None = None) -> Fast
     @app.get("/health")
     async def health() -> dict[str, str]:
         return gateway.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics_text(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.post("/v1/admin/keys")
+    async def create_key(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        return _json(await gateway.admin_create_key(body, request.headers), status=201)
+
+    @app.get("/v1/admin/keys")
+    async def list_keys(request: Request, include_revoked: bool = False) -> Response:
+        return _json(
+            await gateway.admin_list_keys(request.headers, include_revoked=include_revoked)
+        )
+
+    @app.delete("/v1/admin/keys/{key_id}")
+    async def revoke_key(key_id: str, request: Request) -> Response:
+        return _json(await gateway.admin_revoke_key(key_id, request.headers))
+
+    @app.put("/v1/admin/quotas")
+    async def set_quota(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        return _json(await gateway.admin_set_quota(body, request.headers))
+
+    @app.get("/v1/admin/quotas")
+    async def show_quota(
+        request: Request,
+        key: str | None = None,
+        user: str | None = None,
+        team: str | None = None,
+        session: str | None = None,
+    ) -> Response:
+        subjects: dict[Scope, str | None] = {
+            "key": key,
+            "user": user,
+            "team": team,
+            "session": session,
+        }
+        return _json(await gateway.admin_show_quota(request.headers, subjects))
 
     return app

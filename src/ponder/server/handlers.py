@@ -9,22 +9,43 @@ server stays up.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ponder.api import Ponder
 from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
+from ponder.budget.pricing import MICRO, Price, PriceTable, to_usd
+from ponder.budget.quota import (
+    Demand,
+    Limit,
+    QuotaGuard,
+    Refusal,
+    Scope,
+    applicable,
+    estimate_prompt_tokens,
+)
 from ponder.config import ServerSettings
-from ponder.errors import BudgetExhausted, InvalidRequest, PonderError, UnknownStrategy
+from ponder.errors import (
+    BudgetExhausted,
+    Forbidden,
+    InvalidRequest,
+    PonderError,
+    QuotaExceeded,
+    UnknownStrategy,
+)
+from ponder.ledger.store import Crossing, LedgerRow, QuotaStatus, Reservation, Store
+from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -33,15 +54,20 @@ from ponder.server.protocol import (
     Choice,
     ChunkChoice,
     ChunkDelta,
+    KeyCreate,
     ModelCard,
     ModelList,
     OpenAIFinishReason,
     PonderInfo,
     PonderOptions,
+    QuotaSet,
     completion_id,
 )
 from ponder.strategies import RunContext, SamplingDefaults, Strategy, available_strategies
 from ponder.strategies import get_strategy as _get_strategy
+from ponder.telemetry.alerts import Alerts
+from ponder.telemetry.metrics import GatewayMetrics
+from ponder.telemetry.otel import OtelTracer
 from ponder.types import Budget, Delta, Message, Outcome, Problem, ThinkingConfig
 
 __all__ = [
@@ -57,9 +83,18 @@ __all__ = [
     "parse_request",
     "plan",
     "ponder_headers",
+    "quota_status_json",
 ]
 
 logger = logging.getLogger("ponder.server")
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class NotFound(InvalidRequest):
+    status = 404
+    code = "not_found"
+
 
 # OpenAI's reasoning_effort -> (strategy, thinking budget in tokens).
 REASONING_EFFORT: dict[str, tuple[str, int]] = {
@@ -85,6 +120,7 @@ class ErrorResult:
 
     status: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +146,8 @@ class Plan:
     include_reasoning: bool = False
     stream: bool = False
     include_usage: bool = False
+    # Until the router classifies requests, every request is in one class.
+    task_class: str = "general"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -312,7 +350,7 @@ def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
 
 
 def error_result(exc: PonderError) -> ErrorResult:
-    return ErrorResult(status=exc.status, body=exc.to_openai())
+    return ErrorResult(status=exc.status, body=exc.to_openai(), headers=exc.headers())
 
 
 def _internal_error(exc: BaseException) -> ErrorResult:
@@ -347,7 +385,9 @@ def ponder_headers(completion: ChatCompletion) -> dict[str, str]:
     """The ``x-ponder-*`` response headers of a finished completion."""
     info = completion.ponder
     reasoning = int(completion.usage["completion_tokens_details"]["reasoning_tokens"])
-    return {
+    headers = {
+        "x-ponder-request-id": completion.id,
+        "x-ponder-class": info.task_class,
         "x-ponder-strategy": info.strategy,
         "x-ponder-thinking-budget": str(info.thinking_budget or 0),
         "x-ponder-reasoning-tokens": str(reasoning),
@@ -355,24 +395,89 @@ def ponder_headers(completion: ChatCompletion) -> dict[str, str]:
         "x-ponder-latency-ms": str(round(info.latency_s * 1000)),
         "x-ponder-truncated": "true" if info.truncated else "false",
     }
+    if info.cost_usd is not None:
+        headers["x-ponder-cost-usd"] = f"{info.cost_usd:.6f}"
+    return headers
 
 
 def _sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
-class Gateway:
-    """The gateway's handlers over one backend."""
+def _quota_error(refusal: Refusal) -> QuotaExceeded:
+    lim = refusal.limit
+    return QuotaExceeded(
+        refusal.message(),
+        limit={
+            "scope": lim.scope,
+            "subject": refusal.subject,
+            "metric": lim.metric,
+            "window": lim.window,
+            "limit": lim.limit,
+        },
+        usage={"used": refusal.used, "reserved": refusal.reserved, "requested": refusal.requested},
+        resets_at=None if lim.window == "request" else refusal.resets_at,
+        retry_after_s=None if lim.window == "request" else refusal.retry_after_s(),
+        code="rate_limit_exceeded" if lim.window == "minute" else None,
+    )
 
-    def __init__(self, backend: Backend, settings: ServerSettings | None = None) -> None:
+
+@dataclass
+class _Run:
+    """One admitted request on its way through run -> settle -> ledger -> metrics."""
+
+    id: str
+    caller: Caller
+    plan: Plan
+    demand: Demand
+    reservation: Reservation | None
+    guard: QuotaGuard
+    started: float = field(default_factory=time.monotonic)
+    settled: bool = False
+    cost_micro: int = 0
+
+
+class Gateway:
+    """The gateway's handlers over one backend.
+
+    Without a ``store`` it is the plain library gateway (no auth, quotas or
+    ledger). With one, every chat request goes auth -> plan -> reserve -> run
+    -> settle + ledger row (committed before responding) -> metrics/alerts.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        settings: ServerSettings | None = None,
+        *,
+        store: Store | None = None,
+        prices: PriceTable | None = None,
+        metrics: GatewayMetrics | None = None,
+        alerts: Alerts | None = None,
+        quota_thresholds: Sequence[float] = (0.8, 1.0),
+        otel: OtelTracer | None = None,
+    ) -> None:
         self.backend = backend
         # model_construct: the defaults without reading the environment (only
         # entry points do that; create_app passes the loaded settings).
         self.settings = settings or ServerSettings.model_construct()
+        self.store = store
+        self.prices = prices or PriceTable()
+        self.metrics = metrics or GatewayMetrics()
+        self.alerts = alerts or Alerts()
+        self.quota_thresholds = tuple(quota_thresholds)
+        self.otel = otel
+        self.auth = Authenticator(store, require_auth=self.settings.require_auth)
+        self.tier = self.settings.tier or backend.name
         self.ponder = Ponder(backend)
         self.created = int(time.time())
 
-    # ---- GET /health, GET /v1/models
+    @property
+    def price(self) -> Price:
+        model = self.prices.models.get(self.backend.name)
+        return model or self.prices.for_model(self.tier)
+
+    # ---- GET /health, GET /v1/models, GET /metrics
 
     def health(self) -> dict[str, str]:
         return {"status": "ok", "model": self.backend.name}
@@ -380,16 +485,136 @@ class Gateway:
     def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.backend.name, created=self.created)])
 
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    # ---- admission: auth, scopes, caps, reservation
+
+    async def _blocking(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self.store is None:
+            return fn(*args, **kwargs)
+        # Store calls block (SQLite or a PostgreSQL round trip): keep the loop free.
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def authenticate(self, headers: Mapping[str, str] | None) -> Caller:
+        scopes = ANONYMOUS_SCOPES if self.settings.allow_reasoning else frozenset({"strategies"})
+        return await self._blocking(self.auth.authenticate, headers, anonymous_scopes=scopes)
+
+    def _check_scopes(self, caller: Caller, request: ChatCompletionRequest) -> None:
+        opts = request.ponder
+        if (opts.strategy or opts.params) and not caller.may("strategies"):
+            raise Forbidden(
+                f"key {caller.label} may not choose strategies (ponder.strategy / ponder.params); "
+                "drop them and use reasoning_effort, or ask an admin for the 'strategies' scope",
+                param="ponder.strategy" if opts.strategy else "ponder.params",
+            )
+
+    async def _bound(self, p: Plan, caller: Caller) -> tuple[Plan, Demand]:
+        """The plan's worst case, after clipping it to the caller's per-request caps."""
+        caps: dict[str, int] = {}
+        if self.store is not None:
+            limits = await self._blocking(self.store.limits)
+            for lim in applicable(limits, caller.subjects()):
+                if lim.window == "request":
+                    caps[lim.metric] = min(caps.get(lim.metric, lim.limit), lim.limit)
+        samples = max(int(getattr(p.instance, "n", 1) or 1), 1)
+        calls = max(int(getattr(p.instance, "max_calls", 1) or 1), 1)
+        prompt = estimate_prompt_tokens(self.backend, p.messages) * calls
+        gen = p.budget.tokens if p.budget.tokens is not None else samples * p.sampling.max_tokens
+        # The cap that last lowered the generated-token budget, if any.
+        clipped_by: str | None = None
+        deadline = p.budget.deadline_s
+
+        cap = caps.get("reasoning_tokens")
+        if cap is not None and p.thinking_budget and p.thinking_budget * samples > cap:
+            per_sample = cap // samples
+            params = {**p.params, "thinking_budget": per_sample}
+            p = dataclasses.replace(
+                p,
+                params=params,
+                instance=_get_strategy(p.strategy, **params),
+                thinking_budget=per_sample,
+            )
+        cap = caps.get("tokens")
+        if cap is not None and prompt + gen > cap:
+            gen, clipped_by = cap - prompt, "tokens"
+        cap = caps.get("cost")
+        price = self.price
+        if cap is not None:
+            token_rates = price.input or price.output or price.reasoning_rate
+            if price.gpu_second > 0 and deadline is not None:
+                gpu_allow = cap // 2 if token_rates else cap
+                deadline = min(deadline, gpu_allow / (price.gpu_second * MICRO))
+            gpu_worst = math.ceil((deadline or 0) * price.gpu_second * MICRO)
+            afford = price.tokens_for_micro(cap - gpu_worst, prompt)
+            if afford is not None and afford < gen:
+                gen, clipped_by = afford, "cost"
+        if clipped_by is not None and gen < 1:
+            raise QuotaExceeded(
+                f"the per-request {clipped_by} cap ({caps[clipped_by]}) leaves no room to "
+                f"generate after the prompt (about {prompt} tokens); shorten the prompt or "
+                "ask an admin to raise the cap",
+                limit={"metric": clipped_by, "window": "request", "limit": caps[clipped_by]},
+                usage={"used": 0, "reserved": 0, "requested": prompt},
+                resets_at=None,
+                retry_after_s=None,
+            )
+        if clipped_by is not None or deadline != p.budget.deadline_s:
+            tokens = gen if clipped_by is not None else p.budget.tokens
+            p = dataclasses.replace(p, budget=Budget(tokens=tokens, deadline_s=deadline))
+        thinking = p.thinking_budget
+        demand = Demand(
+            requests=1,
+            tokens=prompt + gen,
+            reasoning_tokens=min(gen, thinking * samples) if thinking else 0,
+            cost=price.worst_case_micro(prompt, gen, deadline or 0.0),
+        )
+        return p, demand
+
+    async def _reserve(self, caller: Caller, demand: Demand, p: Plan) -> Reservation | None:
+        if self.store is None:
+            return None
+        ttl = (p.budget.deadline_s or self.settings.request_timeout_s) + 60.0
+        result = await self._blocking(self.store.reserve, caller.subjects(), demand, ttl_s=ttl)
+        if isinstance(result, Refusal):
+            raise _quota_error(result)
+        return result
+
     # ---- POST /v1/chat/completions
 
-    async def chat(self, body: Any) -> ChatCompletion | StreamResult | ErrorResult:
+    async def chat(
+        self, body: Any, headers: Mapping[str, str] | None = None
+    ) -> ChatCompletion | StreamResult | ErrorResult:
         """Handle a chat completion: ``body`` is a decoded JSON body or a parsed request."""
+        caller = Caller()
         try:
+            caller = await self.authenticate(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
+            self._check_scopes(caller, request)
             p = plan(request, self.settings)
-            if p.stream:
-                return await self._start_stream(p)
-            outcome = await self.ponder.asolve(
+            # Reasoning is hidden from callers without the scope (as with allow_reasoning).
+            p.include_reasoning = p.include_reasoning and caller.may("reasoning")
+            p, demand = await self._bound(p, caller)
+            reservation = await self._reserve(caller, demand, p)
+        except PonderError as exc:
+            self.metrics.refuse(caller.label, exc.code or exc.type)
+            return error_result(exc)
+        except Exception as exc:
+            return _internal_error(exc)
+        # From here the request holds a reservation: every path below settles it.
+        allowance = demand.tokens if reservation is not None and reservation.items else None
+        run = _Run(
+            id=completion_id(),
+            caller=caller,
+            plan=p,
+            demand=demand,
+            reservation=reservation,
+            guard=QuotaGuard(self.backend, allowance=allowance),
+        )
+        if p.stream:
+            return await self._start_stream(run)
+        try:
+            outcome = await Ponder(run.guard).asolve(
                 Problem(messages=p.messages),
                 p.instance,
                 budget=p.budget,
@@ -399,14 +624,18 @@ class Gateway:
                 seed=p.sampling.seed,
                 stop=p.sampling.stop,
             )
-            return self._completion(p, outcome)
+        except Exception as exc:
+            return await self._fail(run, exc)
+        try:
+            await self._finish(run, status="ok", http_status=200, truncated=outcome.truncated)
         except PonderError as exc:
             return error_result(exc)
-        except Exception as exc:
-            return _internal_error(exc)
+        return self._completion(run, outcome)
 
-    def _completion(self, p: Plan, outcome: Outcome) -> ChatCompletion:
+    def _completion(self, run: _Run, outcome: Outcome) -> ChatCompletion:
+        p = run.plan
         return ChatCompletion(
+            id=run.id,
             model=self.backend.name,
             choices=[
                 Choice(
@@ -420,6 +649,7 @@ class Gateway:
             usage=outcome.usage.to_openai(),
             ponder=PonderInfo(
                 strategy=outcome.strategy,
+                task_class=p.task_class,
                 params=p.params,
                 budget=p.budget.tokens,
                 thinking_budget=p.thinking_budget,
@@ -428,13 +658,155 @@ class Gateway:
                 calls=outcome.calls,
                 latency_s=round(outcome.latency_s, 4),
                 n_candidates=len(outcome.candidates),
+                cost_usd=to_usd(run.cost_micro),
             ),
         )
 
+    # ---- settlement: ledger row, counters, metrics, alerts
+
+    def _row(
+        self, run: _Run, *, status: str, http_status: int, truncated: bool, error_code: str | None
+    ) -> tuple[LedgerRow, Demand]:
+        p, usage, guard = run.plan, run.guard.usage, run.guard
+        run.cost_micro = self.price.cost_micro(usage, guard.engine_s)
+        ttft = guard.ttft_s
+        row = LedgerRow(
+            id=run.id,
+            task_class=p.task_class,
+            strategy=p.strategy,
+            plan={
+                "params": p.params,
+                "budget": p.budget.tokens,
+                "deadline_s": p.budget.deadline_s,
+                "thinking_budget": p.thinking_budget,
+                "max_tokens": p.sampling.max_tokens,
+                "stream": p.stream,
+                "reserved": run.demand.as_dict(),
+            },
+            status=status,
+            http_status=http_status,
+            key_id=run.caller.key_id,
+            user=run.caller.user,
+            team=run.caller.team,
+            session=run.caller.session,
+            tier=self.tier,
+            model=self.backend.name,
+            error_code=error_code,
+            input_tokens=usage.input,
+            cached_input_tokens=usage.cached_input,
+            reasoning_tokens=usage.reasoning,
+            output_tokens=usage.output,
+            estimated=usage.input_estimated or usage.reasoning_estimated or usage.output_estimated,
+            cost_micro=run.cost_micro,
+            engine_s=guard.engine_s,
+            latency_ms=(time.monotonic() - run.started) * 1000,
+            ttft_ms=None if ttft is None else ttft * 1000,
+            truncated=truncated,
+        )
+        actual = Demand(
+            requests=1,
+            tokens=usage.total_tokens,
+            reasoning_tokens=usage.reasoning,
+            cost=run.cost_micro,
+        )
+        return row, actual
+
+    def _settle_sync(self, run: _Run, row: LedgerRow, actual: Demand) -> list[Crossing]:
+        if self.store is None:
+            return []
+        if run.reservation is None:
+            self.store.insert_row(row)
+            return []
+        return self.store.settle(run.reservation, actual, row, thresholds=self.quota_thresholds)
+
+    def _observe(self, run: _Run, row: LedgerRow, crossings: list[Crossing]) -> None:
+        run.settled = True
+        p, usage = run.plan, run.guard.usage
+        self.metrics.observe(
+            task_class=p.task_class,
+            tier=self.tier,
+            strategy=p.strategy,
+            caller=run.caller.label,
+            status=row.status,
+            usage=usage,
+            cost_usd=to_usd(row.cost_micro),
+            latency_s=row.latency_ms / 1000,
+            ttft_s=None if row.ttft_ms is None else row.ttft_ms / 1000,
+        )
+        if row.status == "ok":
+            self.alerts.request_finished(
+                task_class=p.task_class,
+                reasoning_tokens=usage.reasoning,
+                request_id=run.id,
+                caller=run.caller.label,
+            )
+        for c in crossings:
+            self.alerts.quota_crossed(
+                scope=c.limit.scope,
+                subject=c.subject,
+                metric=c.limit.metric,
+                window=c.limit.window,
+                limit=c.limit.limit,
+                used=c.used,
+                threshold=c.threshold,
+            )
+        if self.otel is not None:
+            self.otel.record(row, usage)
+
+    async def _finish(
+        self,
+        run: _Run,
+        *,
+        status: str,
+        http_status: int,
+        truncated: bool,
+        error_code: str | None = None,
+    ) -> None:
+        """Settle and write the ledger row (committed before the caller hears back)."""
+        row, actual = self._row(
+            run, status=status, http_status=http_status, truncated=truncated, error_code=error_code
+        )
+        crossings = await self._blocking(self._settle_sync, run, row, actual)
+        self._observe(run, row, crossings)
+
+    def _finish_now(self, run: _Run, *, status: str) -> None:
+        """Blocking settlement for a stream the client abandoned (no await is safe there)."""
+        if run.settled:
+            return
+        row, actual = self._row(
+            run, status=status, http_status=499, truncated=True, error_code="client_closed"
+        )
+        try:
+            crossings = self._settle_sync(run, row, actual)
+        except PonderError:
+            logger.exception("could not settle abandoned request %s", run.id)
+            run.settled = True
+            return
+        self._observe(run, row, crossings)
+
+    async def _fail(self, run: _Run, exc: BaseException) -> ErrorResult:
+        """A request that failed while running: settle what it spent, then report the error."""
+        result = error_result(exc) if isinstance(exc, PonderError) else _internal_error(exc)
+        code = result.body["error"].get("code")
+        if result.status in (502, 503, 504):
+            self.alerts.upstream_error(self.tier, str(result.body["error"]["message"])[:200])
+        try:
+            await self._finish(
+                run,
+                status="error",
+                http_status=result.status,
+                truncated=True,
+                error_code=str(code) if code else None,
+            )
+        except PonderError as store_exc:
+            return error_result(store_exc)
+        return result
+
     # ---- streaming (direct / cot: one generation, streamed as decoded)
 
-    async def _start_stream(self, p: Plan) -> StreamResult:
-        meter = MeteredBackend(self.backend, p.budget)
+    async def _start_stream(self, run: _Run) -> StreamResult | ErrorResult:
+        p = run.plan
+        meter = MeteredBackend(run.guard, p.budget)
         ctx = RunContext(backend=meter, sampling=p.sampling)
         thinking = None
         if p.thinking_budget:
@@ -442,81 +814,206 @@ class Gateway:
             thinking = ThinkingConfig(
                 budget_tokens=p.thinking_budget, min_tokens=min(min_thinking, p.thinking_budget)
             )
-        req = ctx.request(
-            Problem(messages=p.messages),
-            temperature=getattr(p.instance, "temperature", 0.0),
-            thinking=thinking,
-        )
-        deltas = meter.stream(req)
-        # Pull the first delta before answering 200, so errors that happen up
-        # front (context overflow, engine down) still get their HTTP status.
+        deltas: AsyncIterator[Delta] | None = None
         first: Delta | None = None
         try:
+            req = ctx.request(
+                Problem(messages=p.messages),
+                temperature=getattr(p.instance, "temperature", 0.0),
+                thinking=thinking,
+            )
+            deltas = meter.stream(req)
+            # Pull the first delta before answering 200, so errors that happen up
+            # front (context overflow, engine down) still get their HTTP status.
             first = await anext(deltas)
-        except StopAsyncIteration:
-            pass
-        except BudgetExhausted:
+        except (StopAsyncIteration, BudgetExhausted):
             # Anytime semantics: a zero budget gives an empty, truncated answer.
             pass
-        except BaseException:
-            await _aclose(deltas)
-            raise
+        except Exception as exc:
+            if deltas is not None:
+                await _aclose(deltas)
+            return await self._fail(run, exc)
+        assert deltas is not None
         headers = {
+            "x-ponder-request-id": run.id,
+            "x-ponder-class": p.task_class,
             "x-ponder-strategy": p.strategy,
             "x-ponder-thinking-budget": str(p.thinking_budget or 0),
         }
-        return StreamResult(events=self._events(p, meter, deltas, first), headers=headers)
+        return StreamResult(events=self._events(run, meter, deltas, first), headers=headers)
 
     async def _events(
         self,
-        p: Plan,
+        run: _Run,
         meter: MeteredBackend,
         deltas: AsyncIterator[Delta],
         first: Delta | None,
     ) -> AsyncIterator[str]:
-        cid, created, model = completion_id(), int(time.time()), self.backend.name
+        p = run.plan
+        cid, created, model = run.id, int(time.time()), self.backend.name
 
         def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
             c = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)
             return _sse(c.model_dump_json(exclude_none=True))
 
-        yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
-        engine_finish: str | None = None
         try:
-            delta = first
-            while delta is not None:
-                piece = ChunkDelta(
-                    content=delta.text or None,
-                    reasoning_content=(delta.reasoning or None) if p.include_reasoning else None,
-                )
-                if piece.content is not None or piece.reasoning_content is not None:
-                    yield chunk([ChunkChoice(delta=piece)])
-                engine_finish = delta.finish_reason or engine_finish
-                delta = await anext(deltas, None)
-        except PonderError as exc:
-            yield _sse(json.dumps(exc.to_openai()))
-            yield _sse("[DONE]")
-            return
-        except Exception as exc:
-            yield _sse(json.dumps(_internal_error(exc).body))
-            yield _sse("[DONE]")
-            return
-        finally:
+            yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+            engine_finish: str | None = None
+            try:
+                delta = first
+                while delta is not None:
+                    piece = ChunkDelta(
+                        content=delta.text or None,
+                        reasoning_content=(delta.reasoning or None)
+                        if p.include_reasoning
+                        else None,
+                    )
+                    if piece.content is not None or piece.reasoning_content is not None:
+                        yield chunk([ChunkChoice(delta=piece)])
+                    engine_finish = delta.finish_reason or engine_finish
+                    delta = await anext(deltas, None)
+            except Exception as exc:
+                await _aclose(deltas)
+                failed = await self._fail(run, exc)
+                yield _sse(json.dumps(failed.body))
+                yield _sse("[DONE]")
+                return
             await _aclose(deltas)
 
-        truncated = meter.exhausted is not None or engine_finish not in (None, "stop")
-        info = PonderInfo(
-            strategy=p.strategy,
-            params=p.params,
-            budget=p.budget.tokens,
-            thinking_budget=p.thinking_budget,
-            truncated=truncated,
-            stop_reason=meter.exhausted or engine_finish,
-            calls=meter.calls,
-            latency_s=round(time.monotonic() - meter.started, 4),
-            n_candidates=1 if first is not None else 0,
-        )
-        yield chunk([ChunkChoice(finish_reason=_openai_finish(truncated))], ponder=info)
-        if p.include_usage:
-            yield chunk([], usage=meter.usage.to_openai())
-        yield _sse("[DONE]")
+            truncated = meter.exhausted is not None or engine_finish not in (None, "stop")
+            try:
+                await self._finish(run, status="ok", http_status=200, truncated=truncated)
+            except PonderError as exc:
+                yield _sse(json.dumps(exc.to_openai()))
+                yield _sse("[DONE]")
+                return
+            info = PonderInfo(
+                strategy=p.strategy,
+                task_class=p.task_class,
+                params=p.params,
+                budget=p.budget.tokens,
+                thinking_budget=p.thinking_budget,
+                truncated=truncated,
+                stop_reason=meter.exhausted or engine_finish,
+                calls=meter.calls,
+                latency_s=round(time.monotonic() - meter.started, 4),
+                n_candidates=1 if first is not None else 0,
+                cost_usd=to_usd(run.cost_micro),
+            )
+            yield chunk([ChunkChoice(finish_reason=_openai_finish(truncated))], ponder=info)
+            if p.include_usage:
+                yield chunk([], usage=meter.usage.to_openai())
+            yield _sse("[DONE]")
+        finally:
+            if not run.settled:
+                # The client went away mid-stream: what was generated is still spent.
+                await _aclose(deltas)
+                self._finish_now(run, status="cancelled")
+
+    # ---- admin: keys and quotas (admin scope required)
+
+    async def _admin(self, headers: Mapping[str, str] | None) -> Store:
+        if self.store is None:
+            raise InvalidRequest(
+                "this gateway runs without a store (server.ledger = false): there are no "
+                "keys or quotas to manage"
+            )
+        caller = await self.authenticate(headers)
+        if caller.key_id is None or not caller.may("admin"):
+            raise Forbidden(
+                "the admin API needs a key with the 'admin' scope; create one with "
+                "`ponder keys create --user NAME --scope admin`"
+            )
+        return self.store
+
+    @staticmethod
+    def _validated(model: type[_M], body: Any) -> _M:
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"request body must be a JSON object, got {type(body).__name__}")
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            raise InvalidRequest(
+                "invalid request: " + "; ".join(_describe(e) for e in errors[:3]),
+                param=_loc(errors[0]["loc"]) or None,
+            ) from exc
+
+    async def admin_create_key(
+        self, body: Any, headers: Mapping[str, str] | None
+    ) -> dict[str, Any] | ErrorResult:
+        try:
+            store = await self._admin(headers)
+            req = self._validated(KeyCreate, body)
+            record, secret = await self._blocking(
+                store.create_key, req.user, team=req.team, scopes=req.scopes, name=req.name
+            )
+        except PonderError as exc:
+            return error_result(exc)
+        return {**record.public(), "key": secret}
+
+    async def admin_list_keys(
+        self, headers: Mapping[str, str] | None, *, include_revoked: bool = False
+    ) -> dict[str, Any] | ErrorResult:
+        try:
+            store = await self._admin(headers)
+            keys = await self._blocking(store.list_keys, include_revoked=include_revoked)
+        except PonderError as exc:
+            return error_result(exc)
+        return {"object": "list", "data": [k.public() for k in keys]}
+
+    async def admin_revoke_key(
+        self, key_id: str, headers: Mapping[str, str] | None
+    ) -> dict[str, Any] | ErrorResult:
+        try:
+            store = await self._admin(headers)
+            if not await self._blocking(store.revoke_key, key_id):
+                raise NotFound(
+                    f"no active key with id {key_id!r}; list keys with GET /v1/admin/keys"
+                )
+        except PonderError as exc:
+            return error_result(exc)
+        return {"id": key_id, "revoked": True}
+
+    async def admin_set_quota(
+        self, body: Any, headers: Mapping[str, str] | None
+    ) -> dict[str, Any] | ErrorResult:
+        try:
+            store = await self._admin(headers)
+            q = self._validated(QuotaSet, body)
+            if q.limit is None:
+                removed = await self._blocking(
+                    store.delete_limit, q.scope, q.subject, q.metric, q.window
+                )
+                return {**q.model_dump(), "removed": removed}
+            await self._blocking(
+                store.set_limit, Limit(q.scope, q.subject, q.metric, q.window, q.limit)
+            )
+        except PonderError as exc:
+            return error_result(exc)
+        return q.model_dump()
+
+    async def admin_show_quota(
+        self, headers: Mapping[str, str] | None, subjects: Mapping[Scope, str | None]
+    ) -> dict[str, Any] | ErrorResult:
+        try:
+            store = await self._admin(headers)
+            if any(subjects.values()):
+                rows = await self._blocking(store.status, subjects)
+                data = [quota_status_json(r) for r in rows]
+            else:
+                limits = await self._blocking(store.limits)
+                data = [dataclasses.asdict(lim) for lim in limits]
+        except PonderError as exc:
+            return error_result(exc)
+        return {"object": "list", "data": data}
+
+
+def quota_status_json(q: QuotaStatus) -> dict[str, Any]:
+    return {
+        **dataclasses.asdict(q.limit),
+        "counted_for": q.subject,
+        "used": q.used,
+        "reserved": q.reserved,
+        "resets_at": None if q.limit.window == "request" else q.resets_at,
+    }

@@ -33,11 +33,13 @@ __all__ = [
     "Choice",
     "ChunkChoice",
     "ChunkDelta",
+    "KeyCreate",
     "ModelCard",
     "ModelList",
     "OpenAIFinishReason",
     "PonderInfo",
     "PonderOptions",
+    "QuotaSet",
     "ReasoningEffort",
     "StreamOptions",
     "ThinkingParam",
@@ -190,6 +192,7 @@ class PonderInfo(BaseModel):
     """What ponder did for this request (an extension clients may ignore)."""
 
     strategy: str
+    task_class: str = "general"
     params: dict[str, Any] = Field(default_factory=dict)
     budget: int | None = None
     thinking_budget: int | None = None
@@ -198,6 +201,8 @@ class PonderInfo(BaseModel):
     calls: int = 0
     latency_s: float = 0.0
     n_candidates: int = 0
+    # Priced from the server's price table (0 when no price is configured).
+    cost_usd: float | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -245,3 +250,29 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --------------------------------------------------------------------------- admin
+
+
+class KeyCreate(BaseModel):
+    """``POST /v1/admin/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(min_length=1, max_length=200)
+    team: str | None = Field(default=None, max_length=200)
+    scopes: list[Literal["reasoning", "strategies", "admin"]] = Field(default_factory=list)
+    name: str = Field(default="", max_length=200)
+
+
+class QuotaSet(BaseModel):
+    """``PUT /v1/admin/quotas``: ``limit: null`` removes the limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["key", "user", "team", "session"]
+    subject: str = Field(min_length=1, max_length=200)
+    metric: Literal["requests", "tokens", "reasoning_tokens", "cost"]
+    window: Literal["minute", "day", "month", "request"]
+    limit: int | None = Field(ge=0, strict=True)

@@ -7,21 +7,36 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ponder.errors import InvalidRequest, UnknownStrategy
+from ponder.strategies.adaptive import AdaptiveConsistency
 from ponder.strategies.base import RunContext, SamplingDefaults, Strategy, finish, to_candidate
 from ponder.strategies.basic import BestOfN, ChainOfThought, Direct, SelfConsistency, majority_vote
+from ponder.strategies.program import ProgramAided
+from ponder.strategies.refine import SelfRefine
+from ponder.strategies.search import DVTS, BeamSearch
+from ponder.strategies.tree import TreeRecorder, render_tree
+from ponder.strategies.tree_search import MCTS, TreeOfThoughts
 
 __all__ = [
+    "DVTS",
+    "MCTS",
+    "AdaptiveConsistency",
+    "BeamSearch",
     "BestOfN",
     "ChainOfThought",
     "Direct",
     "RunContext",
+    "ProgramAided",
     "SamplingDefaults",
     "SelfConsistency",
+    "SelfRefine",
     "Strategy",
+    "TreeOfThoughts",
+    "TreeRecorder",
     "available_strategies",
     "finish",
     "get_strategy",
     "majority_vote",
+    "render_tree",
     "to_candidate",
 ]
 
@@ -30,6 +45,13 @@ _BUILTIN: dict[str, type] = {
     "cot": ChainOfThought,
     "self_consistency": SelfConsistency,
     "best_of_n": BestOfN,
+    "beam_search": BeamSearch,
+    "dvts": DVTS,
+    "tree_of_thoughts": TreeOfThoughts,
+    "mcts": MCTS,
+    "self_refine": SelfRefine,
+    "program_aided": ProgramAided,
+    "adaptive_consistency": AdaptiveConsistency,
 }
 
 

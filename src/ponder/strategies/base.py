@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ponder.budget.metered import MeteredBackend
 from ponder.errors import InvalidRequest
+from ponder.strategies.tree import flat_tree
 from ponder.telemetry.trace import Tracer
 from ponder.types import (
     Candidate,
@@ -26,14 +27,16 @@ from ponder.types import (
     Problem,
     Score,
     ThinkingConfig,
+    TraceNode,
 )
-from ponder.verifiers.answers import extract_answer
+from ponder.verifiers.answers import extract_answer, extract_code
 from ponder.verifiers.base import Verifier
 
 __all__ = [
     "RunContext",
     "SamplingDefaults",
     "Strategy",
+    "answer_key",
     "check_int",
     "check_temperature",
     "finish",
@@ -147,11 +150,19 @@ class Strategy(Protocol):
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome: ...
 
 
-def to_candidate(gen: Generation) -> Candidate:
+def answer_key(text: str, task: str | None = None) -> str | None:
+    """What a candidate votes under: its final answer, or for code tasks its normalized code."""
+    if task == "code":
+        code = extract_code(text).strip()
+        return "\n".join(line.rstrip() for line in code.splitlines() if line.strip()) or None
+    return extract_answer(text)
+
+
+def to_candidate(gen: Generation, task: str | None = None) -> Candidate:
     return Candidate(
         text=gen.text,
         reasoning=gen.reasoning,
-        answer=extract_answer(gen.text),
+        answer=answer_key(gen.text, task),
         generation=gen,
         # Anything but a natural stop is an unfinished answer (an engine error included).
         truncated=gen.finish_reason != "stop",
@@ -164,8 +175,12 @@ def finish(
     candidates: Sequence[Candidate],
     chosen: int | None,
     scores: Sequence[Score] = (),
+    tree: TraceNode | None = None,
 ) -> Outcome:
-    """Build the outcome from what the run has; usage comes from the meter, never the strategy."""
+    """Build the outcome from what the run has; usage comes from the meter, never the strategy.
+
+    Without a ``tree`` the run is recorded as a root with one node per candidate.
+    """
     best = candidates[chosen] if chosen is not None and candidates else None
     meter = ctx.backend
     truncated = meter.exhausted is not None or (best is not None and best.truncated)
@@ -186,4 +201,5 @@ def finish(
         stop_reason=stop_reason,
         calls=meter.calls,
         trace=list(ctx.tracer.events),
+        tree=tree if tree is not None else flat_tree(candidates, scores, chosen),
     )

@@ -18,7 +18,14 @@ from ponder.strategies.base import (
 from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
 from ponder.verifiers.simple import AgreementVerifier, MeanLogprobVerifier
 
-__all__ = ["BestOfN", "ChainOfThought", "Direct", "SelfConsistency", "majority_vote"]
+__all__ = [
+    "BestOfN",
+    "ChainOfThought",
+    "Direct",
+    "SelfConsistency",
+    "majority_vote",
+    "weighted_choice",
+]
 
 
 def _thinking(budget: int | None, min_tokens: int = 0) -> ThinkingConfig | None:
@@ -48,7 +55,7 @@ class Direct:
         candidates: list[Candidate] = []
         try:
             gens = await ctx.generate(ctx.request(problem, temperature=self.temperature))
-            candidates = [to_candidate(g) for g in gens]
+            candidates = [to_candidate(g, problem.task) for g in gens]
         except BudgetExhausted:
             pass
         return finish(self.name, ctx, candidates, 0 if candidates else None)
@@ -79,7 +86,7 @@ class ChainOfThought:
                 temperature=self.temperature,
                 thinking=_thinking(self.thinking_budget, self.min_thinking),
             )
-            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+            candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
             pass
         return finish(self.name, ctx, candidates, 0 if candidates else None)
@@ -122,7 +129,7 @@ class SelfConsistency:
                 temperature=self.temperature,
                 thinking=_thinking(self.thinking_budget),
             )
-            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+            candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
             pass
         chosen = majority_vote(candidates)
@@ -136,12 +143,16 @@ class BestOfN:
 
     Without a verifier: vote agreement when the candidates' answers agree at
     all, otherwise the mean token logprob (the model's own confidence).
+    ``weighted=True`` sums the scores of candidates sharing an answer and keeps
+    the best candidate of the answer with the largest sum (weighted best-of-N);
+    it expects non-negative scores.
     """
 
     name: str = "best_of_n"
     n: int = 4
     temperature: float = 0.8
     thinking_budget: int | None = None
+    weighted: bool = False
 
     def __post_init__(self) -> None:
         _check_sampled(self.name, self.n, self.temperature, self.thinking_budget)
@@ -155,8 +166,9 @@ class BestOfN:
                 temperature=self.temperature,
                 thinking=_thinking(self.thinking_budget),
                 logprobs=True,
+                top_logprobs=getattr(ctx.verifier, "top_logprobs", 0),
             )
-            candidates = [to_candidate(g) for g in await ctx.generate(req)]
+            candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
             pass
         if not candidates:
@@ -170,8 +182,37 @@ class BestOfN:
         ctx.tracer.event(
             "scored", verifier=type(verifier).__name__, scores=[s.value for s in scores]
         )
-        chosen = _argmax(candidates, scores)
+        chosen = (
+            weighted_choice(candidates, scores) if self.weighted else _argmax(candidates, scores)
+        )
         return finish(self.name, ctx, candidates, chosen, scores)
+
+
+def weighted_choice(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
+    """Weighted best-of-N: the answer whose candidates' scores sum highest wins.
+
+    Complete candidates with an answer vote first; the returned index is that
+    answer's best-scored candidate. Falls back to plain argmax when nobody votes.
+    """
+    pool = [i for i, c in enumerate(candidates) if not c.truncated and c.answer is not None]
+    if not pool:
+        pool = [i for i, c in enumerate(candidates) if c.answer is not None]
+    if not pool:
+        return _argmax(candidates, scores)
+
+    def value(i: int) -> float:
+        v = scores[i].value
+        return v if not math.isnan(v) else float("-inf")
+
+    totals: dict[str, float] = {}
+    for i in pool:
+        key = candidates[i].answer
+        assert key is not None
+        totals[key] = totals.get(key, 0.0) + value(i)
+    # Ties go to the answer reached first, so the choice is deterministic.
+    order = list(dict.fromkeys(candidates[i].answer for i in pool))
+    best = max(order, key=lambda a: totals[a] if a is not None else float("-inf"))
+    return max((i for i in pool if candidates[i].answer == best), key=value)
 
 
 def _argmax(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:

@@ -1,0 +1,620 @@
+"""The store behind keys, quotas and the ledger (SQLAlchemy Core; SQLite or PostgreSQL).
+
+Correctness rests on two statements:
+
+- **reserve** runs, in one transaction, a conditional ``UPDATE ... SET reserved =
+  reserved + :amount WHERE used + reserved + :amount <= :limit`` per binding
+  limit (in a fixed order, so concurrent transactions cannot deadlock). The row
+  lock of PostgreSQL and the write lock of SQLite (``BEGIN IMMEDIATE``) make the
+  check and the increment one step; if any limit refuses, the whole
+  transaction rolls back and nothing is held.
+- **settle** moves the reservation to actual usage *and* inserts the ledger row
+  in one transaction, committed before the response is sent: a request that
+  returned has its row, and an error leaves no half-row.
+
+Every database error is raised as :class:`StoreUnavailable` (the gateway fails
+closed). Calls are synchronous; the gateway runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+
+from ponder.budget.quota import (
+    Demand,
+    Limit,
+    Metric,
+    Refusal,
+    Scope,
+    Window,
+    applicable,
+    window_bounds,
+)
+from ponder.errors import InvalidRequest, StoreUnavailable
+from ponder.ledger import schema as s
+
+__all__ = [
+    "Crossing",
+    "KeyRecord",
+    "LedgerRow",
+    "QuotaStatus",
+    "Reservation",
+    "Store",
+    "StoreUnavailable",
+    "default_url",
+    "hash_key",
+]
+
+KEY_PREFIX = "pk-"
+SCOPE_NAMES = ("reasoning", "strategies", "admin")
+
+
+def default_url() -> str:
+    """``sqlite:///$XDG_DATA_HOME/ponder/ponder.db`` (keys and ledger are data, not cache)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'ponder' / 'ponder.db'}"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored: never the secret, only its hash and a display prefix."""
+
+    id: str
+    prefix: str
+    name: str
+    user: str
+    team: str | None
+    scopes: frozenset[str]
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "prefix": self.prefix,
+            "name": self.name,
+            "user": self.user,
+            "team": self.team,
+            "scopes": sorted(self.scopes),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    # (limit, counter subject, window_start, amount)
+    items: tuple[tuple[Limit, str, int, int], ...]
+    demand: Demand
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A counter that crossed a fraction of its limit at settlement (for alerts)."""
+
+    limit: Limit
+    subject: str
+    threshold: float
+    used: int
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    limit: Limit
+    subject: str
+    used: int
+    reserved: int
+    resets_at: int
+
+
+@dataclass
+class LedgerRow:
+    """One request as the ledger keeps it."""
+
+    id: str
+    task_class: str
+    strategy: str
+    plan: dict[str, Any]
+    status: str
+    http_status: int
+    at: float = field(default_factory=time.time)
+    key_id: str | None = None
+    user: str | None = None
+    team: str | None = None
+    session: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    error_code: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+    cost_micro: int = 0
+    engine_s: float = 0.0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    truncated: bool = False
+    verdict: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan"] = json.dumps(self.plan, sort_keys=True, default=str)
+        return data
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row.id,
+        prefix=row.prefix,
+        name=row.name,
+        user=row.user,
+        team=row.team,
+        scopes=frozenset(x for x in row.scopes.split(",") if x),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _limit(row: Any) -> Limit:
+    return Limit(
+        scope=row.scope, subject=row.subject, metric=row.metric, window=row.window, limit=row.limit
+    )
+
+
+class Store:
+    """Keys, quota limits and counters, and the request ledger in one database."""
+
+    def __init__(self, url: str | None = None, *, connect_timeout_s: float = 5.0) -> None:
+        self.url = url or default_url()
+        parsed = sa.make_url(self.url)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise InvalidRequest(
+                    "an in-memory SQLite store would not survive a restart; give a file, "
+                    "e.g. sqlite:///ponder.db"
+                )
+            Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(
+                parsed, connect_args={"timeout": 30, "check_same_thread": False}
+            )
+            self._sqlite_transactions(self.engine)
+        else:
+            self.engine = sa.create_engine(
+                parsed,
+                pool_size=8,
+                max_overflow=8,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": int(max(connect_timeout_s, 1))},
+            )
+        self.migrate()
+
+    # ---- plumbing
+
+    @staticmethod
+    def _sqlite_transactions(engine: sa.Engine) -> None:
+        # pysqlite's own transaction handling defers BEGIN and cannot take the
+        # write lock up front; take it ourselves so read-check-write is atomic.
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives the process being killed (not a power cut).
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(
+                f"the ponder store ({self.dialect}) failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}; requests are refused until it is "
+                "reachable again (check the ledger URL and the database server)"
+            ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in place."""
+        with self._tx() as conn:
+            s.schema_info.create(conn, checkfirst=True)
+            version = conn.execute(sa.select(s.schema_info.c.version)).scalar()
+            if version is None:
+                version = 0
+                conn.execute(sa.insert(s.schema_info).values(id=1, version=0))
+            if version > s.SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the database has schema version {version}, newer than this ponder "
+                    f"({s.SCHEMA_VERSION}); upgrade ponder"
+                )
+            for step in s.MIGRATIONS[version:]:
+                step(conn)
+            conn.execute(sa.update(s.schema_info).values(version=s.SCHEMA_VERSION))
+        return s.SCHEMA_VERSION
+
+    def ping(self) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.select(1))
+
+    # ---- keys
+
+    def create_key(
+        self,
+        user: str,
+        *,
+        team: str | None = None,
+        scopes: Sequence[str] = (),
+        name: str = "",
+    ) -> tuple[KeyRecord, str]:
+        """A new key; returns its record and the secret (shown once, stored only hashed)."""
+        unknown = sorted(set(scopes) - set(SCOPE_NAMES))
+        if unknown:
+            raise InvalidRequest(
+                f"unknown scope(s) {', '.join(unknown)}; scopes are {', '.join(SCOPE_NAMES)}",
+                param="scopes",
+            )
+        if not user.strip():
+            raise InvalidRequest("a key must belong to a user; give a user name", param="user")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            prefix=secret[:10],
+            name=name,
+            user=user,
+            team=team,
+            scopes=frozenset(scopes),
+            created_at=time.time(),
+        )
+        with self._tx() as conn:
+            conn.execute(
+                sa.insert(s.api_keys).values(
+                    id=record.id,
+                    hash=hash_key(secret),
+                    prefix=record.prefix,
+                    name=name,
+                    user=user,
+                    team=team,
+                    scopes=",".join(sorted(record.scopes)),
+                    created_at=record.created_at,
+                )
+            )
+        return record, secret
+
+    def lookup_key(self, secret: str) -> KeyRecord | None:
+        """The active key with this secret, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(s.api_keys).where(
+                    s.api_keys.c.hash == hash_key(secret), s.api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        return None if row is None else _record(row)
+
+    def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        q = sa.select(s.api_keys).order_by(s.api_keys.c.created_at)
+        if not include_revoked:
+            q = q.where(s.api_keys.c.revoked_at.is_(None))
+        with self._tx() as conn:
+            return [_record(r) for r in conn.execute(q)]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; False when no active key has this id."""
+        with self._tx() as conn:
+            done = conn.execute(
+                sa.update(s.api_keys)
+                .where(s.api_keys.c.id == key_id, s.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return bool(done.rowcount)
+
+    def has_keys(self) -> bool:
+        with self._tx() as conn:
+            q = sa.select(s.api_keys.c.id).where(s.api_keys.c.revoked_at.is_(None)).limit(1)
+            return conn.execute(q).first() is not None
+
+    # ---- limits
+
+    def set_limit(self, limit: Limit) -> None:
+        if limit.limit < 0:
+            raise InvalidRequest(f"a limit must be >= 0, got {limit.limit}", param="limit")
+        key = {
+            "scope": limit.scope,
+            "subject": limit.subject,
+            "metric": limit.metric,
+            "window": limit.window,
+        }
+        with self._tx() as conn:
+            t = s.limits
+            conn.execute(sa.delete(t).where(*(t.c[k] == v for k, v in key.items())))
+            conn.execute(sa.insert(t).values(**key, limit=limit.limit))
+
+    def delete_limit(self, scope: Scope, subject: str, metric: Metric, window: Window) -> bool:
+        t = s.limits
+        with self._tx() as conn:
+            done = conn.execute(
+                sa.delete(t).where(
+                    t.c.scope == scope,
+                    t.c.subject == subject,
+                    t.c.metric == metric,
+                    t.c.window == window,
+                )
+            )
+        return bool(done.rowcount)
+
+    def limits(self) -> list[Limit]:
+        with self._tx() as conn:
+            return [_limit(r) for r in conn.execute(sa.select(s.limits))]
+
+    def status(
+        self, subjects: Mapping[Scope, str | None], now: float | None = None
+    ) -> list[QuotaStatus]:
+        """Every limit that binds these subjects, with its current usage."""
+        now = time.time() if now is None else now
+        out: list[QuotaStatus] = []
+        with self._tx() as conn:
+            binding = applicable([_limit(r) for r in conn.execute(sa.select(s.limits))], subjects)
+            for lim in binding:
+                subject = subjects[lim.scope] or ""
+                start, end = window_bounds(lim.window, now)
+                used = reserved = 0
+                if lim.window != "request":
+                    row = conn.execute(
+                        sa.select(s.counters.c.used, s.counters.c.reserved).where(
+                            *self._counter_key(lim, subject, start)
+                        )
+                    ).first()
+                    if row is not None:
+                        used, reserved = row.used, row.reserved
+                out.append(QuotaStatus(lim, subject, used, reserved, end))
+        return out
+
+    # ---- reservation and settlement
+
+    @staticmethod
+    def _counter_key(lim: Limit, subject: str, start: int) -> list[sa.ColumnElement[bool]]:
+        c = s.counters.c
+        return [
+            c.scope == lim.scope,
+            c.subject == subject,
+            c.metric == lim.metric,
+            c.window == lim.window,
+            c.window_start == start,
+        ]
+
+    def _insert_ignore(self, conn: sa.Connection, values: dict[str, Any]) -> None:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(s.counters).values(**values).on_conflict_do_nothing())
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(s.counters).values(**values).on_conflict_do_nothing())
+
+    def reserve(
+        self,
+        subjects: Mapping[Scope, str | None],
+        demand: Demand,
+        *,
+        ttl_s: float,
+        now: float | None = None,
+    ) -> Reservation | Refusal:
+        """Hold ``demand`` against every binding limit, or hold nothing and say which refused."""
+        try:
+            return self._reserve(subjects, demand, ttl_s, time.time() if now is None else now)
+        except _Refused as refused:
+            return refused.refusal
+
+    def _reserve(
+        self, subjects: Mapping[Scope, str | None], demand: Demand, ttl_s: float, now: float
+    ) -> Reservation | Refusal:
+        with self._tx() as conn:
+            binding = applicable([_limit(r) for r in conn.execute(sa.select(s.limits))], subjects)
+            # Per-request caps first: they need no counter and refuse cheaply.
+            for lim in binding:
+                if lim.window == "request" and demand.get(lim.metric) > lim.limit:
+                    return Refusal(lim, subjects[lim.scope] or "", 0, 0, demand.get(lim.metric), 0)
+            items: list[tuple[Limit, str, int, int]] = []
+            ordered = sorted(
+                (lim for lim in binding if lim.window != "request"),
+                key=lambda lim: (lim.scope, subjects[lim.scope] or "", lim.metric, lim.window),
+            )
+            for lim in ordered:
+                subject = subjects[lim.scope] or ""
+                start, end = window_bounds(lim.window, now)
+                amount = demand.get(lim.metric)
+                key = {
+                    "scope": lim.scope,
+                    "subject": subject,
+                    "metric": lim.metric,
+                    "window": lim.window,
+                    "window_start": start,
+                }
+                self._insert_ignore(conn, {**key, "used": 0, "reserved": 0})
+                c = s.counters.c
+                done = conn.execute(
+                    sa.update(s.counters)
+                    .where(
+                        *self._counter_key(lim, subject, start),
+                        c.used + c.reserved + amount <= lim.limit,
+                    )
+                    .values(reserved=c.reserved + amount)
+                )
+                if done.rowcount != 1:
+                    row = conn.execute(
+                        sa.select(c.used, c.reserved).where(*self._counter_key(lim, subject, start))
+                    ).one()
+                    # Raising rolls back the holds taken so far in this transaction.
+                    raise _Refused(Refusal(lim, subject, row.used, row.reserved, amount, end))
+                items.append((lim, subject, start, amount))
+            res = Reservation(id=uuid.uuid4().hex, items=tuple(items), demand=demand)
+            if items:
+                conn.execute(
+                    sa.insert(s.reservations).values(
+                        id=res.id,
+                        created_at=now,
+                        expires_at=now + ttl_s,
+                        items=json.dumps(
+                            [
+                                [lim.scope, subj, lim.metric, lim.window, start, amt]
+                                for lim, subj, start, amt in items
+                            ]
+                        ),
+                    )
+                )
+        return res
+
+    def settle(
+        self,
+        reservation: Reservation,
+        actual: Demand,
+        row: LedgerRow | None,
+        *,
+        thresholds: Sequence[float] = (),
+    ) -> list[Crossing]:
+        """Replace the hold with actual usage and write the ledger row, in one transaction.
+
+        Returns the counters whose usage crossed one of ``thresholds`` (fractions of the limit).
+        """
+        crossings: list[Crossing] = []
+        with self._tx() as conn:
+            if reservation.items:
+                gone = conn.execute(
+                    sa.delete(s.reservations).where(s.reservations.c.id == reservation.id)
+                )
+                held = gone.rowcount == 1
+            else:
+                held = False
+            c = s.counters.c
+            for lim, subject, start, amount in reservation.items:
+                used = actual.get(lim.metric)
+                conn.execute(
+                    sa.update(s.counters)
+                    .where(*self._counter_key(lim, subject, start))
+                    .values(
+                        # The sweeper may already have released a stale hold.
+                        reserved=c.reserved - (amount if held else 0),
+                        used=c.used + used,
+                    )
+                )
+                if thresholds and used:
+                    after = conn.execute(
+                        sa.select(c.used).where(*self._counter_key(lim, subject, start))
+                    ).scalar_one()
+                    before = after - used
+                    for t in thresholds:
+                        mark = t * lim.limit
+                        if before < mark <= after:
+                            crossings.append(Crossing(lim, subject, t, after))
+            if row is not None:
+                conn.execute(sa.insert(s.requests).values(**row.values()))
+        return crossings
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a hold for a request that did not run."""
+        self.settle(reservation, Demand(requests=0), None)
+
+    def release_stale(self, now: float | None = None) -> int:
+        """Release holds of requests whose process died; returns how many."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            stale = list(
+                conn.execute(sa.select(s.reservations).where(s.reservations.c.expires_at < now))
+            )
+            c = s.counters.c
+            for r in stale:
+                for scope, subject, metric, window, start, amount in json.loads(r.items):
+                    conn.execute(
+                        sa.update(s.counters)
+                        .where(
+                            c.scope == scope,
+                            c.subject == subject,
+                            c.metric == metric,
+                            c.window == window,
+                            c.window_start == start,
+                        )
+                        .values(reserved=c.reserved - amount)
+                    )
+                conn.execute(sa.delete(s.reservations).where(s.reservations.c.id == r.id))
+        return len(stale)
+
+    def counter(
+        self, scope: Scope, subject: str, metric: Metric, window: Window, now: float | None = None
+    ) -> tuple[int, int]:
+        """(used, reserved) of one counter in the window containing ``now``."""
+        start, _ = window_bounds(window, time.time() if now is None else now)
+        c = s.counters.c
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(c.used, c.reserved).where(
+                    c.scope == scope,
+                    c.subject == subject,
+                    c.metric == metric,
+                    c.window == window,
+                    c.window_start == start,
+                )
+            ).first()
+        return (0, 0) if row is None else (int(row.used), int(row.reserved))
+
+    # ---- ledger
+
+    def insert_row(self, row: LedgerRow) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.insert(s.requests).values(**row.values()))
+
+    def rows(self, *, since: float | None = None) -> list[LedgerRow]:
+        q = sa.select(s.requests).order_by(s.requests.c.at)
+        if since is not None:
+            q = q.where(s.requests.c.at >= since)
+        with self._tx() as conn:
+            out = []
+            for r in conn.execute(q):
+                data = dict(r._mapping)
+                data["plan"] = json.loads(data["plan"])
+                out.append(LedgerRow(**data))
+        return out
+
+    def row_ids(self) -> set[str]:
+        with self._tx() as conn:
+            return set(conn.execute(sa.select(s.requests.c.id)).scalars())

@@ -1,0 +1,89 @@
+"""Prometheus metrics of the gateway (``GET /metrics``).
+
+Each :class:`GatewayMetrics` owns its registry, so two gateways in one process
+(tests, embedded use) never share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ponder.types import Usage
+
+__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LABELS = ("task_class", "tier", "strategy", "caller")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ponder_requests",
+            "Requests that ran, by outcome status",
+            (*_LABELS, "status"),
+            registry=r,
+        )
+        self.refused = Counter(
+            "ponder_refused_requests",
+            "Requests refused before running (auth, validation, quota, store down)",
+            ("caller", "code"),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ponder_tokens",
+            "Tokens by exclusive bucket: input, cached_input, reasoning, output",
+            (*_LABELS, "bucket"),
+            registry=r,
+        )
+        self.cost = Counter("ponder_cost_usd", "Cost in USD", _LABELS, registry=r)
+        self.latency = Histogram(
+            "ponder_request_latency_seconds",
+            "Request latency",
+            _LABELS,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ponder_time_to_first_token_seconds",
+            "Time to the first token (whole answer for non-streamed requests)",
+            _LABELS,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe(
+        self,
+        *,
+        task_class: str,
+        tier: str,
+        strategy: str,
+        caller: str,
+        status: str,
+        usage: Usage,
+        cost_usd: float,
+        latency_s: float,
+        ttft_s: float | None,
+    ) -> None:
+        labels = (task_class, tier, strategy, caller)
+        self.requests.labels(*labels, status).inc()
+        for bucket in ("input", "cached_input", "reasoning", "output"):
+            value = getattr(usage, bucket)
+            if value:
+                self.tokens.labels(*labels, bucket).inc(value)
+        if cost_usd:
+            self.cost.labels(*labels).inc(cost_usd)
+        self.latency.labels(*labels).observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.labels(*labels).observe(ttft_s)
+
+    def refuse(self, caller: str, code: str) -> None:
+        self.refused.labels(caller, code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
