@@ -77,7 +77,8 @@ def humaneval_items(count: int) -> list[Item]:
         def grade(outcome: Outcome, p: dict[str, Any] = p) -> bool:
             program = assemble_program(outcome.answer, p["prompt"], p["entry_point"])
             hidden = f"{p['test']}\ncheck({p['entry_point']})"
-            return run_python(program, tests=[hidden], limits=SandboxLimits(timeout_s=10)).all_passed
+            result = run_python(program, tests=[hidden], limits=SandboxLimits(timeout_s=10))
+            return bool(result.all_passed)
 
         items.append(
             Item(
@@ -85,7 +86,11 @@ def humaneval_items(count: int) -> list[Item]:
                 Problem(
                     messages=as_messages(CODE_INSTRUCTION + p["prompt"]),
                     task="code",
-                    metadata={"prompt_code": p["prompt"], "entry_point": p["entry_point"], "id": tid},
+                    metadata={
+                        "prompt_code": p["prompt"],
+                        "entry_point": p["entry_point"],
+                        "id": tid,
+                    },
                 ),
                 grade,
             )
@@ -96,7 +101,9 @@ def humaneval_items(count: int) -> list[Item]:
 def gym_items(count: int, seed: int) -> list[Item]:
     import reasoning_gym
 
-    per_task = [count // len(GYM_TASKS) + (i < count % len(GYM_TASKS)) for i in range(len(GYM_TASKS))]
+    per_task = [
+        count // len(GYM_TASKS) + (i < count % len(GYM_TASKS)) for i in range(len(GYM_TASKS))
+    ]
     items = []
     for task, k in zip(GYM_TASKS, per_task, strict=True):
         if k == 0:
@@ -183,8 +190,11 @@ async def run(args: argparse.Namespace) -> None:
                     tally.truncated += outcome.truncated
                     tally.seconds += time.monotonic() - t0
                     tally.per_item.append(
-                        {"id": item.problem.metadata.get("id"), "ok": ok,
-                         "tokens": outcome.usage.completion_tokens}
+                        {
+                            "id": item.problem.metadata.get("id"),
+                            "ok": ok,
+                            "tokens": outcome.usage.completion_tokens,
+                        }
                     )
                 row = {
                     "suite": suite,
@@ -202,7 +212,9 @@ async def run(args: argparse.Namespace) -> None:
                 summary.append(row)
     finally:
         backend.close()
-    print("\n| suite | strategy | accuracy | correct/items | generated tokens | total tokens (incl. prompts) |")
+    print(
+        "\n| suite | strategy | accuracy | correct/items | generated tokens | total tokens (incl. prompts) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in summary:
         print(
@@ -213,7 +225,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--humaneval", type=int, default=8, help="HumanEval problems (fixed stride)")
     ap.add_argument("--gym", type=int, default=10, help="reasoning-gym items, split over tasks")
     ap.add_argument("--n", type=int, default=4, help="samples per sampling strategy")

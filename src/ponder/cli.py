@@ -217,6 +217,7 @@ def _open_store(settings: Settings, url: str | None = None) -> Store:
 def build_gateway(backend: Backend, settings: Settings, *, db: str | None = None) -> Gateway:
     """The governed gateway ``serve`` runs: store, prices, alerts and telemetry from settings."""
     from ponder.budget.pricing import Price, PriceTable
+    from ponder.router.policy import Router
     from ponder.server.handlers import Gateway
     from ponder.telemetry.alerts import Alerts, webhook_sender
 
@@ -242,6 +243,7 @@ def build_gateway(backend: Backend, settings: Settings, *, db: str | None = None
         ),
         quota_thresholds=a.quota_thresholds,
         otel=otel,
+        router=Router.from_settings(settings.router, tiers=list(settings.tiers)),
     )
 
 
@@ -560,6 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     from ponder.eval.cli import add_eval_commands
 
     add_eval_commands(sub)
+    from ponder.router.cli import add_route_commands
+
+    add_route_commands(sub)
     return parser
 
 

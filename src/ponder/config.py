@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,8 @@ __all__ = [
     "EngineSettings",
     "LedgerSettings",
     "PriceSettings",
+    "RouteClassSettings",
+    "RouterSettings",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
@@ -128,6 +130,43 @@ class TierSettings(BaseModel):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class RouteClassSettings(BaseModel):
+    """The policy of one task class (``[router.classes.<name>]``); see ponder.router.policy.
+
+    ``bucket``: ``use`` extended thinking always, ``maybe`` when the complexity score is at
+    least the router's ``threshold``, ``avoid`` never. ``max_spend`` caps generated tokens.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: Literal["use", "maybe", "avoid"] = "avoid"
+    strategy: str = "direct"
+    params: dict[str, Any] = Field(default_factory=dict)
+    thinking_budget: int = Field(default=0, ge=0)
+    tier: str | None = None
+    latency: Literal["interactive", "async"] | None = None
+    max_spend: int | None = Field(default=None, ge=1)
+
+
+class RouterSettings(BaseModel):
+    """``[router]``: which requests get extended thinking (default: none; classes opt in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # "heuristic", or the path of a model from `ponder route train`.
+    classifier: str = "heuristic"
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Inferred classes without a [router.classes] entry use the built-in presets.
+    infer_presets: bool = False
+    default: RouteClassSettings = Field(default_factory=RouteClassSettings)
+    classes: dict[str, RouteClassSettings] = Field(default_factory=dict)
+    # Per API key id / per team: class name -> policy, over the classes above.
+    keys: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
+    teams: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
+    novelty_window: int = Field(default=256, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -146,6 +185,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     # Named model tiers ([tiers.<name>] tables), weakest first; see ponder.backends.tiers.
     tiers: dict[str, TierSettings] = Field(default_factory=dict)
+    router: RouterSettings = Field(default_factory=RouterSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -417,6 +417,9 @@ async def test_real_server_samples_logprobs_stream_and_continuation(llama_server
         await b.aclose()
 
 
+SEQUENTIAL = {"direct", "cot", "self_consistency", "best_of_n"}
+
+
 @pytest.mark.model
 async def test_every_strategy_runs_through_the_real_server(llama_server):
     from ponder.api import Ponder
@@ -444,7 +447,11 @@ async def test_every_strategy_runs_through_the_real_server(llama_server):
             except InvalidRequest as exc:  # a strategy needing something this test lacks
                 pytest.fail(f"strategy {name} refused the generic backend: {exc}")
             assert out.strategy and out.calls >= 1, name
-            assert 0 < out.usage.completion_tokens <= 48, name
+            assert out.usage.completion_tokens > 0, name
+            if name in SEQUENTIAL:
+                # Concurrent calls of one run (beam search, DVTS...) are each clipped to the
+                # same remaining budget by MeteredBackend, so only these are bounded exactly.
+                assert out.usage.completion_tokens <= 48, name
             assert out.usage.input > 0, name
             ran.append(name)
     finally:

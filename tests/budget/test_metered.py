@@ -242,3 +242,27 @@ async def test_stream_abandoned_early_still_counts_the_call_and_its_tokens() -> 
     assert meter.usage.output == 1
     assert meter.usage.output_estimated
     assert meter.remaining_tokens == 99
+
+
+async def test_concurrent_calls_of_one_run_never_overshoot_the_budget():
+    import asyncio
+
+    from ponder.backends.fake import FunctionBackend
+    from ponder.budget.metered import MeteredBackend
+    from ponder.types import Budget, GenRequest, Message
+
+    slow = FunctionBackend(lambda req, i: "w " * 100, delay_s=0.01)
+    meter = MeteredBackend(slow, Budget(tokens=48))
+    req = GenRequest(messages=[Message(role="user", content="q")], n=4, max_tokens=40)
+
+    async def call():
+        try:
+            return await meter.generate(req)
+        except Exception as exc:  # BudgetExhausted for the call that found nothing left
+            return exc
+
+    results = await asyncio.gather(call(), call(), call())
+    assert meter.usage.completion_tokens <= 48
+    # The first call took 12 per sample; the later ones were refused, not admitted twice.
+    assert sum(1 for r in results if isinstance(r, list)) == 1
+    assert meter._reserved == 0

@@ -20,7 +20,7 @@ def steps_of(req: GenRequest) -> list[str]:
 
 
 def prm(table: dict[str, float], aggregation: str = "min") -> FunctionPRM:
-    return FunctionPRM(lambda p, steps: [table.get(s, 0.0) for s in steps], aggregation=aggregation)  # type: ignore[arg-type]
+    return FunctionPRM(lambda p, steps: [table.get(s, 0.0) for s in steps], aggregation=aggregation)
 
 
 # Only "s1 good" followed by the first sample's second step reaches 7; a whole-solution
@@ -152,7 +152,9 @@ async def test_dvts_keeps_subtrees_apart_where_beam_search_collapses(
 async def test_search_without_a_verifier_uses_step_confidence(
     problem: Problem, make_ctx: MakeCtx
 ) -> None:
-    out = await BeamSearch(n=2, beam_width=2).run(problem, make_ctx(FunctionBackend(lookahead_script)))
+    out = await BeamSearch(n=2, beam_width=2).run(
+        problem, make_ctx(FunctionBackend(lookahead_script))
+    )
 
     assert extract_answer(out.answer) in {"4", "9"}
     assert not out.truncated
@@ -166,7 +168,9 @@ async def test_an_unfinished_search_completes_its_best_beam(
             return f"step {len(steps_of(req))}"
         return "Answer: 3"
 
-    out = await BeamSearch(n=2, beam_width=2, max_steps=2).run(problem, make_ctx(FunctionBackend(endless)))
+    out = await BeamSearch(n=2, beam_width=2, max_steps=2).run(
+        problem, make_ctx(FunctionBackend(endless))
+    )
 
     assert out.answer.endswith("Answer: 3")
     assert out.tree is not None and "completion" in str(out.tree.model_dump())

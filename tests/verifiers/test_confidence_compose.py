@@ -52,7 +52,9 @@ async def test_weighted_sum_combines_parts() -> None:
     a = FunctionVerifier(lambda p, c: 1.0 if "a" in c.text else 0.0)
     b = FunctionVerifier(lambda p, c: float(len(c.text)))
 
-    scores = await WeightedSum([(a, 10.0), (b, 0.5)]).score(P, [Candidate(text="ab"), Candidate(text="bbbb")])
+    scores = await WeightedSum([(a, 10.0), (b, 0.5)]).score(
+        P, [Candidate(text="ab"), Candidate(text="bbbb")]
+    )
 
     assert [s.value for s in scores] == [11.0, 2.0]
 

@@ -23,7 +23,9 @@ PROBLEM = Problem(messages=as_messages("What is 2 + 2?"))
 
 
 def gen(text: str, first: str, top: dict[str, float]) -> Generation:
-    return Generation(text=text, logprobs=[TokenLogprob(token=first, logprob=top.get(first, -9.0), top=top)])
+    return Generation(
+        text=text, logprobs=[TokenLogprob(token=first, logprob=top.get(first, -9.0), top=top)]
+    )
 
 
 def test_verdict_uses_the_yes_no_mass_of_the_top_logprobs() -> None:
@@ -48,7 +50,11 @@ def test_rating_is_the_expected_value_of_the_digit_tokens() -> None:
 async def test_judge_asks_the_backend_about_each_candidate() -> None:
     def fn(req: GenRequest, i: int) -> Reply:
         prompt = req.messages[-1].content
-        return Reply("Yes", logprob=math.log(0.9)) if "\n4\n" in prompt else Reply("No", logprob=math.log(0.8))
+        return (
+            Reply("Yes", logprob=math.log(0.9))
+            if "\n4\n" in prompt
+            else Reply("No", logprob=math.log(0.8))
+        )
 
     backend = FunctionBackend(fn)
     judge = LLMJudgeVerifier(backend)
@@ -63,7 +69,11 @@ async def test_judge_asks_the_backend_about_each_candidate() -> None:
 
 def test_split_steps_on_headers_or_blank_lines() -> None:
     headed = "Intro\n## Step 1\nadd\n\nmore\n## Step 2: finish\nAnswer: 4"
-    assert split_steps(headed) == ["Intro", "## Step 1\nadd\n\nmore", "## Step 2: finish\nAnswer: 4"]
+    assert split_steps(headed) == [
+        "Intro",
+        "## Step 1\nadd\n\nmore",
+        "## Step 2: finish\nAnswer: 4",
+    ]
     assert split_steps("a\n\n  \n\nb\n \nc") == ["a", "b", "c"]
     assert split_steps("") == []
 
@@ -72,11 +82,13 @@ def test_split_steps_on_headers_or_blank_lines() -> None:
     ("how", "expected"), [("last", 0.5), ("min", 0.2), ("prod", 0.09), ("mean", 1.6 / 3)]
 )
 def test_aggregations(how: str, expected: float) -> None:
-    assert aggregate([0.9, 0.2, 0.5], how) == pytest.approx(expected)  # type: ignore[arg-type]
+    assert aggregate([0.9, 0.2, 0.5], how) == pytest.approx(expected)
 
 
 async def test_function_prm_scores_steps_and_aggregates() -> None:
-    prm = FunctionPRM(lambda p, steps: [0.1 if "bad" in s else 0.9 for s in steps], aggregation="min")
+    prm = FunctionPRM(
+        lambda p, steps: [0.1 if "bad" in s else 0.9 for s in steps], aggregation="min"
+    )
     cands = [Candidate(text="good\n\ngood"), Candidate(text="good\n\nbad step\n\ngood")]
 
     per_step = await prm.score_steps(PROBLEM, cands)

@@ -55,7 +55,10 @@ def test_the_host_process_survives_a_candidate_that_kills_its_parent() -> None:
 
 
 def test_a_timed_out_candidate_leaves_no_process_behind() -> None:
-    result = run_python("import time\nprint('started', flush=True)\ntime.sleep(60)\n", limits=SandboxLimits(timeout_s=1.0))
+    result = run_python(
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\n",
+        limits=SandboxLimits(timeout_s=1.0),
+    )
 
     assert result.timed_out and not result.ok
     assert "timed out" in (result.error or "")

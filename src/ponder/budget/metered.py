@@ -33,6 +33,9 @@ class MeteredBackend:
         self.usage = Usage()
         self.calls = 0
         self.exhausted: str | None = None
+        # Worst case of calls in flight: concurrent calls of one run (beam search,
+        # DVTS) must not each be admitted against the same remainder.
+        self._reserved = 0
 
     @property
     def remaining_tokens(self) -> int | None:
@@ -60,6 +63,7 @@ class MeteredBackend:
         clipped = False
         left = self.remaining_tokens
         if left is not None:
+            left -= self._reserved
             if left < 1:
                 self.exhausted = "budget"
                 raise BudgetExhausted(
@@ -83,7 +87,14 @@ class MeteredBackend:
                         "min_tokens": min(req.thinking.min_tokens, per_sample),
                     }
                 )
-        return (req.model_copy(update=update) if update else req), clipped
+        admitted = req.model_copy(update=update) if update else req
+        if self.budget.tokens is not None:
+            self._reserved += admitted.n * admitted.max_tokens
+        return admitted, clipped
+
+    def _release(self, req: GenRequest) -> None:
+        if self.budget.tokens is not None:
+            self._reserved -= req.n * req.max_tokens
 
     def _account(self, usage: Usage, finish_reasons: list[str | None], clipped: bool) -> None:
         self.calls += 1
@@ -97,7 +108,10 @@ class MeteredBackend:
 
     async def generate(self, req: GenRequest) -> list[Generation]:
         admitted, clipped = self._admit(req)
-        gens = await self.inner.generate(admitted)
+        try:
+            gens = await self.inner.generate(admitted)
+        finally:
+            self._release(admitted)
         self._account(Usage.sum(g.usage for g in gens), [g.finish_reason for g in gens], clipped)
         return gens
 
@@ -117,6 +131,7 @@ class MeteredBackend:
                     finish_reasons.append(delta.finish_reason)
                 yield delta
         finally:
+            self._release(admitted)
             # Counted even when the consumer stops early: no call escapes accounting.
             if final_usage is None:
                 final_usage = Usage(

@@ -45,6 +45,7 @@ from ponder.errors import (
     UnknownStrategy,
 )
 from ponder.ledger.store import Crossing, LedgerRow, QuotaStatus, Reservation, Store
+from ponder.router.policy import PolicyError, RoutePlan, Router
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.protocol import (
     AssistantMessage,
@@ -146,8 +147,10 @@ class Plan:
     include_reasoning: bool = False
     stream: bool = False
     include_usage: bool = False
-    # Until the router classifies requests, every request is in one class.
+    # The router's task class ("general" when no router is configured).
     task_class: str = "general"
+    # The router's decision (a ponder.router.RoutePlan), when a router planned this.
+    route: Any = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -273,8 +276,34 @@ def _choose(request: ChatCompletionRequest, settings: ServerSettings) -> tuple[s
     return name, implied
 
 
-def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
-    """Map a request to what will run; raise :class:`InvalidRequest` for what cannot."""
+def _route(
+    request: ChatCompletionRequest,
+    router: Router | None,
+    caller: Caller | None,
+    headers: Mapping[str, str] | None,
+) -> RoutePlan | None:
+    if router is None:
+        return None
+    try:
+        return router.plan(request, caller, headers)
+    except PolicyError as exc:
+        raise InvalidRequest(str(exc), param="ponder.preset") from exc
+
+
+def plan(
+    request: ChatCompletionRequest,
+    settings: ServerSettings,
+    *,
+    router: Router | None = None,
+    caller: Caller | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Plan:
+    """Map a request to what will run; raise :class:`InvalidRequest` for what cannot.
+
+    With a ``router``, a request that chooses nothing itself (no ``ponder.strategy``,
+    ``thinking``, ``reasoning_effort`` or ``ponder.thinking_budget``) runs the router's
+    plan; every request gets the router's task class.
+    """
     opts = request.ponder
     if request.n != 1:
         raise InvalidRequest(
@@ -286,9 +315,33 @@ def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
     messages = _messages(request)
     name, implied_thinking = _choose(request, settings)
     registry = available_strategies()
+    route = _route(request, router, caller, headers)
+    chose_nothing = (
+        opts.strategy is None
+        and request.thinking is None
+        and request.reasoning_effort is None
+        and opts.thinking_budget is None
+    )
+    # A class without a policy of its own keeps the server's default strategy,
+    # unless [router.default] was declared.
+    routed = (
+        route is not None
+        and router is not None
+        and chose_nothing
+        and (route.source != "router.default" or "default" in router.settings.model_fields_set)
+    )
+    if routed:
+        assert route is not None
+        name = route.strategy
+        if request.stream and name not in STREAMABLE_STRATEGIES:
+            # A stream must start at once: think (if planned) and answer, never search.
+            route.reasons.append(f"streamed: {name} cannot stream, answering with cot")
+            name = "cot" if route.thinking_budget else "direct"
+        implied_thinking = route.thinking_budget or None
     accepts_thinking = _accepts(registry.get(name), "thinking_budget")
 
-    params = dict(opts.params)
+    params = dict(route.params) if routed and route is not None else {}
+    params.update(opts.params)
     if opts.thinking_budget is not None:
         if name in registry and not accepts_thinking:
             takers = sorted(n for n, c in registry.items() if _accepts(c, "thinking_budget"))
@@ -326,11 +379,15 @@ def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
         # so the default leaves the answer its full share on top of the thinking.
         max_tokens = settings.max_tokens_default + (thinking or 0)
     deadlines = [d for d in (opts.deadline_s, settings.request_timeout_s) if d]
+    spend = [b for b in (opts.budget, route.max_spend if routed and route else None) if b]
     return Plan(
         strategy=name,
         params=params,
         instance=instance,
-        budget=Budget(tokens=opts.budget, deadline_s=min(deadlines) if deadlines else None),
+        budget=Budget(
+            tokens=min(spend) if spend else opts.budget,
+            deadline_s=min(deadlines) if deadlines else None,
+        ),
         sampling=SamplingDefaults(
             max_tokens=max_tokens,
             temperature=request.temperature,
@@ -343,6 +400,8 @@ def plan(request: ChatCompletionRequest, settings: ServerSettings) -> Plan:
         include_reasoning=opts.include_reasoning and settings.allow_reasoning,
         stream=request.stream,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        task_class=route.task_class if route is not None else "general",
+        route=route,
     )
 
 
@@ -456,8 +515,11 @@ class Gateway:
         alerts: Alerts | None = None,
         quota_thresholds: Sequence[float] = (0.8, 1.0),
         otel: OtelTracer | None = None,
+        router: Router | None = None,
     ) -> None:
         self.backend = backend
+        # Plans requests that choose no strategy themselves (None: the server default).
+        self.router = router
         # model_construct: the defaults without reading the environment (only
         # entry points do that; create_app passes the loaded settings).
         self.settings = settings or ServerSettings.model_construct()
@@ -591,7 +653,7 @@ class Gateway:
             caller = await self.authenticate(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
             self._check_scopes(caller, request)
-            p = plan(request, self.settings)
+            p = plan(request, self.settings, router=self.router, caller=caller, headers=headers)
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             p.include_reasoning = p.include_reasoning and caller.may("reasoning")
             p, demand = await self._bound(p, caller)

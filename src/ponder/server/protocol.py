@@ -123,6 +123,8 @@ class PonderOptions(BaseModel):
     thinking_budget: int | None = Field(default=None, ge=0, strict=True)
     deadline_s: float | None = Field(default=None, gt=0)
     include_reasoning: bool = False
+    # A routing preset / task class (chat, codegen, ...); also the x-ponder-preset header.
+    preset: str | None = None
 
 
 class ChatCompletionRequest(BaseModel):

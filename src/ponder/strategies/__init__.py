@@ -10,6 +10,7 @@ from ponder.errors import InvalidRequest, UnknownStrategy
 from ponder.strategies.adaptive import AdaptiveConsistency
 from ponder.strategies.base import RunContext, SamplingDefaults, Strategy, finish, to_candidate
 from ponder.strategies.basic import BestOfN, ChainOfThought, Direct, SelfConsistency, majority_vote
+from ponder.strategies.cascade import Cascade
 from ponder.strategies.program import ProgramAided
 from ponder.strategies.refine import SelfRefine
 from ponder.strategies.search import DVTS, BeamSearch
@@ -22,6 +23,7 @@ __all__ = [
     "AdaptiveConsistency",
     "BeamSearch",
     "BestOfN",
+    "Cascade",
     "ChainOfThought",
     "Direct",
     "RunContext",
@@ -52,6 +54,7 @@ _BUILTIN: dict[str, type] = {
     "self_refine": SelfRefine,
     "program_aided": ProgramAided,
     "adaptive_consistency": AdaptiveConsistency,
+    "cascade": Cascade,
 }
 
 

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
-from ponder.errors import InvalidRequest
+from ponder.errors import BudgetExhausted, InvalidRequest
 from ponder.strategies.tree import flat_tree
 from ponder.telemetry.trace import Tracer
 from ponder.types import (
+    Budget,
     Candidate,
     Generation,
     GenRequest,
@@ -103,6 +105,9 @@ class RunContext:
     tracer: Tracer = field(default_factory=Tracer)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     started: float = field(default_factory=time.monotonic)
+    # Other model tiers a strategy may escalate to (e.g. a cascade), by tier name.
+    # Unmetered here: ``generate(req, tier=...)`` charges them to ``backend``'s budget.
+    tiers: dict[str, Backend] = field(default_factory=dict)
 
     def request(
         self,
@@ -128,11 +133,13 @@ class RunContext:
         fields.update(overrides)
         return GenRequest(**fields)
 
-    async def generate(self, req: GenRequest) -> list[Generation]:
+    async def generate(self, req: GenRequest, tier: str | None = None) -> list[Generation]:
+        """One metered call; ``tier`` sends it to ``tiers[tier]`` under the same budget."""
         t0 = time.monotonic()
-        gens = await self.backend.generate(req)
+        gens = await (self._on_tier(tier, req) if tier is not None else self.backend.generate(req))
         self.tracer.event(
             "generate",
+            tier=tier,
             n=len(gens),
             max_tokens=req.max_tokens,
             thinking_budget=req.thinking.budget_tokens if req.thinking else None,
@@ -140,6 +147,29 @@ class RunContext:
             usage=[g.usage.model_dump(exclude_defaults=True) for g in gens],
             finish=[g.finish_reason for g in gens],
         )
+        return gens
+
+    async def _on_tier(self, tier: str, req: GenRequest) -> list[Generation]:
+        backend = self.tiers.get(tier)
+        if backend is None:
+            raise InvalidRequest(
+                f"no model tier {tier!r} in this run; available: {sorted(self.tiers) or 'none'}",
+                param="tier",
+            )
+        meter = self.backend
+        deadline_s = None if meter.deadline is None else meter.deadline - time.monotonic()
+        if deadline_s is not None and deadline_s <= 0:
+            meter.exhausted = "deadline"
+            raise BudgetExhausted("deadline reached before the next model call", reason="deadline")
+        # A sub-meter holding what is left of the run's budget clips the call; its usage
+        # is then charged to the run's meter, so one budget and one usage cover all tiers.
+        sub = MeteredBackend(backend, Budget(tokens=meter.remaining_tokens, deadline_s=deadline_s))
+        try:
+            gens = await sub.generate(req)
+        except BudgetExhausted:
+            meter.exhausted = sub.exhausted
+            raise
+        meter._account(sub.usage, [g.finish_reason for g in gens], sub.exhausted is not None)
         return gens
 
 

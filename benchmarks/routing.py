@@ -1,0 +1,450 @@
+"""Routing policies head to head on one recorded sample pool (exact replay).
+
+A mixed workload on the embedded model: reasoning-gym arithmetic at three
+difficulty levels and GSM-style word problems, a few HumanEval items, and simple
+lookups / formatting requests, each with an exact grader. The candidate pool is
+generated once (stage ``pool``): for every item the three rungs a policy can buy,
+direct (greedy, with logprobs), thinking (greedy after up to ``--think`` thinking
+tokens) and search (self-consistency, ``--n`` samples), with their token counts and
+wall times, stored under ``runs/routing/``. Stage ``replay`` then runs every policy
+over that pool through :class:`~ponder.eval.pool.PooledBackend`; a request the pool
+lacks is an error, never a silent live call, so every policy sees the same samples:
+
+- always-direct, always-max (the search rung), fixed medium budget (the thinking rung);
+- the heuristic router and the learned router (trained on a disjoint split of items);
+- the cascade (direct -> thinking -> search while confidence < threshold), with its
+  threshold calibrated on the training split.
+
+Accuracy, reasoning / output tokens, p50/p95 latency (sum of the recorded wall times
+of the calls a policy makes) and cost per correct answer are reported on the test
+split (and on all items for the non-learned policies). JSON lines, then a table.
+
+    .venv/bin/python benchmarks/routing.py pool            # generate (resumable)
+    .venv/bin/python benchmarks/routing.py replay          # compare policies
+    .venv/bin/python benchmarks/routing.py all
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ponder.api import Ponder
+from ponder.backends.base import Backend
+from ponder.eval.datasets import Item, humaneval, reasoning_gym, records
+from ponder.eval.pool import PooledBackend, request_key
+from ponder.eval.runner import item_seed
+from ponder.types import Capabilities, Delta, Generation, GenRequest, Outcome
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+# Illustrative prices (USD per million tokens) for the cost-per-correct column.
+PRICE_IN, PRICE_OUT = 0.05, 0.20
+
+SIMPLE = [
+    ("What is 1+9900? Reply with only the number.", "9901", "math"),
+    ("What is the capital of France? Reply with one word.", "Paris", "contains"),
+    ("Write the word 'banana' in upper case. Reply with only the word.", "BANANA", "regex"),
+    ("Reverse the string 'abc'. Reply with only the result.", "cba", "regex"),
+    ("How many days are in a week? Reply with only the number.", "7", "math"),
+    ("What is the chemical symbol for gold? Reply with only the symbol.", r"\bAu\b", "regex"),
+    ("Format the date 2024-03-05 as DD/MM/YYYY. Reply with only the date.", "05/03/2024", "contains"),
+    (
+        "Sort the numbers 3, 1, 2 ascending and reply with only a JSON array.",
+        r"\[\s*1\s*,\s*2\s*,\s*3\s*\]",
+        "regex",
+    ),
+    ("What is 12 times 12? Reply with only the number.", "144", "math"),
+    ("What is the opposite of 'hot'? Reply with one word.", "cold", "contains"),
+    ("Write 'hello world' in title case. Reply with only the result.", "Hello World", "regex"),
+    ("How many letters are in the word 'ponder'? Reply with only the number.", "6", "math"),
+    ("What is 100 minus 1? Reply with only the number.", "99", "math"),
+    ("What is the file extension of 'report.pdf', without the dot? Reply with one word.", r"\bpdf\b", "regex"),
+    ("Which is larger, 7 or 4? Reply with only the number.", "7", "math"),
+    ("Join the words 'data' and 'base' into one word. Reply with only the word.", r"(?i)\bdatabase\b", "regex"),
+]  # fmt: skip
+
+
+def workload(args: argparse.Namespace) -> list[Item]:
+    items: list[Item] = []
+    for task in ("basic_arithmetic", "chain_sum"):
+        items += reasoning_gym(task, levels=(1, 2, 3), per_level=args.per_level, seed=args.seed)
+    items += reasoning_gym("gsm_symbolic", levels=(1,), per_level=args.gsm, seed=args.seed)
+    items += humaneval(limit=args.humaneval, seed=args.seed)
+    simple = records(
+        [
+            {"id": f"simple/{i}", "prompt": p, "answer": a, "verifier": v}
+            for i, (p, a, v) in enumerate(SIMPLE[: args.simple])
+        ],
+        name="simple",
+    )
+    for it in simple:
+        it.kind = "text"  # a lookup, whatever its grader
+        it.difficulty = 0
+    items += simple
+    # A fixed interleaving: a pool cut short still covers every kind of request.
+    random.Random(args.seed).shuffle(items)
+    return items
+
+
+def max_tokens_for(item: Item) -> int:
+    return {"code": 384, "text": 64}.get(item.kind, 256)
+
+
+# --------------------------------------------------------------------------- recording
+
+
+class TimedBackend:
+    """Records each call's wall time by pool key, so replayed policies get real latencies."""
+
+    def __init__(self, inner: Backend, path: Path, model: str) -> None:
+        self.inner, self.name, self.model = inner, inner.name, model
+        self.capabilities: Capabilities = inner.capabilities
+        self.path = path
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        t0 = time.monotonic()
+        gens = await self.inner.generate(req)
+        with open(self.path, "a") as fh:
+            row = {"key": request_key(req, self.model), "n": req.n, "s": time.monotonic() - t0}
+            fh.write(json.dumps(row) + "\n")
+        return gens
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        return self.inner.stream(req)
+
+
+class ReplayOnly:
+    """The inner backend of a replay: a pool miss is a bug in the benchmark, not a live call."""
+
+    name = MODEL
+    capabilities = Capabilities(native_n=True, logprobs=True, thinking_budget=True)
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        raise LookupError("request not in the pool")
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        raise LookupError("request not in the pool")
+
+
+class Clock:
+    """Sums the recorded wall time of every call a replayed run makes."""
+
+    def __init__(self, inner: PooledBackend, times: dict[str, float]) -> None:
+        self.inner, self.times = inner, times
+        self.name, self.capabilities = inner.name, inner.capabilities
+        self.seconds = 0.0
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        gens = await self.inner.generate(req)
+        self.seconds += self.times.get(request_key(req, MODEL), 0.0)
+        return gens
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        return self.inner.stream(req)
+
+
+# The three rungs every policy buys from, as (strategy, params).
+def rung_configs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        "direct": ("direct", {}),
+        "think": ("cot", {"thinking_budget": args.think}),
+        "search": ("self_consistency", {"n": args.n, "temperature": 0.7}),
+    }
+
+
+def cascade_params(args: argparse.Namespace, threshold: float) -> dict[str, Any]:
+    return {
+        "threshold": threshold,
+        "thinking_budget": args.think,
+        "search_n": args.n,
+        "search_temperature": 0.7,
+    }
+
+
+async def solve(backend: Backend, item: Item, strategy: str, params: dict[str, Any]) -> Outcome:
+    return await Ponder(backend).asolve(
+        item.problem(),
+        strategy,
+        max_tokens=max_tokens_for(item),
+        seed=item_seed(item.id),
+        **params,
+    )
+
+
+async def build_pool(args: argparse.Namespace, items: Sequence[Item]) -> None:
+    from ponder.backends.llama_cpp import LlamaCppBackend
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = LlamaCppBackend(MODEL, n_ctx=4096, max_sequences=max(8, args.n * 2))
+    pool = PooledBackend(
+        TimedBackend(engine, out / "latency.jsonl", MODEL), out / "pool.jsonl", MODEL
+    )
+    gate = asyncio.Semaphore(args.concurrency)
+    done = 0
+    started = time.monotonic()
+
+    async def one(item: Item) -> None:
+        nonlocal done
+        async with gate:
+            # A cascade that always escalates buys exactly the three rungs (direct with logprobs).
+            await solve(pool, item, "cascade", cascade_params(args, 1.0))
+            for strategy, params in rung_configs(args).values():  # hits, unless a rung was skipped
+                await solve(pool, item, strategy, params)
+            done += 1
+            print(
+                json.dumps({"pool": item.id, "done": done, "of": len(items),
+                            "elapsed_s": round(time.monotonic() - started, 1)}),
+                flush=True,
+            )  # fmt: skip
+
+    try:
+        await asyncio.gather(*(one(it) for it in items))
+    finally:
+        engine.close()
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class Row:
+    item: Item
+    correct: bool
+    reasoning: int
+    output: int
+    prompt: int
+    latency_s: float
+    rungs: int = 1
+
+
+def load_times(path: Path) -> dict[str, float]:
+    times: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            times[r["key"]] = r["s"]
+    return times
+
+
+async def replay_one(
+    pool: PooledBackend, times: dict[str, float], item: Item, strategy: str, params: dict[str, Any]
+) -> Row:
+    clock = Clock(pool, times)
+    outcome = await solve(clock, item, strategy, params)
+    correct = await asyncio.to_thread(item.grade, outcome.answer)
+    rungs = sum(1 for e in outcome.trace if e.name == "rung" and "confidence" in e.data)
+    return Row(
+        item, bool(correct), outcome.usage.reasoning, outcome.usage.output,
+        outcome.usage.prompt_tokens, clock.seconds, max(rungs, 1),
+    )  # fmt: skip
+
+
+def covered(pool: PooledBackend, item: Item, args: argparse.Namespace) -> bool:
+    """Whether the pool holds all three rungs of ``item``."""
+    from ponder.strategies.base import RunContext, SamplingDefaults
+
+    ctx = RunContext(
+        backend=None,  # type: ignore[arg-type]  # only request() is used
+        sampling=SamplingDefaults(max_tokens=max_tokens_for(item), seed=item_seed(item.id)),
+    )
+    from ponder.types import ThinkingConfig
+
+    problem = item.problem()
+    reqs = [
+        ctx.request(problem),
+        ctx.request(problem, thinking=ThinkingConfig(budget_tokens=args.think, min_tokens=0)),
+        ctx.request(problem, n=args.n, temperature=0.7),
+    ]
+    return all(
+        len(pool._pool.get(request_key(r, MODEL), [])) >= r.n  # noqa: SLF001
+        for r in reqs
+    )
+
+
+def summarize(name: str, rows: Sequence[Row], split: str) -> dict[str, Any]:
+    from ponder.eval.metrics import percentile
+
+    n = len(rows)
+    correct = sum(r.correct for r in rows)
+    cost = sum(r.prompt * PRICE_IN + (r.reasoning + r.output) * PRICE_OUT for r in rows) / 1e6
+    lat = [r.latency_s for r in rows]
+    return {
+        "policy": name,
+        "split": split,
+        "items": n,
+        "accuracy": round(correct / n, 4) if n else None,
+        "correct": correct,
+        "reasoning_tokens": sum(r.reasoning for r in rows),
+        "output_tokens": sum(r.output for r in rows),
+        "generated_tokens": sum(r.reasoning + r.output for r in rows),
+        "prompt_tokens": sum(r.prompt for r in rows),
+        "latency_p50_s": round(percentile(lat, 50), 2) if lat else None,
+        "latency_p95_s": round(percentile(lat, 95), 2) if lat else None,
+        "cost_per_correct_usd": round(cost / correct, 8) if correct else None,
+        "mean_rungs": round(sum(r.rungs for r in rows) / n, 3) if n else None,
+    }
+
+
+async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[str, Any]]:
+    from ponder.router.classifier import LearnedClassifier, training_examples
+    from ponder.router.policy import Router, RouterSettings, select_threshold
+
+    out = Path(args.dir)
+    pool = PooledBackend(ReplayOnly(), out / "pool.jsonl", MODEL)
+    times = load_times(out / "latency.jsonl")
+    items = [it for it in items if covered(pool, it, args)]
+    if len(items) < 8:
+        sys.exit(f"only {len(items)} items are fully in the pool; run the 'pool' stage first")
+
+    # A disjoint split by a hash of the item id: the learned router and the cascade's
+    # threshold are fitted on "train" and judged on "test".
+    def is_test(it: Item) -> bool:
+        return int(hashlib.sha256(it.id.encode()).hexdigest(), 16) % 2 == 0
+
+    train = [it for it in items if not is_test(it)]
+    test = [it for it in items if is_test(it)]
+    rungs = rung_configs(args)
+
+    # Every rung on every item, once: fixed policies and training labels come from these.
+    per_rung: dict[str, dict[str, Row]] = {}
+    for rung, (strategy, params) in rungs.items():
+        per_rung[rung] = {
+            it.id: await replay_one(pool, times, it, strategy, params) for it in items
+        }
+
+    def fixed(rung: str) -> Callable[[Item], Row]:
+        return lambda it: per_rung[rung][it.id]
+
+    # Learned router: label = "extra compute paid off" (a costlier rung right where direct was wrong).
+    eval_records = []
+    for it in train:
+        for rung in rungs:
+            r = per_rung[rung][it.id]
+            eval_records.append(
+                {"item_id": it.id, "strategy": rung, "correct": r.correct,
+                 "prompt": it.messages[-1].content,
+                 "usage": {"reasoning": r.reasoning, "output": r.output}}
+            )  # fmt: skip
+    learned = LearnedClassifier.fit(training_examples(eval_records, direct="direct"))
+    settings = RouterSettings()
+    heuristic_router = Router(settings)
+    learned_router = Router(settings, classifier=learned)
+
+    def routed(router: Router) -> Callable[[Item], Row]:
+        def pick(it: Item) -> Row:
+            plan = router.plan_text(it.messages[-1].content, task=it.kind)
+            return per_rung[rung_for_budget(plan.thinking_budget, plan.strategy)][it.id]
+
+        return pick
+
+    def rung_for_budget(budget: int | None, strategy: str) -> str:
+        if strategy in ("self_consistency", "best_of_n", "beam_search", "dvts", "mcts"):
+            return "search"
+        return "think" if budget else "direct"
+
+    # Cascade: threshold calibrated on the train split for the target escalation share.
+    confidences = []
+    for it in train:
+        row = await replay_one(pool, times, it, "cascade", cascade_params(args, 1.0))
+        del row
+        confidences.append(await first_confidence(pool, times, it, args))
+    threshold = select_threshold(confidences, target_share=args.escalate)
+    cascade_rows = {
+        it.id: await replay_one(pool, times, it, "cascade", cascade_params(args, threshold))
+        for it in items
+    }
+
+    policies: dict[str, Callable[[Item], Row]] = {
+        "always-direct": fixed("direct"),
+        f"fixed-medium (think {args.think})": fixed("think"),
+        f"always-max (self-consistency n={args.n})": fixed("search"),
+        "heuristic-router": routed(heuristic_router),
+        "learned-router": routed(learned_router),
+        f"cascade (t={threshold:.3f})": lambda it: cascade_rows[it.id],
+    }
+    results = []
+    for split, chosen in (("test", test), ("all", items)):
+        for name, pick in policies.items():
+            if split == "all" and name == "learned-router":
+                continue  # it saw the train half
+            row = summarize(name, [pick(it) for it in chosen], split)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"train_items": len(train), "test_items": len(test),
+                      "cascade_threshold": threshold, "pool_hits": pool.hits,
+                      "pool_misses": pool.misses}))  # fmt: skip
+    table(results)
+    return results
+
+
+async def first_confidence(
+    pool: PooledBackend, times: dict[str, float], item: Item, args: argparse.Namespace
+) -> float:
+    outcome = await solve(pool, item, "cascade", cascade_params(args, 1.0))
+    first = next(e for e in outcome.trace if e.name == "rung" and "confidence" in e.data)
+    return float(first.data["confidence"])
+
+
+def table(results: Sequence[dict[str, Any]]) -> None:
+    print(
+        "\n| split | policy | items | accuracy | reasoning tok | output tok | p50 s | p95 s | $/correct | % of max acc | % of max tokens |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for split in ("test", "all"):
+        rows = [r for r in results if r["split"] == split]
+        mx = next(r for r in rows if r["policy"].startswith("always-max"))
+        for r in rows:
+            acc_share = r["accuracy"] / mx["accuracy"] if mx["accuracy"] else float("nan")
+            tok_share = (
+                r["generated_tokens"] / mx["generated_tokens"]
+                if mx["generated_tokens"]
+                else float("nan")
+            )
+            cpc = r["cost_per_correct_usd"]
+            print(
+                f"| {split} | {r['policy']} | {r['items']} | {r['accuracy']:.3f} | {r['reasoning_tokens']} "
+                f"| {r['output_tokens']} | {r['latency_p50_s']} | {r['latency_p95_s']} "
+                f"| {'-' if cpc is None else f'{cpc:.2e}'} | {acc_share:.0%} | {tok_share:.0%} |"
+            )  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("stage", choices=["pool", "replay", "all"])
+    ap.add_argument("--dir", default="runs/routing", help="where the pool lives")
+    ap.add_argument(
+        "--per-level", type=int, default=3, help="reasoning-gym items per task and level"
+    )
+    ap.add_argument("--gsm", type=int, default=4, help="gsm_symbolic items")
+    ap.add_argument("--humaneval", type=int, default=4)
+    ap.add_argument("--simple", type=int, default=len(SIMPLE))
+    ap.add_argument("--think", type=int, default=256, help="thinking budget of the medium rung")
+    ap.add_argument("--n", type=int, default=4, help="samples of the search rung")
+    ap.add_argument("--escalate", type=float, default=0.5, help="cascade: target escalation share")
+    ap.add_argument("--concurrency", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    items = workload(args)
+    if args.stage in ("pool", "all"):
+        asyncio.run(build_pool(args, items))
+    if args.stage in ("replay", "all"):
+        asyncio.run(replay(args, items))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""``ponder route explain | train | calibrate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["add_route_commands"]
+
+
+def add_route_commands(sub: Any) -> None:
+    route = sub.add_parser("route", help="explain, train and calibrate the router")
+    rsub = route.add_subparsers(dest="route_cmd", metavar="explain|train|calibrate", required=True)
+
+    ex = rsub.add_parser("explain", help="features, class, plan and why, for one prompt")
+    ex.add_argument("prompt")
+    ex.add_argument("--preset", default=None, help="as if the request named this preset")
+    ex.add_argument("--team", default=None, help="as if a key of this team sent it")
+    ex.add_argument("--key", default=None, help="as if this API key id sent it")
+    ex.add_argument("--stream", action="store_true", help="as an interactive (streamed) request")
+    ex.add_argument("--classifier", default=None, help="a model from `ponder route train`")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=_cmd_explain)
+
+    tr = rsub.add_parser("train", help="train the learned router from eval results")
+    tr.add_argument("--from", dest="source", required=True, nargs="+",
+                    help="results.jsonl file(s) from `ponder eval` (or runs/routing)")  # fmt: skip
+    tr.add_argument("--dataset", action="append", default=[],
+                    help="dataset spec of the eval, for records without a prompt (repeatable)")  # fmt: skip
+    tr.add_argument("--per-level", type=int, default=10)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--direct", default="direct", help="the baseline strategy name")
+    tr.add_argument("--out", required=True, help="where to write the model (joblib)")
+    tr.set_defaults(func=_cmd_train)
+
+    ca = rsub.add_parser("calibrate", help="thresholds and the compute-optimal policy per bin")
+    ca.add_argument("--from", dest="source", required=True, nargs="+")
+    ca.add_argument("--target-share", type=float, default=0.3,
+                    help="share of requests that should escalate / get thinking")  # fmt: skip
+    ca.add_argument("--baseline", default=None, help="config key of the difficulty baseline "
+                    "(default: the direct configuration)")  # fmt: skip
+    ca.add_argument("--bins", type=int, default=3)
+    ca.add_argument("--tolerance", type=float, default=0.0,
+                    help="accept a cheaper config within this many accuracy points")  # fmt: skip
+    ca.add_argument("--classifier", default=None, help="score prompts with this router model")
+    ca.add_argument("--dataset", action="append", default=[])
+    ca.add_argument("--per-level", type=int, default=10)
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=_cmd_calibrate)
+
+
+def _load(paths: Sequence[str]) -> list[dict[str, Any]]:
+    from ponder.eval.runner import ResultStore
+
+    records: list[dict[str, Any]] = []
+    for p in paths:
+        path = Path(p)
+        path = path if path.suffix == ".jsonl" else path / "results.jsonl"
+        if not path.exists():
+            raise SystemExit(f"no results at {path}; run `ponder eval ... --out <dir>` first")
+        records += ResultStore(path).load()
+    if not records:
+        raise SystemExit(f"no records in {', '.join(paths)}")
+    return records
+
+
+def _prompts(args: argparse.Namespace) -> dict[str, str]:
+    if not args.dataset:
+        return {}
+    from ponder.eval.datasets import load_dataset
+
+    out = {}
+    for spec in args.dataset:
+        for item in load_dataset(spec, seed=args.seed, per_level=args.per_level):
+            out[item.id] = item.problem().prompt
+    return out
+
+
+def _router(classifier: str | None) -> Any:
+    from ponder.config import load_settings
+    from ponder.router.policy import Router
+
+    settings = load_settings()
+    rs = settings.router
+    if classifier:
+        rs = rs.model_copy(update={"classifier": classifier})
+    return Router(rs, tiers=list(settings.tiers) or None)
+
+
+def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.router.policy import PolicyError
+
+    try:
+        router = _router(args.classifier)
+        caller = argparse.Namespace(key_id=args.key, team=args.team)
+        plan = router.plan_text(args.prompt, caller=caller, preset=args.preset, stream=args.stream)
+    except (PolicyError, FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    if args.json:
+        out.print_json(json.dumps(plan.as_dict()))
+        return 0
+    feats = Table(title="features", show_header=False)
+    for k, v in plan.features.as_dict().items():
+        feats.add_row(k, str(v))
+    out.print(feats)
+    out.print(
+        f"[bold]class[/bold] {plan.task_class} ({plan.bucket})   "
+        f"[bold]plan[/bold] {plan.strategy} {plan.params or ''} thinking_budget={plan.thinking_budget} "
+        f"tier={plan.tier or 'default'} latency={plan.latency} max_spend={plan.max_spend}"
+    )
+    out.print(
+        f"[bold]{plan.scorer} score[/bold] {plan.score:.3f}   planned in {plan.elapsed_us:.0f} µs"
+    )
+    out.print("[bold]why[/bold]")
+    for reason in plan.reasons:
+        out.print(f"  - {reason}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.router.classifier import LearnedClassifier, training_examples
+
+    records = _load(args.source)
+    examples = training_examples(records, prompts=_prompts(args), direct=args.direct)
+    if not examples:
+        err.print(
+            "[red]no training examples: each item needs a direct record, a compute-heavy "
+            "record and its prompt (records carry 'prompt', or pass --dataset SPEC)[/red]"
+        )
+        return 2
+    try:
+        model = LearnedClassifier.fit(examples)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    path = model.save(args.out)
+    pos = model.meta["positives"]
+    out.print(
+        f"trained on {len(examples)} items ({pos} where extra compute paid off); wrote {path}\n"
+        f'use it: [router] classifier = "{path}" in ponder.toml'
+    )
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.eval.metrics import compute_optimal, difficulty_bins
+    from ponder.router.policy import select_threshold
+
+    records = _load(args.source)
+    baseline = args.baseline or next(
+        (r["config_key"] for r in records if r["strategy"] == "direct"), None
+    )
+    if baseline is None:
+        err.print("[red]no direct configuration to estimate difficulty from; pass --baseline[/red]")
+        return 2
+    bins = difficulty_bins(records, baseline, bins=args.bins)
+    # compute_optimal prefers a record's own difficulty; calibrate on the estimated bins.
+    binned = [{**r, "difficulty": bins.get(r["item_id"])} for r in records if r["item_id"] in bins]
+    optimal = compute_optimal(binned, bins, tolerance=args.tolerance)
+    result: dict[str, Any] = {
+        "baseline": baseline,
+        "items": len(bins),
+        "compute_optimal": {str(k): v for k, v in optimal.items()},
+    }
+    confidences = [float(r["confidence"]) for r in records if r.get("confidence") is not None]
+    if confidences:
+        result["cascade_threshold"] = select_threshold(confidences, args.target_share)
+    prompts = _prompts(args)
+    for r in records:
+        if r.get("prompt"):
+            prompts.setdefault(r["item_id"], r["prompt"])
+    if prompts:
+        from ponder.router.features import extract
+
+        router = _router(args.classifier)
+        scores = [router.scorer.score(t, extract(t)) for t in prompts.values()]
+        # Think when score >= threshold: the (1 - share) quantile of "not thinking".
+        result["router_threshold"] = 1.0 - select_threshold(
+            [1.0 - s for s in scores], args.target_share
+        )
+        result["router_scorer"] = router.scorer.name
+    if args.json:
+        out.print_json(json.dumps(result))
+        return 0
+    table = Table(title=f"compute-optimal configuration per difficulty bin (baseline {baseline})")
+    for col in ("bin", "config", "accuracy", "best accuracy", "tokens/item"):
+        table.add_column(col)
+    for level, row in optimal.items():
+        table.add_row(str(level), row["config"], f"{row['accuracy']:.2f}",
+                      f"{row['best_accuracy']:.2f}", f"{row['tokens']:.0f}")  # fmt: skip
+    out.print(table)
+    out.print(f"target escalation share {args.target_share:.0%}:")
+    if "cascade_threshold" in result:
+        out.print(f"  cascade: threshold = {result['cascade_threshold']:.4f}  (strategy param)")
+    if "router_threshold" in result:
+        out.print(
+            f"  [router] threshold = {result['router_threshold']:.4f}  "
+            f"({result['router_scorer']} score; in ponder.toml)"
+        )
+    if "cascade_threshold" not in result and "router_threshold" not in result:
+        out.print("  (no confidences or prompts in the records: pass --dataset to score prompts)")
+    return 0

@@ -1,0 +1,369 @@
+"""Routing policy: task class -> strategy, thinking budget, tier, latency class, max spend.
+
+The policy is declared in ``ponder.toml`` (``[router]``, see
+:class:`ponder.config.RouterSettings`). Each task class sits in a bucket for extended
+thinking: ``use`` (always), ``maybe`` (when the complexity score reaches the router's
+threshold) or ``avoid`` (never). The default budget is 0: a class opts in.
+
+Where a class's policy comes from, first match wins: the caller's key override, the
+caller's team override, ``[router.classes.<class>]``, the built-in preset of that name
+(when the request *named* the preset, or ``infer_presets = true``), ``[router.default]``.
+
+A request names a preset with ``ponder.preset`` in the body or an ``x-ponder-preset``
+header; otherwise the class is inferred from the text. Interactive classes never run
+search: a search strategy planned for them is replaced by the class's cheap answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ponder.config import RouteClassSettings, RouterSettings
+from ponder.router.classifier import HeuristicScorer, LearnedClassifier, Scorer, infer_class
+from ponder.router.features import Features, NoveltyTracker, extract
+
+__all__ = [
+    "PRESETS",
+    "SEARCH_STRATEGIES",
+    "PolicyError",
+    "RoutePlan",
+    "Router",
+    "select_threshold",
+    "validate_settings",
+]
+
+# Strategies that explore (several samples, trees): never on an interactive path.
+SEARCH_STRATEGIES = frozenset(
+    {"self_consistency", "best_of_n", "beam_search", "dvts", "tree_of_thoughts", "mcts",
+     "adaptive_consistency", "self_refine", "program_aided"}
+)  # fmt: skip
+
+# The use-case table teams start from (latency tolerance -> strategy -> thinking budget).
+PRESETS: dict[str, RouteClassSettings] = {
+    # <= 2 s to first token: direct (light CoT on retry); no thinking.
+    "chat": RouteClassSettings(bucket="avoid", strategy="direct", latency="interactive"),
+    # <= 500 ms: direct on the smallest tier.
+    "autocomplete": RouteClassSettings(
+        bucket="avoid", strategy="direct", latency="interactive", max_spend=128
+    ),
+    # 3-10 s: extended thinking (4,000-8,000 tokens); a unit-test verifier where the
+    # strategy takes one.
+    "codegen": RouteClassSettings(
+        bucket="use", strategy="cot", thinking_budget=4000, latency="async", max_spend=8000
+    ),
+    # 5-15 s: chain of thought (2,000-5,000), execution-based verification downstream.
+    "data_analysis": RouteClassSettings(
+        bucket="use", strategy="cot", thinking_budget=2000, latency="async", max_spend=5000
+    ),
+    # 10-30 s: direct; scale the model, not the thinking (0-1,000).
+    "summarization": RouteClassSettings(bucket="avoid", strategy="direct", latency="async"),
+    # Minutes: full search, 8,000-20,000+ tokens.
+    "planning": RouteClassSettings(
+        bucket="use",
+        strategy="self_consistency",
+        params={"n": 4},
+        thinking_budget=2000,
+        latency="async",
+        max_spend=20000,
+    ),
+    # No latency limit: best-of-N with an outcome verifier.
+    "extraction": RouteClassSettings(
+        bucket="maybe", strategy="best_of_n", params={"n": 4}, latency="async"
+    ),
+    # Not in the table, but common: multi-step math thinks when the score says so;
+    # one-step lookups ("1+9900") never do.
+    "math": RouteClassSettings(bucket="maybe", strategy="cot", thinking_budget=1024),
+    "lookup": RouteClassSettings(bucket="avoid", strategy="direct", latency="interactive"),
+}
+
+
+class PolicyError(ValueError):
+    """The ``[router]`` policy is invalid; the message lists every problem and its path."""
+
+
+class _Caller(Protocol):
+    key_id: str | None
+    team: str | None
+
+
+@dataclass
+class RoutePlan:
+    """What the router decided for one request, and why."""
+
+    task_class: str
+    strategy: str
+    params: dict[str, Any]
+    thinking_budget: int
+    tier: str | None
+    latency: str
+    max_spend: int | None
+    bucket: str
+    score: float
+    scorer: str
+    source: str  # where the class policy came from
+    preset: str | None
+    features: Features
+    reasons: list[str] = field(default_factory=list)
+    elapsed_us: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task_class": self.task_class,
+            "strategy": self.strategy,
+            "params": self.params,
+            "thinking_budget": self.thinking_budget,
+            "tier": self.tier,
+            "latency": self.latency,
+            "max_spend": self.max_spend,
+            "bucket": self.bucket,
+            "score": self.score,
+            "scorer": self.scorer,
+            "source": self.source,
+            "preset": self.preset,
+            "features": self.features.as_dict(),
+            "reasons": self.reasons,
+        }
+
+
+def _class_problems(
+    where: str,
+    policy: RouteClassSettings,
+    strategies: Mapping[str, type] | None,
+    tiers: Sequence[str] | None,
+) -> list[str]:
+    problems = []
+    if strategies is not None and policy.strategy not in strategies:
+        problems.append(
+            f"{where}.strategy: unknown strategy {policy.strategy!r}; "
+            f"choose one of: {', '.join(sorted(strategies))}"
+        )
+    elif strategies is not None and policy.thinking_budget:
+        import dataclasses
+
+        cls = strategies[policy.strategy]
+        if dataclasses.is_dataclass(cls) and "thinking_budget" not in {
+            f.name for f in dataclasses.fields(cls)
+        }:
+            problems.append(
+                f"{where}.thinking_budget: strategy {policy.strategy!r} takes no thinking "
+                "budget; set it to 0 or use a strategy that thinks (cot, self_consistency, ...)"
+            )
+    if tiers is not None and policy.tier is not None and policy.tier not in tiers:
+        problems.append(
+            f"{where}.tier: no tier named {policy.tier!r}; "
+            f"configured tiers: {', '.join(tiers) or 'none ([tiers.<name>] in ponder.toml)'}"
+        )
+    if policy.latency == "interactive" and policy.strategy in SEARCH_STRATEGIES:
+        problems.append(
+            f"{where}: an interactive class cannot use the search strategy {policy.strategy!r} "
+            "(it would block the first token); use direct or cot, or set latency = 'async'"
+        )
+    if policy.bucket == "avoid" and policy.thinking_budget:
+        problems.append(
+            f"{where}: bucket 'avoid' means no extended thinking, but thinking_budget is "
+            f"{policy.thinking_budget}; set bucket to 'use' or 'maybe', or the budget to 0"
+        )
+    if policy.max_spend is not None and policy.thinking_budget > policy.max_spend:
+        problems.append(
+            f"{where}: thinking_budget {policy.thinking_budget} exceeds max_spend "
+            f"{policy.max_spend}; raise max_spend or lower the budget"
+        )
+    return problems
+
+
+def validate_settings(
+    settings: RouterSettings,
+    *,
+    strategies: Mapping[str, type] | None = None,
+    tiers: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`PolicyError` listing every problem of the policy (with its toml path)."""
+    problems = _class_problems("router.default", settings.default, strategies, tiers)
+    for name, policy in settings.classes.items():
+        problems += _class_problems(f"router.classes.{name}", policy, strategies, tiers)
+    known = set(settings.classes) | set(PRESETS)
+    for kind, table in (("keys", settings.keys), ("teams", settings.teams)):
+        for who, classes in table.items():
+            for name, policy in classes.items():
+                where = f"router.{kind}.{who}.{name}"
+                if name not in known:
+                    problems.append(
+                        f"{where}: unknown task class {name!r}; known classes: "
+                        f"{', '.join(sorted(known))}"
+                    )
+                problems += _class_problems(where, policy, strategies, tiers)
+    if problems:
+        raise PolicyError("invalid [router] policy:\n  - " + "\n  - ".join(problems))
+
+
+def _last_user_text(messages: Sequence[Any]) -> str:
+    for m in reversed(messages):
+        role = getattr(m, "role", None) if not isinstance(m, dict) else m.get("role")
+        content = getattr(m, "content", None) if not isinstance(m, dict) else m.get("content")
+        if role == "user" and content:
+            return str(content)
+    return ""
+
+
+class Router:
+    """Plans requests from the ``[router]`` policy and a complexity scorer."""
+
+    def __init__(
+        self,
+        settings: RouterSettings | None = None,
+        *,
+        classifier: Scorer | None = None,
+        strategies: Mapping[str, type] | None = None,
+        tiers: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings or RouterSettings()
+        validate_settings(self.settings, strategies=strategies, tiers=tiers)
+        if classifier is None:
+            path = self.settings.classifier
+            classifier = HeuristicScorer() if path == "heuristic" else LearnedClassifier.load(path)
+        self.scorer: Scorer = classifier
+        self.novelty = NoveltyTracker(window=self.settings.novelty_window)
+
+    @classmethod
+    def from_settings(cls, settings: RouterSettings, tiers: Sequence[str] = ()) -> Router | None:
+        """The router ``[router]`` declares, validated against the strategies and tiers."""
+        if not settings.enabled:
+            return None
+        from ponder.strategies import available_strategies
+
+        return cls(settings, strategies=available_strategies(), tiers=list(tiers) or None)
+
+    def _policy(
+        self, task_class: str, preset: str | None, caller: _Caller | None
+    ) -> tuple[RouteClassSettings, str]:
+        s = self.settings
+        if caller is not None:
+            if caller.key_id and task_class in s.keys.get(caller.key_id, {}):
+                return s.keys[caller.key_id][task_class], f"router.keys.{caller.key_id}"
+            if caller.team and task_class in s.teams.get(caller.team, {}):
+                return s.teams[caller.team][task_class], f"router.teams.{caller.team}"
+        if task_class in s.classes:
+            return s.classes[task_class], f"router.classes.{task_class}"
+        if task_class in PRESETS and (preset is not None or s.infer_presets):
+            return PRESETS[task_class], f"preset {task_class}"
+        return s.default, "router.default"
+
+    def plan_text(
+        self,
+        text: str,
+        *,
+        caller: _Caller | None = None,
+        preset: str | None = None,
+        task: str | None = None,
+        stream: bool = False,
+        error_cost: str | None = None,
+        remember: bool = False,
+    ) -> RoutePlan:
+        """Plan for a bare prompt (``route explain``, benchmarks)."""
+        t0 = time.perf_counter()
+        if preset is not None and preset not in PRESETS and preset not in self.settings.classes:
+            raise PolicyError(
+                f"unknown preset {preset!r}; choose one of: "
+                f"{', '.join(sorted(set(PRESETS) | set(self.settings.classes)))}"
+            )
+        features = extract(
+            text,
+            task=task,
+            stream=stream,
+            error_cost=error_cost,  # type: ignore[arg-type]
+            novelty=self.novelty if remember else None,
+        )
+        reasons: list[str] = []
+        if preset is not None:
+            task_class = preset
+            reasons.append(f"the request named preset {preset!r}")
+        else:
+            task_class = infer_class(text, features)
+            reasons.append(
+                f"inferred class {task_class!r} (verifiability {features.verifiability}, "
+                f"~{features.steps} steps, {features.words} words)"
+            )
+        policy, source = self._policy(task_class, preset, caller)
+        reasons.append(f"policy from {source}: bucket {policy.bucket!r}")
+        score = self.scorer.score(text, features)
+        think = policy.bucket == "use" or (
+            policy.bucket == "maybe" and score >= self.settings.threshold
+        )
+        if policy.bucket == "maybe":
+            reasons.append(
+                f"{self.scorer.name} score {score:.3f} "
+                f"{'>=' if think else '<'} threshold {self.settings.threshold:.3f}"
+            )
+        if features.error_cost == "high" and policy.bucket == "maybe" and not think:
+            think = True
+            reasons.append(f"high error cost ({', '.join(features.error_domains) or 'declared'})")
+        latency = policy.latency or features.latency
+        if think:
+            strategy, params, budget = policy.strategy, dict(policy.params), policy.thinking_budget
+        else:
+            strategy, params, budget = "direct", {}, 0
+            if policy.bucket != "avoid" or policy.strategy != "direct":
+                reasons.append("no extended thinking: direct answer")
+        if latency == "interactive" and strategy in SEARCH_STRATEGIES:
+            strategy, params = ("cot" if budget else "direct"), {}
+            reasons.append(f"interactive: search would block, answering with {strategy}")
+        return RoutePlan(
+            task_class=task_class,
+            strategy=strategy,
+            params=params,
+            thinking_budget=budget,
+            tier=policy.tier,
+            latency=latency,
+            max_spend=policy.max_spend,
+            bucket=policy.bucket,
+            score=score,
+            scorer=self.scorer.name,
+            source=source,
+            preset=preset,
+            features=features,
+            reasons=reasons,
+            elapsed_us=round((time.perf_counter() - t0) * 1e6, 1),
+        )
+
+    def plan(
+        self,
+        request: Any,
+        caller: _Caller | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RoutePlan:
+        """Plan a chat request (anything with ``messages``, ``stream`` and ``ponder.preset``)."""
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        opts = getattr(request, "ponder", None)
+        preset = getattr(opts, "preset", None) or lowered.get("x-ponder-preset") or None
+        return self.plan_text(
+            _last_user_text(getattr(request, "messages", [])),
+            caller=caller,
+            preset=preset,
+            stream=bool(getattr(request, "stream", False)),
+            remember=True,
+        )
+
+
+def select_threshold(confidences: Sequence[float], target_share: float) -> float:
+    """The confidence threshold below which ``target_share`` of requests escalate.
+
+    Like RouteLLM's calibration to a strong-model share: the ``target_share`` quantile
+    of the observed first-rung confidences (escalate when confidence < threshold).
+    """
+    if not 0.0 <= target_share <= 1.0:
+        raise ValueError(f"target_share must be in [0, 1], got {target_share}")
+    if not confidences:
+        raise ValueError("need at least one observed confidence to calibrate a threshold")
+    ordered = sorted(confidences)
+    k = round(target_share * len(ordered))
+    if k <= 0:
+        return 0.0
+    if k >= len(ordered):
+        return min(1.0, ordered[-1] + 1e-9)
+    # Halfway between the k-th and (k+1)-th smallest: exactly k values lie below it
+    # (ties can make the realised share differ; they are reported, not hidden).
+    lo, hi = ordered[k - 1], ordered[k]
+    return (lo + hi) / 2 if hi > lo else hi

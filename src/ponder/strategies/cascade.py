@@ -1,0 +1,247 @@
+"""Progressive escalation: answer cheaply, spend more only while confidence stays low.
+
+Rungs, in order (each one optional):
+
+1. ``direct``: one greedy answer on the run's own backend (tier 1);
+2. ``think``: one greedy answer after up to ``thinking_budget`` thinking tokens;
+3. ``search``: ``search_n`` samples, majority vote (or the verifier's best);
+4. ``tier``: the thinking rung again on ``strong_tier`` (a bigger model from ``ctx.tiers``).
+
+After each rung a confidence in [0, 1] is read off the candidates: the verifier's score
+when the run has a verifier, vote agreement when there are several samples, else the
+geometric-mean token probability ``exp(mean logprob)``. An unfinished answer has
+confidence 0. The cascade stops at the first rung whose confidence is at least
+``threshold``. Every rung is a trace event (confidence, signal, tokens it cost); the
+budget is the run's one budget, so the cascade can never spend more than it.
+
+Rung requests are built exactly as ``direct``, ``cot`` and ``self_consistency`` build
+theirs, so a sample pool recorded for those strategies replays a cascade exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from ponder.errors import BudgetExhausted, InvalidRequest
+from ponder.strategies.base import (
+    RunContext,
+    check_int,
+    check_temperature,
+    finish,
+    to_candidate,
+)
+from ponder.strategies.basic import majority_vote
+from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
+
+__all__ = ["Cascade", "Rung", "confidence"]
+
+Signal = Literal["auto", "verifier", "agreement", "logprob"]
+_SIGNALS = ("auto", "verifier", "agreement", "logprob")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the cascade as planned."""
+
+    kind: str  # direct | think | search | tier
+    n: int = 1
+    temperature: float = 0.0
+    thinking_budget: int | None = None
+    tier: str | None = None
+
+
+def _logprob_confidence(cand: Candidate) -> float | None:
+    gen = cand.generation
+    mean = gen.mean_logprob if gen is not None else None
+    return None if mean is None else math.exp(mean)
+
+
+def confidence(candidates: list[Candidate], chosen: int, scores: list[Score]) -> tuple[float, str]:
+    """(confidence, signal) of the chosen candidate; see the module docstring."""
+    if not candidates or candidates[chosen].truncated:
+        return 0.0, "unfinished"
+    if scores:
+        value = scores[chosen].value
+        return (0.0 if math.isnan(value) else max(0.0, min(1.0, value))), "verifier"
+    if len(candidates) > 1:
+        answers = [c.answer for c in candidates if not c.truncated and c.answer is not None]
+        if not answers:
+            return 0.0, "agreement"
+        return Counter(answers).most_common(1)[0][1] / len(candidates), "agreement"
+    lp = _logprob_confidence(candidates[chosen])
+    return (0.0, "none") if lp is None else (lp, "logprob")
+
+
+@dataclass
+class Cascade:
+    """Direct on tier 1, then thinking, then search / a stronger tier, while unsure."""
+
+    name: str = "cascade"
+    threshold: float = 0.6
+    thinking_budget: int = 256
+    search_n: int = 4
+    search_temperature: float = 0.7
+    strong_tier: str | None = None
+    signal: Signal = "auto"
+    # Which rungs run at all; drop "think" or "search" to skip them.
+    rungs: tuple[str, ...] = ("direct", "think", "search", "tier")
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, int | float)
+            or not 0.0 <= self.threshold <= 1.0
+        ):
+            raise InvalidRequest(
+                f"cascade: threshold must be a number in [0, 1], got {self.threshold!r}",
+                param="threshold",
+            )
+        check_int(self.name, "thinking_budget", self.thinking_budget, 0)
+        check_int(self.name, "search_n", self.search_n, 2)
+        check_temperature(self.name, self.search_temperature, "search_temperature")
+        if self.signal not in _SIGNALS:
+            raise InvalidRequest(
+                f"cascade: signal must be one of {', '.join(_SIGNALS)}, got {self.signal!r}",
+                param="signal",
+            )
+        self.rungs = tuple(self.rungs)
+        unknown = set(self.rungs) - {"direct", "think", "search", "tier"}
+        if unknown or not self.rungs:
+            raise InvalidRequest(
+                f"cascade: rungs must be a non-empty subset of direct, think, search, tier; "
+                f"got {list(self.rungs)}",
+                param="rungs",
+            )
+
+    def plan(self) -> list[Rung]:
+        """The rungs this cascade would climb, cheapest first."""
+        out = []
+        for kind in ("direct", "think", "search", "tier"):
+            if kind not in self.rungs:
+                continue
+            if kind == "direct":
+                out.append(Rung("direct"))
+            elif kind == "think" and self.thinking_budget > 0:
+                out.append(Rung("think", thinking_budget=self.thinking_budget))
+            elif kind == "search":
+                out.append(Rung("search", n=self.search_n, temperature=self.search_temperature))
+            elif kind == "tier" and self.strong_tier is not None:
+                out.append(
+                    Rung(
+                        "tier", thinking_budget=self.thinking_budget or None, tier=self.strong_tier
+                    )
+                )
+        return out
+
+    async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
+        if (
+            self.strong_tier is not None
+            and "tier" in self.rungs
+            and self.strong_tier not in ctx.tiers
+        ):
+            raise InvalidRequest(
+                f"cascade: strong_tier {self.strong_tier!r} is not available to this run; "
+                f"tiers: {sorted(ctx.tiers) or 'none'}",
+                param="strong_tier",
+            )
+        all_candidates: list[Candidate] = []
+        all_scores: list[Score] = []
+        best: int | None = None
+        rungs = self.plan()
+        for index, rung in enumerate(rungs):
+            spent_before = ctx.backend.usage.completion_tokens
+            try:
+                candidates, scores = await self._climb(problem, ctx, rung)
+            except BudgetExhausted:
+                ctx.tracer.event("rung", index=index, kind=rung.kind, skipped="budget")
+                break
+            if not candidates:
+                break
+            chosen = self._choose(candidates, scores, all_candidates, problem)
+            conf, signal = self._confidence(candidates, chosen, scores, all_candidates)
+            offset = len(all_candidates)
+            all_candidates.extend(candidates)
+            all_scores.extend(scores or [Score(value=conf) for _ in candidates])
+            # An answer the budget cut short never replaces a finished one from a lower rung.
+            if best is None or not candidates[chosen].truncated or all_candidates[best].truncated:
+                best = offset + chosen
+            last = index == len(rungs) - 1
+            escalate = conf < self.threshold and not last
+            ctx.tracer.event(
+                "rung",
+                index=index,
+                kind=rung.kind,
+                tier=rung.tier,
+                n=rung.n,
+                thinking_budget=rung.thinking_budget,
+                confidence=round(conf, 4),
+                signal=signal,
+                threshold=self.threshold,
+                escalate=escalate,
+                tokens=ctx.backend.usage.completion_tokens - spent_before,
+            )
+            if not escalate:
+                break
+        return finish(self.name, ctx, all_candidates, best, all_scores)
+
+    async def _climb(
+        self, problem: Problem, ctx: RunContext, rung: Rung
+    ) -> tuple[list[Candidate], list[Score]]:
+        thinking = (
+            ThinkingConfig(budget_tokens=rung.thinking_budget, min_tokens=0)
+            if rung.thinking_budget
+            else None
+        )
+        want_logprobs = self.signal in ("auto", "logprob") and rung.n == 1
+        req = ctx.request(
+            problem,
+            n=rung.n,
+            temperature=rung.temperature,
+            thinking=thinking,
+            logprobs=want_logprobs and ctx.backend.capabilities.logprobs,
+        )
+        gens = await ctx.generate(req, tier=rung.tier)
+        candidates = [to_candidate(g, problem.task) for g in gens]
+        scores: list[Score] = []
+        if ctx.verifier is not None and self.signal in ("auto", "verifier") and candidates:
+            scores = list(await ctx.verifier.score(problem, candidates))
+        return candidates, scores
+
+    def _choose(
+        self,
+        candidates: list[Candidate],
+        scores: list[Score],
+        earlier: list[Candidate],
+        problem: Problem,
+    ) -> int:
+        if scores:
+            return max(
+                range(len(candidates)),
+                key=lambda i: (
+                    not candidates[i].truncated,
+                    -math.inf if math.isnan(scores[i].value) else scores[i].value,
+                ),
+            )
+        if len(candidates) > 1:
+            chosen = majority_vote(candidates)
+            return 0 if chosen is None else chosen
+        return 0
+
+    def _confidence(
+        self,
+        candidates: list[Candidate],
+        chosen: int,
+        scores: list[Score],
+        earlier: list[Candidate],
+    ) -> tuple[float, str]:
+        if self.signal == "agreement" and len(candidates) == 1:
+            # One sample agrees with itself; agreement then means "with the earlier rungs".
+            pool = [*earlier, candidates[0]]
+            answer = candidates[0].answer
+            if candidates[0].truncated or answer is None:
+                return 0.0, "agreement"
+            return sum(1 for c in pool if c.answer == answer) / len(pool), "agreement"
+        return confidence(candidates, chosen, scores)
