@@ -185,7 +185,10 @@ async def build_pool(args: argparse.Namespace, items: Sequence[Item]) -> None:
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    engine = LlamaCppBackend(MODEL, n_ctx=4096, max_sequences=max(8, args.n * 2))
+    # One thread: on a shared 2-core machine two spinning threads mostly wait on each other.
+    engine = LlamaCppBackend(
+        MODEL, n_ctx=4096, max_sequences=max(8, args.n * 2), threads=args.threads
+    )
     pool = PooledBackend(
         TimedBackend(engine, out / "latency.jsonl", MODEL), out / "pool.jsonl", MODEL
     )
@@ -298,94 +301,134 @@ def summarize(name: str, rows: Sequence[Row], split: str) -> dict[str, Any]:
     }
 
 
+# The benchmark's routing policy: which classes may think (the default is: none may).
+BENCH_POLICY: dict[str, Any] = {
+    "classes": {
+        "math": {"bucket": "maybe", "strategy": "cot"},
+        "codegen": {"bucket": "maybe", "strategy": "cot"},
+        "lookup": {"bucket": "avoid"},
+        "chat": {"bucket": "avoid"},
+    }
+}
+RUNG_STRATEGY = {"direct": "direct", "think": "cot", "search": "self_consistency"}
+
+
+def rung_for(strategy: str, budget: int) -> str:
+    if strategy == "self_consistency":
+        return "search"
+    return "think" if budget else "direct"
+
+
+def is_test(item: Item) -> bool:
+    return int(hashlib.sha256(item.id.encode()).hexdigest(), 16) % 2 == 0
+
+
 async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[str, Any]]:
+    from ponder.config import RouterSettings
     from ponder.router.classifier import LearnedClassifier, training_examples
-    from ponder.router.policy import Router, RouterSettings, select_threshold
+    from ponder.router.features import extract
+    from ponder.router.policy import Router, select_threshold
 
     out = Path(args.dir)
     pool = PooledBackend(ReplayOnly(), out / "pool.jsonl", MODEL)
     times = load_times(out / "latency.jsonl")
     items = [it for it in items if covered(pool, it, args)]
-    if len(items) < 8:
+    if len(items) < 4:
         sys.exit(f"only {len(items)} items are fully in the pool; run the 'pool' stage first")
-
-    # A disjoint split by a hash of the item id: the learned router and the cascade's
-    # threshold are fitted on "train" and judged on "test".
-    def is_test(it: Item) -> bool:
-        return int(hashlib.sha256(it.id.encode()).hexdigest(), 16) % 2 == 0
-
+    # A disjoint split by a hash of the item id: the learned router and every threshold
+    # are fitted on "train" and judged on "test".
     train = [it for it in items if not is_test(it)]
     test = [it for it in items if is_test(it)]
     rungs = rung_configs(args)
 
-    # Every rung on every item, once: fixed policies and training labels come from these.
+    # Every rung on every item, once: the fixed policies and the training labels.
     per_rung: dict[str, dict[str, Row]] = {}
     for rung, (strategy, params) in rungs.items():
         per_rung[rung] = {
             it.id: await replay_one(pool, times, it, strategy, params) for it in items
         }
+    # First-rung confidence of every item: a cascade with threshold 0 stops after direct.
+    confidence = {it.id: await first_confidence(pool, times, it, args) for it in items}
 
-    def fixed(rung: str) -> Callable[[Item], Row]:
-        return lambda it: per_rung[rung][it.id]
-
-    # Learned router: label = "extra compute paid off" (a costlier rung right where direct was wrong).
-    eval_records = []
-    for it in train:
-        for rung in rungs:
+    # Eval-style records (``ponder route train / calibrate --from`` read them).
+    records = []
+    for it in items:
+        for rung, (strategy, params) in rungs.items():
             r = per_rung[rung][it.id]
-            eval_records.append(
-                {"item_id": it.id, "strategy": rung, "correct": r.correct,
-                 "prompt": it.messages[-1].content,
-                 "usage": {"reasoning": r.reasoning, "output": r.output}}
-            )  # fmt: skip
-    learned = LearnedClassifier.fit(training_examples(eval_records, direct="direct"))
-    settings = RouterSettings()
-    heuristic_router = Router(settings)
-    learned_router = Router(settings, classifier=learned)
+            records.append({
+                "config_key": f"{MODEL}|{rung}", "config": {"params": params},
+                "model": MODEL, "strategy": strategy, "item_id": it.id, "dataset": it.dataset,
+                "difficulty": it.difficulty, "correct": r.correct,
+                "usage": {"input": r.prompt, "cached_input": 0, "reasoning": r.reasoning,
+                          "output": r.output},
+                "latency_s": round(r.latency_s, 3), "prompt": it.problem().prompt,
+                "confidence": confidence[it.id] if rung == "direct" else None,
+                "split": "test" if is_test(it) else "train",
+            })  # fmt: skip
+    with open(out / "results.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+    train_ids = {it.id for it in train}
+    examples = training_examples([r for r in records if r["item_id"] in train_ids])
+
+    def think_threshold(scorer: Any) -> float:
+        # Calibrated on train: the target share of train items gets thinking.
+        scores = [scorer.score(it.problem().prompt, extract(it.problem().prompt)) for it in train]
+        return 1.0 - select_threshold([1.0 - x for x in scores], args.escalate)
+
+    policy = {**BENCH_POLICY}
+    policy["classes"] = {
+        k: ({**v, "thinking_budget": args.think} if v["bucket"] != "avoid" else v)
+        for k, v in BENCH_POLICY["classes"].items()
+    }
+    routers: dict[str, Router] = {}
+    heuristic = Router(RouterSettings.model_validate(policy))
+    routers["heuristic-router"] = Router(
+        RouterSettings.model_validate({**policy, "threshold": think_threshold(heuristic.scorer)})
+    )
+    learned_note = ""
+    try:
+        learned = LearnedClassifier.fit(examples)
+        routers["learned-router"] = Router(
+            RouterSettings.model_validate({**policy, "threshold": think_threshold(learned)}),
+            classifier=learned,
+        )
+    except ValueError as exc:
+        learned_note = str(exc)
 
     def routed(router: Router) -> Callable[[Item], Row]:
         def pick(it: Item) -> Row:
-            plan = router.plan_text(it.messages[-1].content, task=it.kind)
-            return per_rung[rung_for_budget(plan.thinking_budget, plan.strategy)][it.id]
+            plan = router.plan_text(it.problem().prompt)
+            return per_rung[rung_for(plan.strategy, plan.thinking_budget)][it.id]
 
         return pick
 
-    def rung_for_budget(budget: int | None, strategy: str) -> str:
-        if strategy in ("self_consistency", "best_of_n", "beam_search", "dvts", "mcts"):
-            return "search"
-        return "think" if budget else "direct"
-
-    # Cascade: threshold calibrated on the train split for the target escalation share.
-    confidences = []
-    for it in train:
-        row = await replay_one(pool, times, it, "cascade", cascade_params(args, 1.0))
-        del row
-        confidences.append(await first_confidence(pool, times, it, args))
-    threshold = select_threshold(confidences, target_share=args.escalate)
+    cascade_t = select_threshold([confidence[it.id] for it in train], args.escalate)
     cascade_rows = {
-        it.id: await replay_one(pool, times, it, "cascade", cascade_params(args, threshold))
+        it.id: await replay_one(pool, times, it, "cascade", cascade_params(args, cascade_t))
         for it in items
     }
 
     policies: dict[str, Callable[[Item], Row]] = {
-        "always-direct": fixed("direct"),
-        f"fixed-medium (think {args.think})": fixed("think"),
-        f"always-max (self-consistency n={args.n})": fixed("search"),
-        "heuristic-router": routed(heuristic_router),
-        "learned-router": routed(learned_router),
-        f"cascade (t={threshold:.3f})": lambda it: cascade_rows[it.id],
+        "always-direct": lambda it: per_rung["direct"][it.id],
+        f"fixed-medium (think {args.think})": lambda it: per_rung["think"][it.id],
+        f"always-max (self-consistency n={args.n})": lambda it: per_rung["search"][it.id],
+        **{name: routed(r) for name, r in routers.items()},
+        f"cascade (t={cascade_t:.3f})": lambda it: cascade_rows[it.id],
     }
     results = []
     for split, chosen in (("test", test), ("all", items)):
         for name, pick in policies.items():
-            if split == "all" and name == "learned-router":
-                continue  # it saw the train half
             row = summarize(name, [pick(it) for it in chosen], split)
             results.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"train_items": len(train), "test_items": len(test),
-                      "cascade_threshold": threshold, "pool_hits": pool.hits,
-                      "pool_misses": pool.misses}))  # fmt: skip
+    meta = {
+        "items": len(items), "train_items": len(train), "test_items": len(test),
+        "train_examples": len(examples), "train_positives": sum(e.label for e in examples),
+        "cascade_threshold": cascade_t, "pool_hits": pool.hits, "pool_misses": pool.misses,
+        "learned_router": learned_note or "trained",
+        "by_kind": {k: sum(1 for it in items if it.kind == k) for k in ("math", "code", "text")},
+    }  # fmt: skip
+    print(json.dumps(meta))
     table(results)
     return results
 
@@ -393,7 +436,7 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[s
 async def first_confidence(
     pool: PooledBackend, times: dict[str, float], item: Item, args: argparse.Namespace
 ) -> float:
-    outcome = await solve(pool, item, "cascade", cascade_params(args, 1.0))
+    outcome = await solve(pool, item, "cascade", cascade_params(args, 0.0))
     first = next(e for e in outcome.trace if e.name == "rung" and "confidence" in e.data)
     return float(first.data["confidence"])
 
@@ -437,6 +480,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="samples of the search rung")
     ap.add_argument("--escalate", type=float, default=0.5, help="cascade: target escalation share")
     ap.add_argument("--concurrency", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="engine threads")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     items = workload(args)

@@ -69,13 +69,12 @@ def test_steps_grow_with_the_work() -> None:
 
 def test_features_are_deterministic() -> None:
     assert extract(WORD_PROBLEM) == extract(WORD_PROBLEM)
-    code = (
-        "from ponder.router.features import extract; "
-        f"print(extract({WORD_PROBLEM!r}).as_dict())"
-    )
+    code = f"from ponder.router.features import extract; print(extract({WORD_PROBLEM!r}).as_dict())"
     # A fresh interpreter (new hash salt) computes the same features.
     runs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         for _ in range(2)
     }
     assert len(runs) == 1 and str(extract(WORD_PROBLEM).as_dict()) in runs.pop()

@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 class Scorer(Protocol):
     """Scores a request in [0, 1]: how likely extra compute pays off."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def score(self, text: str, features: Features) -> float: ...
 
@@ -60,42 +61,52 @@ class HeuristicScorer:
         return round(min(1.0, base + steps + length + numbers + cost), 4)
 
 
-_AUTOCOMPLETE = re.compile(r"(?:\bdef |\bclass |\bfunction |[=(,{\[:.])\s*$")
-_SQL = re.compile(r"\bsql\b|\bselect\b.+\bfrom\b|\bquery\b|\btable\b|\bdataframe\b|\bpandas\b|"
-                  r"\bcolumn\b|\baggregate\b|\bdata analysis\b", re.IGNORECASE)  # fmt: skip
-_SUMMARY = re.compile(
-    r"\bsummar|\btl;?dr\b|\bkey points\b|\bcondense\b|\babstract\b", re.IGNORECASE
+_AUTOCOMPLETE = re.compile(r"(?:\bdef |\bclass |\bfunction |[=(,{\[:])\s*$")
+# Keyword sets over the lower-cased words (a case-insensitive alternation costs ~10x).
+_WORDS = re.compile(r"[a-z_]+")
+_SQL = frozenset(["sql", "query", "table", "dataframe", "pandas", "column", "columns", "aggregate"])
+_SUMMARY = frozenset(
+    ["summarize", "summarise", "summary", "summarization", "tldr", "tl;dr", "condense", "abstract"]
 )
-_PLAN = re.compile(r"\bplan\b|\broadmap\b|\bstrategy for\b|\bagent\b|\bmulti-step\b|\bworkflow\b|"
-                   r"\bbreak (?:it|this) down\b|\bmilestones?\b", re.IGNORECASE)  # fmt: skip
-_EXTRACT = re.compile(
-    r"\bextract\b|\bparse\b|\bfields?\b|\bentities\b|\bstructured\b", re.IGNORECASE
-)
+_PLAN = frozenset(["plan", "roadmap", "agent", "workflow", "milestone", "milestones", "multi"])
+_PLAN_PHRASES = ("strategy for", "break it down", "break this down", "multi-step")
+_EXTRACT = frozenset(["extract", "parse", "field", "fields", "entities", "structured"])
+_QUESTION_START = ("what", "who", "when", "where", "which", "how many", "how much")
 
 
 def infer_class(text: str, features: Features) -> str:
     """The task class (taxonomy name) a request most likely belongs to."""
     f = features
+    if len(text) > 1500:
+        text = text[:1000] + "\n" + text[-500:]  # bounded, as in features.extract
     stripped = text.rstrip()
+    lowered = text.lower()
+    words = set(_WORDS.findall(lowered))
     if f.verifiability == "code" and (
         "```" not in text and _AUTOCOMPLETE.search(stripped) and f.words < 80
     ):
         return "autocomplete"
-    if _SQL.search(text):
+    if words & _SQL or ("select" in words and "from" in words) or "data analysis" in lowered:
         return "data_analysis"
-    if _SUMMARY.search(text) or (f.est_tokens > 1500 and f.verifiability == "text"):
+    if (
+        words & _SUMMARY
+        or "key points" in lowered
+        or "tl;dr" in lowered
+        or (f.est_tokens > 1500 and f.verifiability == "text")
+    ):
         return "summarization"
     if f.verifiability == "code":
         return "codegen"
-    if _EXTRACT.search(text) and (f.verifiability == "json" or "json" in text.lower()):
+    if words & _EXTRACT and (f.verifiability == "json" or "json" in words):
         return "extraction"
-    if _PLAN.search(text):
+    if words & _PLAN or any(p in lowered for p in _PLAN_PHRASES):
         return "planning"
     if f.verifiability == "math":
         return "math" if f.steps > 2 or f.words > 12 else "lookup"
     if f.verifiability == "json":
         return "extraction"
-    if f.words <= 20 and f.steps <= 2:
+    question = stripped.endswith("?") or lowered.lstrip().startswith(_QUESTION_START)
+    if f.words <= 20 and f.steps <= 2 and question:
         return "lookup"
     return "chat"
 

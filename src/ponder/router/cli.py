@@ -94,6 +94,45 @@ def _router(classifier: str | None) -> Any:
     return Router(rs, tiers=list(settings.tiers) or None)
 
 
+def suggest_buckets(
+    records: Sequence[dict[str, Any]], prompts: dict[str, str], direct: str = "direct"
+) -> dict[str, dict[str, Any]]:
+    """Per inferred task class: ``use`` / ``maybe`` / ``avoid`` from the recorded outcomes.
+
+    ``avoid`` where extra compute almost never paid off: either direct was already right
+    (trivial) or nothing was (beyond the model's reach); ``use`` where it paid off for
+    at least half of the items; ``maybe`` (let the scorer decide) in between.
+    """
+    from ponder.router.classifier import infer_class
+    from ponder.router.features import extract
+
+    by_item: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_item.setdefault(str(r["item_id"]), []).append(r)
+    stats: dict[str, list[tuple[bool, bool]]] = {}
+    for item, rows in by_item.items():
+        if item not in prompts:
+            continue
+        base = [bool(r["correct"]) for r in rows if r.get("strategy") == direct]
+        heavy = [bool(r["correct"]) for r in rows if r.get("strategy") != direct]
+        if not base or not heavy:
+            continue
+        text = prompts[item]
+        stats.setdefault(infer_class(text, extract(text)), []).append((any(base), any(heavy)))
+    out = {}
+    for name, rows in sorted(stats.items()):
+        n = len(rows)
+        paid = sum(1 for d, h in rows if h and not d) / n
+        out[name] = {
+            "items": n,
+            "direct_right": sum(1 for d, _ in rows if d) / n,
+            "paid_off": paid,
+            "beyond_reach": sum(1 for d, h in rows if not d and not h) / n,
+            "bucket": "use" if paid >= 0.5 else ("avoid" if paid < 0.05 else "maybe"),
+        }
+    return out
+
+
 def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ponder.router.policy import PolicyError
 
@@ -145,7 +184,7 @@ def _cmd_train(args: argparse.Namespace, out: Console, err: Console) -> int:
     pos = model.meta["positives"]
     out.print(
         f"trained on {len(examples)} items ({pos} where extra compute paid off); wrote {path}\n"
-        f'use it: [router] classifier = "{path}" in ponder.toml'
+        f'use it: \\[router] classifier = "{path}" in ponder.toml'
     )
     return 0
 
@@ -187,12 +226,13 @@ def _cmd_calibrate(args: argparse.Namespace, out: Console, err: Console) -> int:
             [1.0 - s for s in scores], args.target_share
         )
         result["router_scorer"] = router.scorer.name
+        result["buckets"] = suggest_buckets(records, prompts)
     if args.json:
         out.print_json(json.dumps(result))
         return 0
     table = Table(title=f"compute-optimal configuration per difficulty bin (baseline {baseline})")
     for col in ("bin", "config", "accuracy", "best accuracy", "tokens/item"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for level, row in optimal.items():
         table.add_row(str(level), row["config"], f"{row['accuracy']:.2f}",
                       f"{row['best_accuracy']:.2f}", f"{row['tokens']:.0f}")  # fmt: skip
@@ -202,9 +242,17 @@ def _cmd_calibrate(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(f"  cascade: threshold = {result['cascade_threshold']:.4f}  (strategy param)")
     if "router_threshold" in result:
         out.print(
-            f"  [router] threshold = {result['router_threshold']:.4f}  "
+            f"  \\[router] threshold = {result['router_threshold']:.4f}  "
             f"({result['router_scorer']} score; in ponder.toml)"
         )
+    if result.get("buckets"):
+        out.print("suggested buckets per task class (from where extra compute paid off):")
+        for name, row in result["buckets"].items():
+            out.print(
+                f"  {name}: {row['bucket']}  ({row['items']} items, direct right "
+                f"{row['direct_right']:.0%}, extra compute paid off {row['paid_off']:.0%}, "
+                f"nothing right {row['beyond_reach']:.0%})"
+            )
     if "cascade_threshold" not in result and "router_threshold" not in result:
         out.print("  (no confidences or prompts in the records: pass --dataset to score prompts)")
     return 0

@@ -85,8 +85,11 @@ class PolicyError(ValueError):
 
 
 class _Caller(Protocol):
-    key_id: str | None
-    team: str | None
+    @property
+    def key_id(self) -> str | None: ...
+
+    @property
+    def team(self) -> str | None: ...
 
 
 @dataclass

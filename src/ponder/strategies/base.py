@@ -17,11 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
-from ponder.errors import BudgetExhausted, InvalidRequest
+from ponder.errors import InvalidRequest
 from ponder.strategies.tree import flat_tree
 from ponder.telemetry.trace import Tracer
 from ponder.types import (
-    Budget,
     Candidate,
     Generation,
     GenRequest,
@@ -30,6 +29,7 @@ from ponder.types import (
     Score,
     ThinkingConfig,
     TraceNode,
+    Usage,
 )
 from ponder.verifiers.answers import extract_answer, extract_code
 from ponder.verifiers.base import Verifier
@@ -156,20 +156,15 @@ class RunContext:
                 f"no model tier {tier!r} in this run; available: {sorted(self.tiers) or 'none'}",
                 param="tier",
             )
+        # Admission, clipping, in-flight reservation and accounting are the run meter's
+        # own, only the engine differs: one budget and one usage cover every tier.
         meter = self.backend
-        deadline_s = None if meter.deadline is None else meter.deadline - time.monotonic()
-        if deadline_s is not None and deadline_s <= 0:
-            meter.exhausted = "deadline"
-            raise BudgetExhausted("deadline reached before the next model call", reason="deadline")
-        # A sub-meter holding what is left of the run's budget clips the call; its usage
-        # is then charged to the run's meter, so one budget and one usage cover all tiers.
-        sub = MeteredBackend(backend, Budget(tokens=meter.remaining_tokens, deadline_s=deadline_s))
+        admitted, clipped = meter._admit(req)
         try:
-            gens = await sub.generate(req)
-        except BudgetExhausted:
-            meter.exhausted = sub.exhausted
-            raise
-        meter._account(sub.usage, [g.finish_reason for g in gens], sub.exhausted is not None)
+            gens = await backend.generate(admitted)
+        finally:
+            meter._release(admitted)
+        meter._account(Usage.sum(g.usage for g in gens), [g.finish_reason for g in gens], clipped)
         return gens
 
 

@@ -177,7 +177,7 @@ class Cascade:
                 tier=rung.tier,
                 n=rung.n,
                 thinking_budget=rung.thinking_budget,
-                confidence=round(conf, 4),
+                confidence=conf,
                 signal=signal,
                 threshold=self.threshold,
                 escalate=escalate,

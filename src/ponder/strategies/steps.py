@@ -82,9 +82,9 @@ async def gather_all(*aws: Awaitable[T]) -> list[T]:
 def share_budget(ctx: RunContext, want: int, samples: int) -> int:
     """``max_tokens`` for each of ``samples`` concurrent samples so that together they fit.
 
-    The meter clips each call against what is left when it is admitted; calls
-    admitted together would each see the whole remainder, so a wave of calls
-    splits it up front.
+    The meter reserves each admitted call's worst case, so the first call of a
+    wave could take the whole remainder and starve the rest; a wave splits it
+    evenly up front instead.
     """
     left = ctx.backend.remaining_tokens
     if left is None:
