@@ -158,3 +158,21 @@ def test_missing_engine_extra_says_what_to_install(
     err = capsys.readouterr().err
     assert "pip install 'ponder[llama]'" in err
     assert "Traceback" not in err
+
+
+def test_ask_trace_prints_the_search_tree(monkeypatch, capsys):
+    from ponder import cli
+    from ponder.api import Ponder
+    from ponder.backends.fake import FakeBackend
+
+    monkeypatch.setattr(
+        cli,
+        "_build_ponder",
+        lambda model: Ponder(FakeBackend(["Answer: 4", "Answer: 5", "Answer: 4"])),
+    )
+    assert (
+        cli.main(["ask", "2+2?", "--strategy", "self_consistency", "--param", "n=3", "--trace"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "search tree" in out and out.count("Answer: 4") >= 2 and "*" in out

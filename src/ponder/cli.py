@@ -150,6 +150,12 @@ def _cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
         sys.stdout.write(outcome.model_dump_json(exclude=exclude, indent=2) + "\n")
         return 0
     _print_outcome(outcome, out, show_reasoning=args.show_reasoning)
+    if args.trace and outcome.tree is not None:
+        from ponder.strategies import render_tree
+
+        out.print(
+            Panel(Text(render_tree(outcome.tree)), title="search tree (* = chosen)", expand=False)
+        )
     return 0
 
 
@@ -485,7 +491,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int)
     ask.add_argument("--show-reasoning", action="store_true", help="print the hidden reasoning")
     ask.add_argument("--json", action="store_true", help="print the whole outcome as JSON")
-    ask.add_argument("--trace", action="store_true", help="with --json: include the trace")
+    ask.add_argument(
+        "--trace", action="store_true", help="print the search tree (with --json: the trace events)"
+    )
     ask.set_defaults(func=_cmd_ask)
 
     models = sub.add_parser("models", help="list catalog models, or pull one")

@@ -633,3 +633,33 @@ async def test_shutdown_closes_the_backend(backend_cls: type[ClosingBackend]) ->
     async with app.router.lifespan_context(app):
         assert backend.closed == 0
     assert backend.closed == 1
+
+
+async def test_search_tree_returned_only_with_reasoning_and_server_only_params_refused():
+    import httpx
+
+    from ponder.backends.fake import FakeBackend
+    from ponder.server.app import create_app
+
+    app = create_app(FakeBackend(["Answer: 7", "Answer: 7", "Answer: 3"]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        body = {
+            "messages": [{"role": "user", "content": "q"}],
+            "ponder": {"strategy": "self_consistency", "params": {"n": 3}},
+        }
+        hidden = (await c.post("/v1/chat/completions", json=body)).json()
+        assert hidden["ponder"]["tree"] is None
+        body["ponder"]["include_reasoning"] = True
+        shown = (await c.post("/v1/chat/completions", json=body)).json()
+        tree = shown["ponder"]["tree"]
+        assert len(tree["children"]) == 3
+        assert sum(1 for ch in tree["children"] if ch.get("chosen")) == 1
+        bad = await c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "q"}],
+                "ponder": {"strategy": "program_aided", "params": {"database": "/etc/x.db"}},
+            },
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "ponder.params.database"

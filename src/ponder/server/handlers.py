@@ -108,6 +108,10 @@ REASONING_EFFORT: dict[str, tuple[str, int]] = {
 
 # Strategies that produce their answer in one generation, so it can be streamed
 # as it is decoded; the others must finish (vote, score) before they can answer.
+# Strategy parameters that point at server resources (program_aided's SQLite
+# database): never taken from a request.
+SERVER_ONLY_PARAMS = frozenset({"database"})
+
 STREAMABLE_STRATEGIES = ("direct", "cot")
 
 
@@ -341,6 +345,13 @@ def plan(
     accepts_thinking = _accepts(registry.get(name), "thinking_budget")
 
     params = dict(route.params) if routed and route is not None else {}
+    server_only = SERVER_ONLY_PARAMS & set(opts.params)
+    if server_only:
+        raise InvalidRequest(
+            f"ponder.params {sorted(server_only)} can only be set in the server's policy "
+            "(they name files on the server)",
+            param=f"ponder.params.{sorted(server_only)[0]}",
+        )
     params.update(opts.params)
     if opts.thinking_budget is not None:
         if name in registry and not accepts_thinking:
@@ -721,6 +732,11 @@ class Gateway:
                 latency_s=round(outcome.latency_s, 4),
                 n_candidates=len(outcome.candidates),
                 cost_usd=to_usd(run.cost_micro),
+                tree=(
+                    outcome.tree.model_dump(exclude_defaults=True)
+                    if p.include_reasoning and outcome.tree is not None
+                    else None
+                ),
             ),
         )
 

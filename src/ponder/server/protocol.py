@@ -205,6 +205,9 @@ class PonderInfo(BaseModel):
     n_candidates: int = 0
     # Priced from the server's price table (0 when no price is configured).
     cost_usd: float | None = None
+    # The strategy's search tree (text, scores, tokens, chosen path); only for
+    # callers who asked for reasoning and may see it.
+    tree: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
