@@ -75,8 +75,8 @@ def rec(config, item, correct, tokens=(10, 0, 0, 5), verdicts=None, difficulty=N
 
 def test_summarize_accuracy_tokens_cost_and_pass_at_k():
     rows = [
-        rec("sc|4", "a", True, (100, 0, 0, 40), verdicts=[True, False, True, True], n=4),
-        rec("sc|4", "b", False, (100, 0, 0, 60), verdicts=[False, False, True, False], n=4),
+        rec("self_consistency|4", "a", True, (100, 0, 0, 40), verdicts=[True, False, True, True], n=4),
+        rec("self_consistency|4", "b", False, (100, 0, 0, 60), verdicts=[False, False, True, False], n=4),
     ]
     (s,) = summarize(rows, prices={"m": {"input": 1.0, "output": 2.0}})
     assert s.accuracy == 0.5 and s.items == 2 and s.n == 4

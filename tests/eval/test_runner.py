@@ -101,3 +101,13 @@ async def test_unknown_model_is_a_clear_error(tmp_path):
             {},
             ResultStore(tmp_path / "r.jsonl"),
         )
+
+
+def test_grid_scales_each_strategy_by_its_own_knob():
+    grid = expand_grid(["self_refine", "adaptive_consistency", "cot"], ns=[2, 8])
+    assert {c.params.get("rounds") for c in grid if c.strategy == "self_refine"} == {2, 8}
+    assert {c.params.get("max_samples") for c in grid if c.strategy == "adaptive_consistency"} == {
+        2,
+        8,
+    }
+    assert [c.params for c in grid if c.strategy == "cot"] == [{}]

@@ -8,6 +8,7 @@ shows (e.g. HumanEval docstring examples) for strategies that choose.
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.util
 import json
@@ -219,6 +220,10 @@ def check_24(numbers: Sequence[int], text: str) -> bool:
     return False
 
 
+def _check_24_text(numbers: list[int], text: str) -> bool:
+    return check_24(numbers, text)
+
+
 def game24(limit: int | None = 20, seed: int = 0) -> list[Item]:
     """Game of 24 puzzles (Tree of Thoughts' 1,362), graded by exact arithmetic."""
     import csv
@@ -239,7 +244,7 @@ def game24(limit: int | None = 20, seed: int = 0) -> list[Item]:
                 id=f"24/{row['Rank']}",
                 dataset="game24",
                 messages=[Message(role="user", content=prompt)],
-                grade=lambda text, numbers=numbers: check_24(numbers, text),
+                grade=functools.partial(_check_24_text, numbers),
                 difficulty=1 + min(int(row["Rank"]) * 3 // len(rows), 2),
                 kind="puzzle",
                 metadata={"numbers": numbers},

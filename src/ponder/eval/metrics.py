@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ponder.eval.runner import scale_of
+
 __all__ = [
     "ConfigSummary",
     "compute_optimal",
@@ -94,11 +96,14 @@ def _price(record: dict[str, Any], prices: dict[str, dict[str, float]] | None) -
         return 0.0
     u = record["usage"]
     return (
-        u.get("input", 0) * p.get("input", 0.0)
-        + u.get("cached_input", 0) * p.get("cached_input", p.get("input", 0.0))
-        + u.get("reasoning", 0) * p.get("reasoning", p.get("output", 0.0))
-        + u.get("output", 0) * p.get("output", 0.0)
-    ) / 1e6
+        float(
+            u.get("input", 0) * p.get("input", 0.0)
+            + u.get("cached_input", 0) * p.get("cached_input", p.get("input", 0.0))
+            + u.get("reasoning", 0) * p.get("reasoning", p.get("output", 0.0))
+            + u.get("output", 0) * p.get("output", 0.0)
+        )
+        / 1e6
+    )
 
 
 def summarize(
@@ -118,7 +123,7 @@ def summarize(
         usage = [r["usage"] for r in rows]
 
         def mean(bucket: str, usage: list[dict[str, Any]] = usage) -> float:
-            return sum(u.get(bucket, 0) for u in usage) / len(usage)
+            return float(sum(u.get(bucket, 0) for u in usage)) / len(usage)
 
         cost = sum(_price(r, prices) for r in rows)
         verdict_lists = [r["sample_verdicts"] for r in rows if r.get("sample_verdicts")]
@@ -143,7 +148,7 @@ def summarize(
                 config=key,
                 strategy=first["strategy"],
                 model=first["model"],
-                n=int(first.get("params", {}).get("n", 1)),
+                n=scale_of(first["strategy"], first.get("params", {})),
                 budget=first.get("budget"),
                 items=len(rows),
                 correct=correct,
@@ -187,7 +192,7 @@ def difficulty_bins(
 
 def pareto_frontier(summaries: Sequence[ConfigSummary]) -> list[ConfigSummary]:
     """Configurations that no other beats on both accuracy and tokens."""
-    frontier = []
+    frontier: list[ConfigSummary] = []
     for s in sorted(summaries, key=lambda s: (s.total_tokens, -s.accuracy)):
         if not frontier or s.accuracy > frontier[-1].accuracy:
             frontier.append(s)

@@ -23,7 +23,7 @@ from ponder.errors import PonderError
 from ponder.eval.datasets import Item
 from ponder.verifiers.base import Verifier
 
-__all__ = ["EvalConfig", "ResultStore", "expand_grid", "run_eval"]
+__all__ = ["SCALING_PARAM", "EvalConfig", "ResultStore", "expand_grid", "run_eval", "scale_of"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,20 @@ class EvalConfig:
         return f"{self.model}|{self.strategy}|{params}|budget={self.budget}|max={self.max_tokens}"
 
 
-# Strategies whose sample count is the grid's N.
-SAMPLING_STRATEGIES = {
-    "self_consistency",
-    "best_of_n",
-    "weighted_best_of_n",
-    "adaptive_consistency",
+# Strategies that scale with the grid's N, and the parameter N sets for each.
+SCALING_PARAM = {
+    "self_consistency": "n",
+    "best_of_n": "n",
+    "program_aided": "n",
+    "adaptive_consistency": "max_samples",
+    "self_refine": "rounds",
 }
+
+
+def scale_of(strategy: str, params: dict[str, Any]) -> int:
+    """The N of a configuration (1 for strategies that do not scale with N)."""
+    key = SCALING_PARAM.get(strategy)
+    return int(params.get(key, 1)) if key else 1
 
 
 def _parse_value(text: str) -> Any:
@@ -78,9 +85,10 @@ def expand_grid(
             for pair in filter(None, rest.split(",")):
                 k, _, v = pair.partition("=")
                 base[k.strip()] = _parse_value(v.strip())
-            sample_counts = ns if name in SAMPLING_STRATEGIES and "n" not in base else (None,)
+            knob = SCALING_PARAM.get(name)
+            sample_counts = ns if knob is not None and knob not in base else (None,)
             for n in sample_counts:
-                params = dict(base) if n is None else {**base, "n": n}
+                params = dict(base) if n is None or knob is None else {**base, knob: n}
                 for budget in budgets:
                     configs.append(EvalConfig(model, name, params, budget, max_tokens))
     return configs
