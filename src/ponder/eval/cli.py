@@ -57,6 +57,10 @@ def add_eval_commands(sub: Any) -> None:
     ev.add_argument("--endpoint", action="append", default=[], metavar="NAME=URL",
                     help="also run the grid against an OpenAI-compatible endpoint (comparison mode)")  # fmt: skip
     ev.add_argument("--max-tokens", type=int, default=512)
+    ev.add_argument("--n-ctx", type=int, default=32768, help="embedded engine KV cells (shared)")
+    ev.add_argument(
+        "--max-sequences", type=int, default=32, help="embedded engine parallel sequences"
+    )
     ev.add_argument("--concurrency", type=int, default=4)
     ev.add_argument("--out", required=True, help="run directory; results.jsonl there is resumed")
     ev.add_argument("--no-pool", action="store_true",
@@ -78,7 +82,8 @@ def _backends(args: argparse.Namespace) -> dict[str, Backend]:
 
     backends: dict[str, Backend] = {}
     for model in args.model or ["qwen2.5-coder-0.5b-instruct"]:
-        backends[model] = LlamaCppBackend(model, n_ctx=8192, max_sequences=16)
+        # A large shared KV cache lets several N-sample requests decode together.
+        backends[model] = LlamaCppBackend(model, n_ctx=args.n_ctx, max_sequences=args.max_sequences)
     for spec in args.endpoint:
         name, _, url = spec.partition("=")
         if not url:
