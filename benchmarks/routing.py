@@ -370,14 +370,29 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[s
     train_ids = {it.id for it in train}
     examples = training_examples([r for r in records if r["item_id"] in train_ids])
 
-    def think_threshold(scorer: Any) -> float:
-        # Calibrated on train: the target share of train items gets thinking.
-        scores = [scorer.score(it.problem().prompt, extract(it.problem().prompt)) for it in train]
-        return 1.0 - select_threshold([1.0 - x for x in scores], args.escalate)
+    # Routers are calibrated on train to send extra compute to as many requests as it
+    # paid off for there (at least one).
+    route_share = max(sum(e.label for e in examples), 1) / max(len(examples), 1)
 
+    def think_threshold(scorer: Any) -> float:
+        scores = [scorer.score(it.problem().prompt, extract(it.problem().prompt)) for it in train]
+        return 1.0 - select_threshold([1.0 - x for x in scores], route_share)
+
+    # The escalation of the "maybe" classes is the rung that did best on the *train*
+    # items of those classes (calibration: the policy is fitted, not assumed).
+    def acc(rung: str) -> float:
+        rows = [per_rung[rung][it.id] for it in train if it.kind in ("math", "code")]
+        return sum(r.correct for r in rows) / max(len(rows), 1)
+
+    escalation = max(("think", "search"), key=lambda rung: (acc(rung), rung == "think"))
+    up = (
+        {"strategy": "cot", "thinking_budget": args.think}
+        if escalation == "think"
+        else {"strategy": "self_consistency", "params": {"n": args.n, "temperature": 0.7}}
+    )
     policy = {**BENCH_POLICY}
     policy["classes"] = {
-        k: ({**v, "thinking_budget": args.think} if v["bucket"] != "avoid" else v)
+        k: ({**v, **up} if v["bucket"] != "avoid" else v)
         for k, v in BENCH_POLICY["classes"].items()
     }
     routers: dict[str, Router] = {}
@@ -407,13 +422,17 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[s
         it.id: await replay_one(pool, times, it, "cascade", cascade_params(args, cascade_t))
         for it in items
     }
+    # The same cascade without the search rung: direct, then thinking when unsure.
+    short = {**cascade_params(args, cascade_t), "rungs": ("direct", "think")}
+    short_rows = {it.id: await replay_one(pool, times, it, "cascade", short) for it in items}
 
     policies: dict[str, Callable[[Item], Row]] = {
         "always-direct": lambda it: per_rung["direct"][it.id],
         f"fixed-medium (think {args.think})": lambda it: per_rung["think"][it.id],
         f"always-max (self-consistency n={args.n})": lambda it: per_rung["search"][it.id],
         **{name: routed(r) for name, r in routers.items()},
-        f"cascade (t={cascade_t:.3f})": lambda it: cascade_rows[it.id],
+        f"cascade direct>think>search (t={cascade_t:.3f})": lambda it: cascade_rows[it.id],
+        f"cascade direct>think (t={cascade_t:.3f})": lambda it: short_rows[it.id],
     }
     results = []
     for split, chosen in (("test", test), ("all", items)):
@@ -426,6 +445,9 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> list[dict[s
         "train_examples": len(examples), "train_positives": sum(e.label for e in examples),
         "cascade_threshold": cascade_t, "pool_hits": pool.hits, "pool_misses": pool.misses,
         "learned_router": learned_note or "trained",
+        "router_escalation": escalation,
+        "router_share": round(route_share, 3),
+        "train_acc": {r: round(acc(r), 3) for r in ("think", "search")},
         "by_kind": {k: sum(1 for it in items if it.kind == k) for k in ("math", "code", "text")},
     }  # fmt: skip
     print(json.dumps(meta))

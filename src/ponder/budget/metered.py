@@ -107,9 +107,13 @@ class MeteredBackend:
             self.exhausted = "deadline"
 
     async def generate(self, req: GenRequest) -> list[Generation]:
+        return await self.generate_via(self.inner, req)
+
+    async def generate_via(self, backend: Backend, req: GenRequest) -> list[Generation]:
+        """One call to ``backend`` (e.g. another model tier) under this meter's budget and usage."""
         admitted, clipped = self._admit(req)
         try:
-            gens = await self.inner.generate(admitted)
+            gens = await backend.generate(admitted)
         finally:
             self._release(admitted)
         self._account(Usage.sum(g.usage for g in gens), [g.finish_reason for g in gens], clipped)

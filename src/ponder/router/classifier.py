@@ -226,8 +226,13 @@ class LearnedClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedClassifier:
-        import joblib
-
+        """Load a model written by :meth:`save` (a pickle: load only files you trained)."""
+        try:
+            import joblib
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "the learned router needs scikit-learn and joblib: pip install 'ponder[router]'"
+            ) from exc
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(

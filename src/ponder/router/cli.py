@@ -119,15 +119,15 @@ def suggest_buckets(
             continue
         text = prompts[item]
         stats.setdefault(infer_class(text, extract(text)), []).append((any(base), any(heavy)))
-    out = {}
-    for name, rows in sorted(stats.items()):
-        n = len(rows)
-        paid = sum(1 for d, h in rows if h and not d) / n
+    out: dict[str, dict[str, Any]] = {}
+    for name, outcomes in sorted(stats.items()):
+        n = len(outcomes)
+        paid = sum(1 for d, h in outcomes if h and not d) / n
         out[name] = {
             "items": n,
-            "direct_right": sum(1 for d, _ in rows if d) / n,
+            "direct_right": sum(1 for d, _ in outcomes if d) / n,
             "paid_off": paid,
-            "beyond_reach": sum(1 for d, h in rows if not d and not h) / n,
+            "beyond_reach": sum(1 for d, h in outcomes if not d and not h) / n,
             "bucket": "use" if paid >= 0.5 else ("avoid" if paid < 0.05 else "maybe"),
         }
     return out

@@ -29,7 +29,6 @@ from ponder.types import (
     Score,
     ThinkingConfig,
     TraceNode,
-    Usage,
 )
 from ponder.verifiers.answers import extract_answer, extract_code
 from ponder.verifiers.base import Verifier
@@ -156,16 +155,8 @@ class RunContext:
                 f"no model tier {tier!r} in this run; available: {sorted(self.tiers) or 'none'}",
                 param="tier",
             )
-        # Admission, clipping, in-flight reservation and accounting are the run meter's
-        # own, only the engine differs: one budget and one usage cover every tier.
-        meter = self.backend
-        admitted, clipped = meter._admit(req)
-        try:
-            gens = await backend.generate(admitted)
-        finally:
-            meter._release(admitted)
-        meter._account(Usage.sum(g.usage for g in gens), [g.finish_reason for g in gens], clipped)
-        return gens
+        # Only the engine differs: one budget and one usage cover every tier.
+        return await self.backend.generate_via(backend, req)
 
 
 @runtime_checkable
