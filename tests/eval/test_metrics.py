@@ -75,8 +75,22 @@ def rec(config, item, correct, tokens=(10, 0, 0, 5), verdicts=None, difficulty=N
 
 def test_summarize_accuracy_tokens_cost_and_pass_at_k():
     rows = [
-        rec("self_consistency|4", "a", True, (100, 0, 0, 40), verdicts=[True, False, True, True], n=4),
-        rec("self_consistency|4", "b", False, (100, 0, 0, 60), verdicts=[False, False, True, False], n=4),
+        rec(
+            "self_consistency|4",
+            "a",
+            True,
+            (100, 0, 0, 40),
+            verdicts=[True, False, True, True],
+            n=4,
+        ),
+        rec(
+            "self_consistency|4",
+            "b",
+            False,
+            (100, 0, 0, 60),
+            verdicts=[False, False, True, False],
+            n=4,
+        ),
     ]
     (s,) = summarize(rows, prices={"m": {"input": 1.0, "output": 2.0}})
     assert s.accuracy == 0.5 and s.items == 2 and s.n == 4
@@ -113,3 +127,10 @@ def test_pareto_and_compute_optimal():
     best = compute_optimal(rows, {})
     assert best[1]["config"] == "cheap"  # both right on the easy bin: the cheaper one
     assert best[2]["config"] == "dear"
+
+
+def test_common_items_keeps_only_items_every_config_finished():
+    from ponder.eval.metrics import common_items
+
+    rows = [rec("a", "x", True), rec("a", "y", True), rec("b", "x", False)]
+    assert [(r["config_key"], r["item_id"]) for r in common_items(rows)] == [("a", "x"), ("b", "x")]

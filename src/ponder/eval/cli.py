@@ -74,6 +74,11 @@ def add_eval_commands(sub: Any) -> None:
     rp.add_argument(
         "--prices", default=None, help='JSON: {"model": {"input": $/1M, "output": $/1M}}'
     )
+    rp.add_argument(
+        "--common-items",
+        action="store_true",
+        help="compare only items every configuration has finished (for a partial run)",
+    )
     rp.set_defaults(func=_cmd_report)
 
 
@@ -164,6 +169,10 @@ def _cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     run = Path(args.run)
     path = run if run.suffix == ".jsonl" else run / "results.jsonl"
     records = ResultStore(path).load()
+    if args.common_items:
+        from ponder.eval.metrics import common_items
+
+        records = common_items(records)
     target = Path(args.out) if args.out else path.parent / "report"
     prices = json.loads(args.prices) if args.prices else None
     files = write_report(

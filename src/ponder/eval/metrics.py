@@ -12,6 +12,7 @@ from ponder.eval.runner import scale_of
 
 __all__ = [
     "ConfigSummary",
+    "common_items",
     "compute_optimal",
     "difficulty_bins",
     "pareto_frontier",
@@ -20,6 +21,15 @@ __all__ = [
     "summarize",
     "wilson_interval",
 ]
+
+
+def common_items(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only the records of items that every configuration has a result for."""
+    by_config: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        by_config[r["config_key"]].add(r["item_id"])
+    shared = set.intersection(*by_config.values()) if by_config else set()
+    return [r for r in records if r["item_id"] in shared]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
