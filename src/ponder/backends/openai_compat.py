@@ -196,23 +196,12 @@ class HttpUpstream:
             raise self._error(exc) from exc
         if resp.status_code >= 400:
             raise self._status_error(resp, content)
-        try:
-            data = json.loads(content)
-        except ValueError as exc:
-            raise UpstreamError(
-                f"upstream {self.name} sent a body that is not JSON: {content[:200]!r}",
-                upstream=self.name,
-                reason="malformed JSON",
-                retryable=True,
-            ) from exc
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                f"upstream {self.name} sent JSON that is not an object",
-                upstream=self.name,
-                reason="malformed JSON",
-                retryable=True,
-            )
-        return data
+        return self._json_object(
+            content,
+            not_json=f"a body that is not JSON: {content[:200]!r}",
+            not_object="JSON that is not an object",
+            reason="malformed JSON",
+        )
 
     async def post_sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield the JSON payload of each server-sent event; ``{"[DONE]": True}`` at ``[DONE]``."""
@@ -235,20 +224,31 @@ class HttpUpstream:
     def _event(self, payload: str) -> dict[str, Any]:
         if payload == "[DONE]":
             return {"[DONE]": True}
+        return self._json_object(
+            payload,
+            not_json=f"a stream event that is not JSON: {payload[:200]!r}",
+            not_object="a stream event that is not an object",
+            reason="malformed JSON in stream",
+        )
+
+    def _json_object(
+        self, text: str | bytes, *, not_json: str, not_object: str, reason: str
+    ) -> dict[str, Any]:
+        """Parse an upstream JSON object; anything else is a retryable upstream error."""
         try:
-            data = json.loads(payload)
+            data = json.loads(text)
         except ValueError as exc:
             raise UpstreamError(
-                f"upstream {self.name} sent a stream event that is not JSON: {payload[:200]!r}",
+                f"upstream {self.name} sent {not_json}",
                 upstream=self.name,
-                reason="malformed JSON in stream",
+                reason=reason,
                 retryable=True,
             ) from exc
         if not isinstance(data, dict):
             raise UpstreamError(
-                f"upstream {self.name} sent a stream event that is not an object",
+                f"upstream {self.name} sent {not_object}",
                 upstream=self.name,
-                reason="malformed JSON in stream",
+                reason=reason,
                 retryable=True,
             )
         return data
