@@ -10,7 +10,8 @@ from ponder.backends.fake import FakeBackend, FunctionBackend, Reply
 from ponder.errors import InvalidRequest
 from ponder.strategies.base import RunContext
 from ponder.strategies.basic import BestOfN, ChainOfThought, Direct, SelfConsistency, majority_vote
-from ponder.types import Candidate, GenRequest, Problem
+from ponder.types import Candidate, GenRequest, Problem, as_messages
+from ponder.verifiers.code import CodeExecutionVerifier
 from ponder.verifiers.simple import FunctionVerifier
 
 MakeCtx = Callable[..., RunContext]
@@ -250,6 +251,31 @@ async def test_best_of_n_without_verifier_uses_mean_logprob_when_all_differ(
 
     assert out.chosen == 1
     assert [s.value for s in out.scores] == [-1.5, -0.2, -0.9]
+
+
+async def test_best_of_n_breaks_a_public_test_tie_by_the_largest_behaviour_cluster(
+    make_ctx: MakeCtx,
+) -> None:
+    # All three pass the docstring's one example. The most confident candidate
+    # hard-codes it; the other two agree with each other on new inputs.
+    prompt = 'def double(x):\n    """>>> double(2)\n    4\n    """\n'
+    code = Problem(
+        messages=as_messages(prompt),
+        task="code",
+        metadata={"prompt_code": prompt, "entry_point": "double"},
+    )
+    fake = FakeBackend(
+        [
+            Reply("```python\ndef double(x):\n    return 4\n```", logprob=-0.01),
+            Reply("```python\ndef double(x):\n    return x + x\n```", logprob=-0.9),
+            Reply("```python\ndef double(x):\n    return 2 * x\n```", logprob=-0.5),
+        ]
+    )
+
+    out = await BestOfN(n=3).run(code, make_ctx(fake, verifier=CodeExecutionVerifier()))
+
+    assert [s.value for s in out.scores] == [1.0, 1.0, 1.0]
+    assert out.chosen == 2  # the larger cluster, then the better logprob within it
 
 
 async def test_best_of_n_prefers_complete_candidates(problem: Problem, make_ctx: MakeCtx) -> None:

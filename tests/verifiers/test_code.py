@@ -6,6 +6,7 @@ from ponder.types import Candidate, Problem, as_messages
 from ponder.verifiers.code import (
     CodeExecutionVerifier,
     assemble_program,
+    probe_calls,
     public_tests_from_prompt,
 )
 
@@ -97,3 +98,97 @@ def test_assemble_adds_prompt_imports_to_a_full_function_and_completes_a_body() 
 
     assert full.startswith("from typing import List\n")
     assert body.startswith(PROMPT) and body.endswith("return max(strings, key=len)\n")
+
+
+HELPER_PROMPT = '''def _square(x):
+    return x * x
+
+
+def sum_squares(xs):
+    """Sum of squares.
+    >>> sum_squares([1, 2])
+    5
+    """
+'''
+
+
+def test_assemble_keeps_the_prompts_helper_functions_for_a_full_function() -> None:
+    reply = "```python\ndef sum_squares(xs):\n    return sum(_square(x) for x in xs)\n```"
+
+    program = assemble_program(reply, HELPER_PROMPT, "sum_squares")
+    namespace: dict[str, object] = {}
+    exec(program, namespace)  # noqa: S102 - our own fixture
+
+    assert namespace["sum_squares"]([1, 2, 3]) == 14  # type: ignore[operator]
+
+
+async def test_a_candidate_using_a_prompt_helper_passes_its_public_tests() -> None:
+    reply = "```python\ndef sum_squares(xs):\n    return sum(_square(x) for x in xs)\n```"
+    prob = Problem(
+        messages=as_messages(HELPER_PROMPT),
+        task="code",
+        metadata={"prompt_code": HELPER_PROMPT, "entry_point": "sum_squares"},
+    )
+
+    (score,) = await CodeExecutionVerifier(timeout_s=5).score(prob, [Candidate(text=reply)])
+
+    assert score.value == 1.0, score.detail
+
+
+def test_probe_calls_mutate_example_arguments_and_leave_the_examples_out() -> None:
+    probes = probe_calls(HELPER_PROMPT, "sum_squares", limit=4)
+
+    assert probes == probe_calls(HELPER_PROMPT, "sum_squares", limit=4)  # deterministic
+    assert probes == [
+        "sum_squares([2, 1])",
+        "sum_squares([2])",
+        "sum_squares([1, 2, 1])",
+        "sum_squares([2, 3])",
+    ]
+    assert "sum_squares([1, 2])" not in probe_calls(HELPER_PROMPT, "sum_squares", limit=50)
+    assert probe_calls(HELPER_PROMPT, None) == []
+    assert probe_calls("no examples here", "f") == []
+
+
+# Three candidates pass the one public example; only two compute the sum of
+# squares, the other hard-codes the example's answer.
+CORRECT_A = "```python\ndef sum_squares(xs):\n    return sum(x * x for x in xs)\n```"
+CORRECT_B = "```python\ndef sum_squares(xs):\n    t = 0\n    for x in xs:\n        t += x ** 2\n    return t\n```"
+OVERFIT = "```python\ndef sum_squares(xs):\n    return 5\n```"
+WRONG = "```python\ndef sum_squares(xs):\n    return sum(xs)\n```"
+
+
+async def test_tied_candidates_are_grouped_by_behaviour_on_new_inputs() -> None:
+    prob = Problem(
+        messages=as_messages(HELPER_PROMPT),
+        task="code",
+        metadata={"prompt_code": HELPER_PROMPT, "entry_point": "sum_squares"},
+    )
+    candidates = [Candidate(text=t) for t in (OVERFIT, CORRECT_A, WRONG, CORRECT_B)]
+
+    scores = await CodeExecutionVerifier(timeout_s=5).score(prob, candidates)
+
+    assert [s.value for s in scores] == [1.0, 1.0, 0.0, 1.0]
+    assert scores[1].detail["cluster"] == scores[3].detail["cluster"]
+    assert scores[0].detail["cluster"] != scores[1].detail["cluster"]
+    assert [s.detail.get("cluster_size") for s in scores] == [1, 2, None, 2]
+
+
+async def test_an_endless_probe_costs_one_probe_not_the_whole_signature() -> None:
+    loops_on_big = (
+        "```python\ndef sum_squares(xs):\n    while len(xs) > 2:\n        pass\n"
+        "    return sum(x * x for x in xs)\n```"
+    )
+    prob = Problem(
+        messages=as_messages(HELPER_PROMPT),
+        task="code",
+        metadata={"prompt_code": HELPER_PROMPT, "entry_point": "sum_squares"},
+    )
+    verifier = CodeExecutionVerifier(timeout_s=5, probes=4, probe_timeout_s=0.2)
+
+    scores = await verifier.score(prob, [Candidate(text=loops_on_big), Candidate(text=CORRECT_A)])
+
+    # Both pass the example; they differ only on the 3-element probe, which times out.
+    assert [s.value for s in scores] == [1.0, 1.0]
+    assert scores[0].detail["cluster"] != scores[1].detail["cluster"]
+    assert scores[0].detail["cluster_size"] == 1

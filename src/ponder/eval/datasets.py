@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ponder.types import Message, Problem
-from ponder.verifiers.answers import extract_answer, extract_code, normalize_answer
+from ponder.verifiers.answers import extract_answer, normalize_answer
+from ponder.verifiers.code import assemble_program
 
 __all__ = [
     "DATASETS",
@@ -91,16 +92,8 @@ CODE_INSTRUCTION = (
 
 
 def humaneval_program(prompt: str, entry_point: str, completion_text: str) -> str:
-    """The candidate program built from the model's reply.
-
-    A reply that defines the function replaces the prompt's stub (the prompt is
-    kept, closed with ``pass``, for its imports and helper functions); a reply
-    that is only a body completes the prompt.
-    """
-    code = extract_code(completion_text)
-    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-        return prompt + "    pass\n\n" + code
-    return prompt + code
+    """The candidate program graded for a HumanEval reply (the verifier builds the same)."""
+    return assemble_program(completion_text, prompt, entry_point)
 
 
 def humaneval(limit: int | None = None, seed: int = 0, timeout_s: float = 10.0) -> list[Item]:

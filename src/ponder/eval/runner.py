@@ -152,6 +152,21 @@ async def run_one(
     sample_verdicts = None
     if len(outcome.candidates) > 1:
         sample_verdicts = [await _grade(item, c.text) for c in outcome.candidates]
+    return _record(
+        item,
+        config,
+        correct=correct,
+        answer=outcome.answer[-2000:],
+        usage=outcome.usage.model_dump(include={"input", "cached_input", "reasoning", "output"}),
+        latency_s=round(time.monotonic() - started, 4),
+        truncated=outcome.truncated,
+        calls=outcome.calls,
+        sample_verdicts=sample_verdicts,
+    )
+
+
+def _record(item: Item, config: EvalConfig, **result: Any) -> dict[str, Any]:
+    """One results.jsonl row: which item and configuration, then what happened."""
     return {
         "config_key": config.key,
         "config": asdict(config),
@@ -160,34 +175,23 @@ async def run_one(
         "item_id": item.id,
         "dataset": item.dataset,
         "difficulty": item.difficulty,
-        "correct": correct,
-        "answer": outcome.answer[-2000:],
-        "usage": outcome.usage.model_dump(include={"input", "cached_input", "reasoning", "output"}),
-        "latency_s": round(time.monotonic() - started, 4),
-        "truncated": outcome.truncated,
-        "calls": outcome.calls,
-        "sample_verdicts": sample_verdicts,
+        **result,
     }
 
 
 def _error_record(item: Item, config: EvalConfig, exc: PonderError) -> dict[str, Any]:
-    return {
-        "config_key": config.key,
-        "config": asdict(config),
-        "model": config.model,
-        "strategy": config.strategy,
-        "item_id": item.id,
-        "dataset": item.dataset,
-        "difficulty": item.difficulty,
-        "correct": False,
-        "answer": "",
-        "usage": {"input": 0, "cached_input": 0, "reasoning": 0, "output": 0},
-        "latency_s": 0.0,
-        "truncated": False,
-        "calls": 0,
-        "sample_verdicts": None,
-        "error": f"{type(exc).__name__}: {exc.message}",
-    }
+    return _record(
+        item,
+        config,
+        correct=False,
+        answer="",
+        usage={"input": 0, "cached_input": 0, "reasoning": 0, "output": 0},
+        latency_s=0.0,
+        truncated=False,
+        calls=0,
+        sample_verdicts=None,
+        error=f"{type(exc).__name__}: {exc.message}",
+    )
 
 
 async def run_eval(

@@ -216,18 +216,21 @@ def weighted_choice(candidates: Sequence[Candidate], scores: Sequence[Score]) ->
 
 
 def _argmax(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
-    """Highest score; complete candidates beat truncated ones; ties -> higher mean logprob.
+    """Highest score; complete candidates beat truncated ones; ties -> the larger
+    behaviour cluster (when the verifier groups tied candidates, as the code
+    verifier does), then the higher mean logprob.
 
     A NaN score ranks lowest (compared as is, it would win or lose by position).
     """
 
-    def key(i: int) -> tuple[bool, float, float]:
+    def key(i: int) -> tuple[bool, float, int, float]:
         gen = candidates[i].generation
         lp = gen.mean_logprob if gen is not None else None
         value = scores[i].value
         return (
             not candidates[i].truncated,
             value if not math.isnan(value) else float("-inf"),
+            int(scores[i].detail.get("cluster_size", 0)),
             lp if lp is not None else float("-inf"),
         )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
+import contextlib
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,13 @@ from ponder.types import Candidate, Problem, Score
 from ponder.verifiers.answers import extract_code
 from ponder.verifiers.sandbox import SandboxLimits, SandboxResult, arun_python
 
-__all__ = ["CodeExecutionVerifier", "assemble_program", "public_tests_from_prompt"]
+__all__ = [
+    "CodeExecutionVerifier",
+    "assemble_program",
+    "behaviour_signature",
+    "probe_calls",
+    "public_tests_from_prompt",
+]
 
 # A bare "=" is left out: prompts use it for maths ("tri(1) = 3"), not for results.
 _SEPARATOR = re.compile(r"\s*(?:==|➞|=>|->|\bshould\s+return\b|\breturns?\b)\s*")
@@ -153,16 +161,157 @@ def assemble_program(
 ) -> str:
     """The program to run for a candidate: its code block, made complete.
 
-    A full function (``def entry_point``) gets the prompt's imports in front; a
-    bare completion (a function body) is appended to the prompt, HumanEval style.
+    A reply that defines ``entry_point`` replaces the prompt's stub: when the
+    prompt ends with that stub (HumanEval style) the whole prompt is kept, closed
+    with ``pass``, so its imports *and helper functions* stay defined; otherwise
+    only the prompt's imports go in front. A bare completion (a function body) is
+    appended to the prompt. Eval grading and the public-test verifier both build
+    programs here, so a candidate is judged on the same program it is graded on.
     """
     code = extract_code(candidate_text)
     if entry_point and re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M):
+        if prompt_code and _ends_with_stub(prompt_code, entry_point):
+            return prompt_code.rstrip("\n") + "\n    pass\n\n" + code
         imports = _prompt_imports(prompt_code)
         return f"{imports}\n{code}" if imports else code
     if prompt_code:
         return prompt_code + code
     return code
+
+
+def _ends_with_stub(prompt_code: str, entry_point: str) -> bool:
+    """Whether closing the prompt with ``pass`` gives valid code ending in ``entry_point``."""
+    try:
+        tree = ast.parse(prompt_code.rstrip("\n") + "\n    pass\n")
+    except SyntaxError:
+        return False
+    last = tree.body[-1] if tree.body else None
+    return isinstance(last, ast.FunctionDef | ast.AsyncFunctionDef) and last.name == entry_point
+
+
+# --------------------------------------------------------------------------- behaviour probes
+#
+# Docstring examples are few, so several candidates often pass all of them and
+# still differ. Running the tied candidates on *new* inputs (the examples'
+# arguments, mutated) and grouping them by what they return lets the largest
+# group of agreeing programs win, as CodeT (Chen et al. 2022) and AlphaCode
+# (Li et al. 2022) cluster by execution behaviour. No expected output is
+# needed, so nothing beyond the prompt is used.
+
+_PROBE_MARK = "@@ponder-probe@@"
+
+
+def _mutations(value: object) -> list[object]:
+    """Type-preserving variants of one example argument, most informative first."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1, 2 * value + 3, -value, 0]
+    if isinstance(value, float):
+        return [value * 1.5 + 0.5, -value, 0.0]
+    if isinstance(value, str):
+        out: list[object] = [value[::-1], value + value[:1], value[1:], value.swapcase(), ""]
+        return out
+    if isinstance(value, list | tuple):
+        kind = type(value)
+        items = list(value)
+        variants: list[list[object]] = [items[::-1], items[1:], items + items[:1]]
+        with contextlib.suppress(TypeError):  # mixed types do not sort
+            variants.append(sorted(items))  # type: ignore[type-var]
+        if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            variants.append([x + 1 for x in items])  # type: ignore[operator]
+        variants.append([])
+        return [kind(v) for v in variants]
+    return []
+
+
+def probe_calls(prompt_code: str, entry_point: str | None, limit: int = 12) -> list[str]:
+    """New calls of ``entry_point``: each example call with one argument mutated.
+
+    Deterministic; round-robin over examples and arguments so a few probes
+    already cover every example. The examples themselves are left out (the
+    public tests check those).
+    """
+    if not entry_point or limit <= 0:
+        return []
+    calls: list[ast.Call] = []
+    for line in prompt_code.splitlines():
+        start = 0
+        while (pos := line.find(entry_point + "(", start)) >= 0:
+            end = _call_at(line, pos + len(entry_point))
+            start = pos + len(entry_point)
+            if end is None:
+                break
+            tree = _expression(line[pos:end], entry_point)
+            if tree is not None and isinstance(tree.body, ast.Call):
+                calls.append(tree.body)
+    originals = {ast.unparse(c) for c in calls}
+    per_call: list[list[str]] = []
+    for call in calls:
+        variants: list[str] = []
+        for i, arg in enumerate(call.args):
+            try:
+                value = ast.literal_eval(arg)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            for mutated in _mutations(value):
+                try:
+                    node = ast.parse(repr(mutated), mode="eval").body
+                except SyntaxError:
+                    continue
+                args = list(call.args)
+                args[i] = node
+                variants.append(ast.unparse(ast.Call(call.func, args, call.keywords)))
+        per_call.append(variants)
+    probes: list[str] = []
+    depth = 0
+    while len(probes) < limit and any(depth < len(v) for v in per_call):
+        for variants in per_call:
+            if depth < len(variants):
+                src = variants[depth]
+                if src not in originals and src not in probes:
+                    probes.append(src)
+                    if len(probes) == limit:
+                        break
+        depth += 1
+    return probes
+
+
+def _probe_footer(probes: Sequence[str], per_probe_s: float) -> str:
+    # Each probe gets its own alarm, so one endless input costs one probe, not the run.
+    return f"""
+
+def __ponder_probe():
+    import json, signal
+    class _Slow(Exception):
+        pass
+    def _alarm(*_):
+        raise _Slow()
+    signal.signal(signal.SIGALRM, _alarm)
+    out = []
+    for src in {list(probes)!r}:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, {per_probe_s!r})
+            value = repr(eval(src))[:300]
+        except _Slow:
+            value = "!timeout"
+        except BaseException as exc:
+            value = "!" + type(exc).__name__
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        out.append(value)
+    print("\\n{_PROBE_MARK}" + json.dumps(out))
+
+__ponder_probe()
+"""
+
+
+def behaviour_signature(result: SandboxResult) -> str | None:
+    """The probe outputs a sandbox run printed, as one comparable string."""
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(_PROBE_MARK):
+            return line[len(_PROBE_MARK) :]
+    return None
 
 
 @dataclass
@@ -173,11 +322,19 @@ class CodeExecutionVerifier:
     derived from ``prompt_code`` (default: the user prompt) and ``entry_point``.
     Without any test the score is 1.0 when the program runs to its end.
     ``detail["feedback"]`` says what failed, for self-refinement.
+
+    When several complete candidates tie for the best score, they are also run
+    on up to ``probes`` new inputs (see :func:`probe_calls`) and grouped by what
+    they return: ``detail["cluster"]`` names a candidate's group and
+    ``detail["cluster_size"]`` how many tied candidates behave the same, which
+    best-of-N uses to break the tie. The score itself is unchanged.
     """
 
     timeout_s: float = 5.0
     memory_mb: int = 512
     concurrency: int = 2
+    probes: int = 12
+    probe_timeout_s: float = 0.5
 
     def tests_for(self, problem: Problem) -> list[str]:
         given = problem.metadata.get("public_tests")
@@ -186,16 +343,19 @@ class CodeExecutionVerifier:
         prompt_code = str(problem.metadata.get("prompt_code") or problem.prompt)
         return public_tests_from_prompt(prompt_code, problem.metadata.get("entry_point"))
 
-    async def run(self, problem: Problem, candidate: Candidate) -> SandboxResult:
-        program = assemble_program(
+    def _program(self, problem: Problem, candidate: Candidate) -> str:
+        return assemble_program(
             candidate.text,
             str(problem.metadata.get("prompt_code") or ""),
             problem.metadata.get("entry_point"),
         )
+
+    def _limits(self) -> SandboxLimits:
+        return SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+
+    async def run(self, problem: Problem, candidate: Candidate) -> SandboxResult:
         return await arun_python(
-            program,
-            tests=self.tests_for(problem),
-            limits=SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb),
+            self._program(problem, candidate), tests=self.tests_for(problem), limits=self._limits()
         )
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
@@ -206,7 +366,47 @@ class CodeExecutionVerifier:
                 result = await self.run(problem, c)
             return _score(result)
 
-        return list(await asyncio.gather(*(one(c) for c in candidates)))
+        scores = list(await asyncio.gather(*(one(c) for c in candidates)))
+        await self._cluster_ties(problem, candidates, scores, gate)
+        return scores
+
+    async def _cluster_ties(
+        self,
+        problem: Problem,
+        candidates: Sequence[Candidate],
+        scores: list[Score],
+        gate: asyncio.Semaphore,
+    ) -> None:
+        complete = [i for i, c in enumerate(candidates) if not c.truncated]
+        if len(complete) < 2 or self.probes <= 0:
+            return
+        top = max(scores[i].value for i in complete)
+        tied = [i for i in complete if scores[i].value == top]
+        if len(tied) < 2:
+            return
+        prompt_code = str(problem.metadata.get("prompt_code") or problem.prompt)
+        probes = probe_calls(prompt_code, problem.metadata.get("entry_point"), self.probes)
+        if not probes:
+            return
+        footer = _probe_footer(probes, self.probe_timeout_s)
+        limits = SandboxLimits(
+            timeout_s=self.timeout_s + self.probe_timeout_s * len(probes),
+            memory_mb=self.memory_mb,
+        )
+
+        async def signature(i: int) -> str:
+            async with gate:
+                result = await arun_python(
+                    self._program(problem, candidates[i]) + footer, limits=limits
+                )
+            # A run that never reached the footer is its own group of one.
+            return behaviour_signature(result) or f"!no-output:{i}"
+
+        signatures = await asyncio.gather(*(signature(i) for i in tied))
+        sizes = {sig: signatures.count(sig) for sig in signatures}
+        for i, sig in zip(tied, signatures, strict=True):
+            scores[i].detail["cluster"] = hashlib.sha256(sig.encode()).hexdigest()[:12]
+            scores[i].detail["cluster_size"] = sizes[sig]
 
 
 def _score(result: SandboxResult) -> Score:
