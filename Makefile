@@ -6,7 +6,7 @@ PONDER := $(VENV)/bin/ponder
 MODEL  ?= qwen2.5-coder-0.5b-instruct
 STAMP  := $(VENV)/.installed
 
-.PHONY: install model serve test lint bench clean
+.PHONY: install model browser serve test lint bench clean
 
 # Re-runs only when pyproject.toml changes. llama-cpp-python builds from
 # source once (about 8 minutes on 2 cores); pip caches the wheel afterwards.
@@ -27,7 +27,16 @@ model: $(STAMP)
 serve: model
 	$(PONDER) serve --model $(MODEL)
 
-test: model
+# The dashboard's end-to-end test drives the system Chromium (never a downloaded one).
+# Installed here where we can (root with apt-get); elsewhere that test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the dashboard browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			|| echo "could not install chromium; the dashboard browser test will skip"; \
+	fi
+
+test: model browser
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -7,6 +7,7 @@
     ponder keys create --user alice --team ml --scope reasoning
     ponder quota set --team ml --metric cost --window day --usd 5
     ponder stats
+    ponder deploy ray --config ponder.toml
 
 User errors (bad strategy, unknown model, ...) print one message on stderr and
 exit with status 2; no traceback.
@@ -50,6 +51,7 @@ _EXTRAS = {
     "reasoning_gym": "bench",
     "matplotlib": "bench",
     "datasets": "bench",
+    "ray": "ray",
 }
 
 
@@ -250,6 +252,7 @@ def build_gateway(backend: Backend, settings: Settings, *, db: str | None = None
         quota_thresholds=a.quota_thresholds,
         otel=otel,
         router=Router.from_settings(settings.router, tiers=list(settings.tiers)),
+        guardrails=settings.guardrails,
     )
 
 
@@ -573,6 +576,9 @@ def _parser() -> argparse.ArgumentParser:
     from ponder.router.cli import add_route_commands
 
     add_route_commands(sub)
+    from ponder.deploy.ray import add_deploy_commands
+
+    add_deploy_commands(sub)
     return parser
 
 

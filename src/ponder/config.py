@@ -6,10 +6,11 @@ The only module (besides entry points) that reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +21,7 @@ from pydantic_settings import (
 __all__ = [
     "AlertSettings",
     "EngineSettings",
+    "GuardrailSettings",
     "LedgerSettings",
     "PriceSettings",
     "RouteClassSettings",
@@ -64,6 +66,17 @@ class ServerSettings(BaseModel):
     ledger: bool = True
     # The tier name recorded in the ledger and metrics for this server's backend.
     tier: str | None = None
+    # POST /v1/jobs: queued jobs run this many at a time per server (0: this server
+    # only queues; another replica on the same database runs them).
+    job_concurrency: int = Field(default=2, ge=0)
+    # A running job's claim, renewed while it runs; a claim older than this (its
+    # server died) goes back to the queue, at most job_max_attempts runs in all.
+    job_lease_s: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    # Unfinished (queued or running) jobs per caller.
+    job_max_pending: int = Field(default=1000, ge=1)
+    # Where `ponder eval --out` runs live; /dashboard plots the newest one's results.
+    eval_results_dir: Path | None = None
 
 
 class PriceSettings(BaseModel):
@@ -167,6 +180,63 @@ class RouterSettings(BaseModel):
     novelty_window: int = Field(default=256, ge=1)
 
 
+class GuardrailSettings(BaseModel):
+    """``[guardrails]``: untrusted content is wrapped, answers are scanned for leaks.
+
+    Tool results (and ``ponder.documents``) reach the model inside delimiters it is
+    told to treat as data. Answers (and reasoning, where returned) are scanned for
+    the request's system prompt (``leak_min_words`` words matching it in runs of
+    ``leak_ngram``-word shingles, gaps of up to ``leak_gap`` edited words allowed)
+    and for ``secrets`` (exact strings) and ``secret_patterns`` (regexes); each is
+    ``redact``-ed (replaced by ``redaction_marker``) or ``refuse``-d
+    (``finish_reason: content_filter``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    wrap_tool_results: bool = True
+    system_prompt: Literal["redact", "refuse", "off"] = "redact"
+    leak_ngram: int = Field(default=4, ge=2, le=16)
+    leak_min_words: int = Field(default=8, ge=2)
+    leak_gap: int = Field(default=3, ge=0, le=32)
+    secrets: list[str] = Field(default_factory=list)
+    secret_patterns: list[str] = Field(default_factory=list)
+    secret_action: Literal["redact", "refuse"] = "redact"
+    # Streams hold back this many characters while secret_patterns are set: a
+    # pattern's match must fit in it to be caught before any of it is sent.
+    secret_window_chars: int = Field(default=256, ge=1, le=65536)
+    redaction_marker: str = "[redacted]"
+
+    @field_validator("secrets")
+    @classmethod
+    def _real_secrets(cls, v: list[str]) -> list[str]:
+        for i, secret in enumerate(v):
+            if len(secret.strip()) < 4:
+                raise ValueError(
+                    f"secrets[{i}] is {len(secret.strip())} characters; a secret must have at "
+                    "least 4 (shorter ones would redact ordinary text)"
+                )
+        return v
+
+    @field_validator("secret_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"secret_patterns[{i}] {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
+            if compiled.search("") is not None:
+                raise ValueError(
+                    f"secret_patterns[{i}] {pattern!r} matches the empty string, so it would "
+                    "match everywhere; make it require at least one character"
+                )
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -186,6 +256,7 @@ class Settings(BaseSettings):
     # Named model tiers ([tiers.<name>] tables), weakest first; see ponder.backends.tiers.
     tiers: dict[str, TierSettings] = Field(default_factory=dict)
     router: RouterSettings = Field(default_factory=RouterSettings)
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
 
     @classmethod
     def settings_customise_sources(

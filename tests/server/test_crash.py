@@ -1,14 +1,21 @@
-"""A real `ponder serve` (scripted backend) killed with SIGKILL under load: every 200 has its row."""
+"""A real `ponder serve` (scripted backend) killed with SIGKILL under load.
+
+Every 200 has its ledger row; every job accepted (202) survives, and after a
+restart each one completes and is in the ledger exactly once.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -22,11 +29,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(db: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+def _serve(
+    db: str,
+    port: int,
+    tmp: Path,
+    *,
+    fake_delay: float = 0.005,
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PONDER_CONFIG": str(tmp / "none.toml"),
         "PONDER_CACHE_DIR": str(tmp / "cache"),
+        **(env_extra or {}),
     }
     cmd = [
         sys.executable,
@@ -36,7 +51,7 @@ def _serve(db: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
         "--backend",
         "fake",
         "--fake-delay",
-        "0.005",
+        str(fake_delay),
         "--port",
         str(port),
         "--db",
@@ -113,3 +128,115 @@ def test_sigkill_under_load_loses_no_row_of_a_200(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _job_states(path: Path) -> dict[str, tuple[str, str, int, str | None]]:
+    """id -> (status, request_id, attempts, result) read straight from the file (no write lock)."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        rows = conn.execute(
+            "SELECT id, status, request_id, attempts, result FROM ponder_jobs"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def test_sigkill_with_jobs_queued_and_running_loses_none_and_runs_each_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ponder.db"
+    db = f"sqlite:///{path}"
+    port = _free_port()
+    # Slow enough that a queue builds up behind four running jobs.
+    serve_args = {"fake_delay": 0.05, "env_extra": {"PONDER_SERVER__JOB_CONCURRENCY": "4"}}
+    proc = _serve(db, port, tmp_path, **serve_args)  # type: ignore[arg-type]
+    accepted: list[str] = []
+    chat_ok: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def submit() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            while not stop.is_set():
+                with lock:
+                    if len(accepted) >= 200:
+                        break
+                try:
+                    r = client.post(
+                        "/v1/jobs",
+                        json={"messages": [{"role": "user", "content": "What is 2+2?"}]},
+                    )
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 202:
+                    with lock:
+                        accepted.append(r.json()["id"])
+
+    def chat() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(
+                        "/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": "and now?"}]},
+                    )
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200:
+                    with lock:
+                        chat_ok.append(r.json()["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    threads += [threading.Thread(target=chat) for _ in range(2)]
+    for t in threads:
+        t.start()
+    # Kill while jobs are done, running and queued at once (as the database shows them).
+    deadline = time.monotonic() + 120
+    while True:
+        statuses = [v[0] for v in _job_states(path).values()]
+        if (
+            statuses.count("succeeded") >= 10
+            and statuses.count("running") >= 1
+            and statuses.count("queued") >= 10
+        ):
+            break
+        assert time.monotonic() < deadline, f"no mixed queue state reached: {statuses[:20]}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+
+    at_kill = _job_states(path)
+    # Every job that was answered 202 was stored before the answer.
+    assert set(accepted) <= set(at_kill)
+    left = [j for j, v in at_kill.items() if v[0] in ("queued", "running")]
+    assert left, "the kill left no job to recover"
+
+    proc = _serve(db, port, tmp_path, **serve_args)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            final = _job_states(path)
+            if all(v[0] not in ("queued", "running") for v in final.values()):
+                break
+            assert time.monotonic() < deadline, "queued jobs did not complete after the restart"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    assert {v[0] for v in final.values()} == {"succeeded"}
+    # Jobs interrupted mid-run ran again (a second attempt) and still count once below.
+    running_at_kill = [j for j in left if at_kill[j][0] == "running"]
+    assert all(final[j][2] == at_kill[j][2] + 1 for j in running_at_kill)
+    with sqlite3.connect(path) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM ponder_requests")]
+    assert len(ids) == len(set(ids))
+    ledger = Counter(ids)
+    for job_id, (_, request_id, _, result) in final.items():
+        assert ledger[request_id] == 1, f"job {job_id} has {ledger[request_id]} ledger rows"
+        assert result is not None and json.loads(result)["id"] == request_id
+    assert not set(chat_ok) - set(ids), "an answered chat request has no ledger row"

@@ -396,13 +396,6 @@ BAD_REQUESTS: list[tuple[str, Any, list[str], str | None, str]] = [
         "n",
         "invalid_request",
     ),
-    (
-        "stream-self-consistency",
-        {"messages": GOOD_MESSAGES, "stream": True, "ponder": {"strategy": "self_consistency"}},
-        ["streaming is available for the direct and cot", "'self_consistency'"],
-        "stream",
-        "invalid_request",
-    ),
 ]
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "api_keys",
     "counters",
+    "jobs",
     "limits",
     "metadata",
     "requests",
@@ -111,10 +112,52 @@ requests = sa.Table(
 )
 
 
+jobs = sa.Table(
+    "ponder_jobs",
+    metadata,
+    # Unguessable (128 random bits): knowing the id is not enough to read a job,
+    # but ids in logs or URLs must not be enumerable either.
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # queued/running/succeeded/failed/cancelled
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("user", sa.String(200), nullable=True),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("session", sa.String(200), nullable=True),
+    # The caller's scopes when it had no key (an open gateway); keyed callers are
+    # looked up again when the job runs, so a revoked key runs nothing.
+    sa.Column("scopes", sa.String(200), nullable=False, default=""),
+    # The validated chat-completion body and the x-ponder-* headers (never credentials).
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("headers", sa.Text, nullable=False),
+    # The id of the run's ledger row (and of its chat.completion): one per job, so a
+    # run can be recorded once only.
+    sa.Column("request_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # Who runs it and until when that claim holds (renewed while it runs).
+    sa.Column("worker", sa.String(160), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),  # chat.completion JSON
+    sa.Column("error", sa.Text, nullable=True),  # OpenAI error body JSON
+    sa.Index("ix_ponder_jobs_status_created", "status", "created_at"),
+    sa.Index("ix_ponder_jobs_key_created", "key_id", "created_at"),
+)
+
+
 def _v1(conn: sa.Connection) -> None:
-    metadata.create_all(conn)
+    # Only the tables of version 1: later tables come with their own migration.
+    metadata.create_all(
+        conn, tables=[schema_info, api_keys, limits, counters, reservations, requests]
+    )
+
+
+def _v2(conn: sa.Connection) -> None:
+    jobs.create(conn, checkfirst=True)
 
 
 # MIGRATIONS[i] takes a database at version i to version i + 1.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)

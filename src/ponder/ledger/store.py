@@ -24,8 +24,8 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,10 @@ class Store:
                 "reachable again (check the ledger URL and the database server)"
             ) from exc
 
+    def transaction(self) -> AbstractContextManager[sa.Connection]:
+        """One transaction (SQLite: holding the write lock); errors become StoreUnavailable."""
+        return self._tx()
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -329,6 +333,12 @@ class Store:
                     s.api_keys.c.hash == hash_key(secret), s.api_keys.c.revoked_at.is_(None)
                 )
             ).first()
+        return None if row is None else _record(row)
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key with this id (revoked or not), or None."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(s.api_keys).where(s.api_keys.c.id == key_id)).first()
         return None if row is None else _record(row)
 
     def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
@@ -512,10 +522,13 @@ class Store:
         row: LedgerRow | None,
         *,
         thresholds: Sequence[float] = (),
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> list[Crossing]:
         """Replace the hold with actual usage and write the ledger row, in one transaction.
 
         Returns the counters whose usage crossed one of ``thresholds`` (fractions of the limit).
+        ``also(conn)`` runs in the same transaction after the row is written (a job
+        saves its result there); if it raises, nothing is committed.
         """
         crossings: list[Crossing] = []
         with self._tx() as conn:
@@ -549,6 +562,8 @@ class Store:
                             crossings.append(Crossing(lim, subject, t, after))
             if row is not None:
                 conn.execute(sa.insert(s.requests).values(**row.values()))
+            if also is not None:
+                also(conn)
         return crossings
 
     def release(self, reservation: Reservation) -> None:
@@ -599,9 +614,31 @@ class Store:
 
     # ---- ledger
 
-    def insert_row(self, row: LedgerRow) -> None:
+    def insert_row(
+        self, row: LedgerRow, *, also: Callable[[sa.Connection], None] | None = None
+    ) -> None:
         with self._tx() as conn:
             conn.execute(sa.insert(s.requests).values(**row.values()))
+            if also is not None:
+                also(conn)
+
+    def row(self, request_id: str) -> LedgerRow | None:
+        """The ledger row of one request, or None."""
+        with self._tx() as conn:
+            found = conn.execute(sa.select(s.requests).where(s.requests.c.id == request_id)).first()
+        if found is None:
+            return None
+        data = dict(found._mapping)
+        data["plan"] = json.loads(data["plan"])
+        return LedgerRow(**data)
+
+    def set_verdict(self, request_id: str, verdict: str | None) -> bool:
+        """Record whether a request's answer was right; False when there is no such row."""
+        with self._tx() as conn:
+            done = conn.execute(
+                sa.update(s.requests).where(s.requests.c.id == request_id).values(verdict=verdict)
+            )
+        return bool(done.rowcount)
 
     def rows(self, *, since: float | None = None) -> list[LedgerRow]:
         q = sa.select(s.requests).order_by(s.requests.c.at)

@@ -21,6 +21,7 @@ from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import PonderError
+from ponder.server.feedback import record_feedback
 from ponder.server.handlers import (
     ErrorResult,
     Gateway,
@@ -29,6 +30,7 @@ from ponder.server.handlers import (
     parse_json,
     ponder_headers,
 )
+from ponder.server.jobs import Jobs
 from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["create_app"]
@@ -79,6 +81,8 @@ def create_app(
 
             settings = load_settings().server
         gateway = Gateway(backend, settings)
+    # POST /v1/jobs and the worker that drains the queue (server.job_concurrency).
+    jobs = Jobs(gateway)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,13 +91,17 @@ def create_app(
             released = gateway.store.release_stale()
             if released:
                 logger.warning("released %d reservations left by a previous process", released)
+        await jobs.start()
         yield
+        # Running jobs get a grace period; the rest go back to the queue.
+        await jobs.stop()
         await gateway.alerts.drain()
         # The engine holds a model in memory (and maybe threads): free it on shutdown.
         await _close(backend)
 
     app = FastAPI(title="ponder", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway
+    app.state.jobs = jobs
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -182,5 +190,44 @@ def create_app(
             "session": session,
         }
         return _json(await gateway.admin_show_quota(request.headers, subjects))
+
+    # ---- async latency class (ponder.server.jobs) and answer feedback
+
+    @app.post("/v1/jobs")
+    async def submit_job(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        result = await jobs.submit(body, request.headers)
+        if isinstance(result, ErrorResult):
+            return _error(result)
+        return JSONResponse(
+            result, status_code=202, headers={"location": f"/v1/jobs/{result['id']}"}
+        )
+
+    @app.get("/v1/jobs")
+    async def list_jobs(request: Request, status: str | None = None, limit: str = "20") -> Response:
+        # limit as text: a bad value gets an OpenAI error body, not FastAPI's 422.
+        return _json(await jobs.list_jobs(request.headers, status=status, limit=limit))
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, request: Request) -> Response:
+        return _json(await jobs.get(job_id, request.headers))
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel_job(job_id: str, request: Request) -> Response:
+        return _json(await jobs.cancel(job_id, request.headers))
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        return _json(await record_feedback(gateway, body, request.headers))
+
+    # GET /dashboard (the page) and its admin JSON under /v1/admin/dashboard/.
+    from ponder.server.dashboard import dashboard_router
+
+    app.include_router(dashboard_router(gateway))
 
     return app

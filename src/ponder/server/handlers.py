@@ -35,7 +35,7 @@ from ponder.budget.quota import (
     applicable,
     estimate_prompt_tokens,
 )
-from ponder.config import ServerSettings
+from ponder.config import GuardrailSettings, ServerSettings
 from ponder.errors import (
     BudgetExhausted,
     Forbidden,
@@ -44,7 +44,16 @@ from ponder.errors import (
     QuotaExceeded,
     UnknownStrategy,
 )
+from ponder.guardrails import (
+    Document,
+    Finding,
+    GuardrailPolicy,
+    StreamScan,
+    refusal_message,
+    summarize,
+)
 from ponder.ledger.store import Crossing, LedgerRow, QuotaStatus, Reservation, Store
+from ponder.ledger.verdicts import outcome_verdict
 from ponder.router.policy import PolicyError, RoutePlan, Router
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.protocol import (
@@ -61,14 +70,18 @@ from ponder.server.protocol import (
     OpenAIFinishReason,
     PonderInfo,
     PonderOptions,
+    PonderProgress,
     QuotaSet,
+    StreamProgress,
     completion_id,
 )
 from ponder.strategies import RunContext, SamplingDefaults, Strategy, available_strategies
 from ponder.strategies import get_strategy as _get_strategy
+from ponder.strategies.base import Progress, ProgressTracker
 from ponder.telemetry.alerts import Alerts
 from ponder.telemetry.metrics import GatewayMetrics
 from ponder.telemetry.otel import OtelTracer
+from ponder.telemetry.trace import Tracer
 from ponder.types import Budget, Delta, Message, Outcome, Problem, ThinkingConfig
 
 __all__ = [
@@ -112,7 +125,11 @@ REASONING_EFFORT: dict[str, tuple[str, int]] = {
 # database): never taken from a request.
 SERVER_ONLY_PARAMS = frozenset({"database"})
 
+# Strategies whose answer is one generation, streamed as it is decoded; the others
+# stream progress events while they run, then the chosen answer.
 STREAMABLE_STRATEGIES = ("direct", "cot")
+# A stream of a multi-sample strategy sends a progress event at least this often.
+PROGRESS_HEARTBEAT_S = 5.0
 
 
 class InvalidJSON(InvalidRequest):
@@ -155,6 +172,10 @@ class Plan:
     task_class: str = "general"
     # The router's decision (a ponder.router.RoutePlan), when a router planned this.
     route: Any = None
+    # Guardrails: untrusted blocks wrapped in ``messages`` by source, and the
+    # request's output scanner (``ponder.guardrails``).
+    wrapped: dict[str, int] = field(default_factory=dict)
+    scanner: Any = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -375,14 +396,6 @@ def plan(
         exc.param = f"ponder.params.{inner}" if inner else "ponder.params"
         raise
 
-    if request.stream and name not in STREAMABLE_STRATEGIES:
-        raise InvalidRequest(
-            f"streaming is available for the {' and '.join(STREAMABLE_STRATEGIES)} strategies "
-            f"only for now; {name!r} must finish its whole run before it can answer. "
-            "Send stream=false for it.",
-            param="stream",
-        )
-
     thinking = getattr(instance, "thinking_budget", None)
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is None:
@@ -474,6 +487,75 @@ def _sse(payload: str) -> str:
     return f"data: {payload}\n\n"
 
 
+def _pieces(text: str, size: int = 256) -> list[str]:
+    """A finished answer as content deltas of at most ``size`` characters."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _final_choice(run: _Run, truncated: bool) -> ChunkChoice:
+    if run.refused is not None:
+        return ChunkChoice(
+            delta=ChunkDelta(refusal=refusal_message(run.refused)), finish_reason="content_filter"
+        )
+    return ChunkChoice(finish_reason=_openai_finish(truncated))
+
+
+def _guardrail_record(run: _Run) -> dict[str, Any]:
+    """The ledger row's record of what the guardrails did (no leaked text)."""
+    record: dict[str, Any] = summarize(run.findings, run.refused)
+    if run.plan.wrapped:
+        record["wrapped"] = run.plan.wrapped
+    return {"guardrails": record} if record else {}
+
+
+class _Shield:
+    """A stream's output guardrails: answer and (when returned) reasoning scanned apart."""
+
+    def __init__(self, p: Plan) -> None:
+        active = p.scanner is not None and p.scanner.active
+        self.text: StreamScan | None = p.scanner.stream() if active else None
+        self.include_reasoning = p.include_reasoning
+        self.reasoning: StreamScan | None = (
+            p.scanner.stream() if active and p.include_reasoning else None
+        )
+        self._reasoning_closed = False
+
+    @property
+    def refused(self) -> Finding | None:
+        return next((s.refused for s in (self.text, self.reasoning) if s and s.refused), None)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in (self.text, self.reasoning) if s for f in s.findings]
+
+    def piece(self, text: str, reasoning: str) -> ChunkDelta | None:
+        if not self.include_reasoning:
+            reasoning = ""
+        if self.reasoning is not None and reasoning:
+            reasoning = self.reasoning.feed(reasoning)
+        if text and self.reasoning is not None and not self._reasoning_closed:
+            # The thought is over once the answer starts: send what it held back first.
+            reasoning += self.reasoning.close()
+            self._reasoning_closed = True
+        if self.text is not None and text:
+            text = self.text.feed(text)
+        return self._delta(text, reasoning)
+
+    def flush(self) -> ChunkDelta | None:
+        if self.refused is not None:
+            return None
+        text = self.text.close() if self.text is not None else ""
+        reasoning = ""
+        if self.reasoning is not None and not self._reasoning_closed:
+            reasoning = self.reasoning.close()
+        return self._delta(text, reasoning)
+
+    def _delta(self, text: str, reasoning: str) -> ChunkDelta | None:
+        if self.refused is not None or not (text or reasoning):
+            return None
+        return ChunkDelta(content=text or None, reasoning_content=reasoning or None)
+
+
 def _quota_error(refusal: Refusal) -> QuotaExceeded:
     lim = refusal.limit
     return QuotaExceeded(
@@ -505,6 +587,15 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     settled: bool = False
     cost_micro: int = 0
+    # The strategy's verifier's judgement of the answer, when it made one.
+    verdict: str | None = None
+    # A queued job's callback: it runs inside the settlement transaction with the
+    # response (``also`` binds it), so the job's result commits with its ledger row.
+    on_settle: Callable[[Any, ChatCompletion | ErrorResult], None] | None = None
+    also: Callable[[Any], None] | None = None
+    # What the output guardrails found (redacted, or refused when ``refused`` is set).
+    findings: list[Finding] = field(default_factory=list)
+    refused: Finding | None = None
 
 
 class Gateway:
@@ -527,10 +618,12 @@ class Gateway:
         quota_thresholds: Sequence[float] = (0.8, 1.0),
         otel: OtelTracer | None = None,
         router: Router | None = None,
+        guardrails: GuardrailSettings | None = None,
     ) -> None:
         self.backend = backend
         # Plans requests that choose no strategy themselves (None: the server default).
         self.router = router
+        self.guardrails = GuardrailPolicy(guardrails)
         # model_construct: the defaults without reading the environment (only
         # entry points do that; create_app passes the loaded settings).
         self.settings = settings or ServerSettings.model_construct()
@@ -656,15 +749,27 @@ class Gateway:
     # ---- POST /v1/chat/completions
 
     async def chat(
-        self, body: Any, headers: Mapping[str, str] | None = None
+        self,
+        body: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        run_as: Caller | None = None,
+        request_id: str | None = None,
+        on_settle: Callable[[Any, ChatCompletion | ErrorResult], None] | None = None,
     ) -> ChatCompletion | StreamResult | ErrorResult:
-        """Handle a chat completion: ``body`` is a decoded JSON body or a parsed request."""
+        """Handle a chat completion: ``body`` is a decoded JSON body or a parsed request.
+
+        Queued jobs (``ponder.server.jobs``) pass ``run_as`` (the caller who queued it,
+        instead of authenticating ``headers``), ``request_id`` (the ledger row's id) and
+        ``on_settle(conn, response)``, called in the settlement transaction.
+        """
         caller = Caller()
         try:
-            caller = await self.authenticate(headers)
+            caller = run_as if run_as is not None else await self.authenticate(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
             self._check_scopes(caller, request)
             p = plan(request, self.settings, router=self.router, caller=caller, headers=headers)
+            p = self._guard_input(p, request)
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             p.include_reasoning = p.include_reasoning and caller.may("reasoning")
             p, demand = await self._bound(p, caller)
@@ -677,12 +782,13 @@ class Gateway:
         # From here the request holds a reservation: every path below settles it.
         allowance = demand.tokens if reservation is not None and reservation.items else None
         run = _Run(
-            id=completion_id(),
+            id=request_id or completion_id(),
             caller=caller,
             plan=p,
             demand=demand,
             reservation=reservation,
             guard=QuotaGuard(self.backend, allowance=allowance),
+            on_settle=on_settle,
         )
         if p.stream:
             return await self._start_stream(run)
@@ -699,6 +805,10 @@ class Gateway:
             )
         except Exception as exc:
             return await self._fail(run, exc)
+        run.verdict = outcome_verdict(outcome)
+        outcome = self._guard_outcome(run, outcome)
+        if on_settle is not None:
+            run.also = lambda conn: on_settle(conn, self._completion(run, outcome))
         try:
             await self._finish(run, status="ok", http_status=200, truncated=outcome.truncated)
         except PonderError as exc:
@@ -715,8 +825,11 @@ class Gateway:
                     message=AssistantMessage(
                         content=outcome.answer,
                         reasoning_content=outcome.reasoning if p.include_reasoning else None,
+                        refusal=refusal_message(run.refused) if run.refused else None,
                     ),
-                    finish_reason=_openai_finish(outcome.truncated),
+                    finish_reason="content_filter"
+                    if run.refused
+                    else _openai_finish(outcome.truncated),
                 )
             ],
             usage=outcome.usage.to_openai(),
@@ -760,6 +873,7 @@ class Gateway:
                 "max_tokens": p.sampling.max_tokens,
                 "stream": p.stream,
                 "reserved": run.demand.as_dict(),
+                **_guardrail_record(run),
             },
             status=status,
             http_status=http_status,
@@ -769,7 +883,7 @@ class Gateway:
             session=run.caller.session,
             tier=self.tier,
             model=self.backend.name,
-            error_code=error_code,
+            error_code=error_code or ("content_filter" if run.refused else None),
             input_tokens=usage.input,
             cached_input_tokens=usage.cached_input,
             reasoning_tokens=usage.reasoning,
@@ -780,6 +894,7 @@ class Gateway:
             latency_ms=(time.monotonic() - run.started) * 1000,
             ttft_ms=None if ttft is None else ttft * 1000,
             truncated=truncated,
+            verdict=run.verdict,
         )
         actual = Demand(
             requests=1,
@@ -793,13 +908,16 @@ class Gateway:
         if self.store is None:
             return []
         if run.reservation is None:
-            self.store.insert_row(row)
+            self.store.insert_row(row, also=run.also)
             return []
-        return self.store.settle(run.reservation, actual, row, thresholds=self.quota_thresholds)
+        return self.store.settle(
+            run.reservation, actual, row, thresholds=self.quota_thresholds, also=run.also
+        )
 
     def _observe(self, run: _Run, row: LedgerRow, crossings: list[Crossing]) -> None:
         run.settled = True
         p, usage = run.plan, run.guard.usage
+        self._count_guardrails(run)
         self.metrics.observe(
             task_class=p.task_class,
             tier=self.tier,
@@ -865,6 +983,9 @@ class Gateway:
     async def _fail(self, run: _Run, exc: BaseException) -> ErrorResult:
         """A request that failed while running: settle what it spent, then report the error."""
         result = error_result(exc) if isinstance(exc, PonderError) else _internal_error(exc)
+        if run.on_settle is not None:
+            hook = run.on_settle
+            run.also = lambda conn: hook(conn, result)
         code = result.body["error"].get("code")
         if result.status in (502, 503, 504):
             self.alerts.upstream_error(self.tier, str(result.body["error"]["message"])[:200])
@@ -884,6 +1005,8 @@ class Gateway:
 
     async def _start_stream(self, run: _Run) -> StreamResult | ErrorResult:
         p = run.plan
+        if p.strategy not in STREAMABLE_STRATEGIES:
+            return self._start_progress_stream(run)
         meter = MeteredBackend(run.guard, p.budget)
         ctx = RunContext(backend=meter, sampling=p.sampling)
         thinking = None
@@ -937,19 +1060,22 @@ class Gateway:
         try:
             yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
             engine_finish: str | None = None
+            # Output guardrails: text leaves only once no later scan could redact it.
+            shield = _Shield(p)
             try:
                 delta = first
                 while delta is not None:
-                    piece = ChunkDelta(
-                        content=delta.text or None,
-                        reasoning_content=(delta.reasoning or None)
-                        if p.include_reasoning
-                        else None,
-                    )
-                    if piece.content is not None or piece.reasoning_content is not None:
+                    piece = shield.piece(delta.text, delta.reasoning)
+                    if piece is not None:
                         yield chunk([ChunkChoice(delta=piece)])
+                    if shield.refused is not None:
+                        break  # stop decoding: nothing more of this answer will be sent
                     engine_finish = delta.finish_reason or engine_finish
                     delta = await anext(deltas, None)
+                piece = shield.flush()
+                if piece is not None:
+                    yield chunk([ChunkChoice(delta=piece)])
+                run.findings, run.refused = shield.findings, shield.refused
             except Exception as exc:
                 await _aclose(deltas)
                 failed = await self._fail(run, exc)
@@ -978,7 +1104,7 @@ class Gateway:
                 n_candidates=1 if first is not None else 0,
                 cost_usd=to_usd(run.cost_micro),
             )
-            yield chunk([ChunkChoice(finish_reason=_openai_finish(truncated))], ponder=info)
+            yield chunk([_final_choice(run, truncated)], ponder=info)
             if p.include_usage:
                 yield chunk([], usage=meter.usage.to_openai())
             yield _sse("[DONE]")
@@ -986,6 +1112,140 @@ class Gateway:
             if not run.settled:
                 # The client went away mid-stream: what was generated is still spent.
                 await _aclose(deltas)
+                self._finish_now(run, status="cancelled")
+
+    # ---- guardrails (ponder.guardrails): wrap untrusted input, scan what goes out
+
+    def _guard_input(self, p: Plan, request: ChatCompletionRequest) -> Plan:
+        docs = [
+            Document(content=d.content, id=d.id or "", title=d.title)
+            for d in request.ponder.documents
+        ]
+        wrapped = self.guardrails.wrap(p.messages, docs)
+        return dataclasses.replace(
+            p,
+            messages=wrapped.messages,
+            wrapped=wrapped.wrapped,
+            scanner=self.guardrails.scanner(wrapped.protected),
+        )
+
+    def _guard_outcome(self, run: _Run, outcome: Outcome) -> Outcome:
+        """The outcome with leaks redacted, or emptied when the policy refuses it."""
+        p, scanner = run.plan, run.plan.scanner
+        if scanner is None or not scanner.active:
+            return outcome
+        answer = scanner.scan(outcome.answer)
+        findings, refused = list(answer.findings), answer.refused
+        update: dict[str, Any] = {"answer": answer.text}
+        # Reasoning and the search tree are scanned only when they are returned.
+        if p.include_reasoning:
+            reasoning = scanner.scan(outcome.reasoning)
+            findings += reasoning.findings
+            refused = refused or reasoning.refused
+            update["reasoning"] = reasoning.text
+            if outcome.tree is not None:
+                tree, tree_findings, tree_refused = scanner.scan_tree(outcome.tree)
+                findings += tree_findings
+                refused = refused or tree_refused
+                update["tree"] = tree
+        if refused is not None:
+            update = {"answer": "", "reasoning": "", "tree": None}
+        run.findings, run.refused = findings, refused
+        return outcome.model_copy(update=update) if findings else outcome
+
+    def _count_guardrails(self, run: _Run) -> None:
+        for source, count in run.plan.wrapped.items():
+            self.metrics.guardrail(source, "wrapped", count)
+        for f in run.findings:
+            self.metrics.guardrail(f.kind, "refused" if f is run.refused else "redacted")
+
+    # ---- streaming a multi-sample strategy: progress events, then the chosen answer
+
+    def _start_progress_stream(self, run: _Run) -> StreamResult:
+        p = run.plan
+        headers = {
+            "x-ponder-request-id": run.id,
+            "x-ponder-class": p.task_class,
+            "x-ponder-strategy": p.strategy,
+            "x-ponder-thinking-budget": str(p.thinking_budget or 0),
+        }
+        return StreamResult(events=self._progress_events(run), headers=headers)
+
+    async def _progress_events(self, run: _Run) -> AsyncIterator[str]:
+        p = run.plan
+        cid, created, model = run.id, int(time.time()), self.backend.name
+        meter = MeteredBackend(run.guard, p.budget)
+        updates: asyncio.Queue[Progress] = asyncio.Queue()
+        tracker = ProgressTracker(p.instance, meter, updates.put_nowait)
+        ctx = RunContext(backend=meter, tracer=Tracer(tracker), sampling=p.sampling)
+        task: asyncio.Task[Outcome] | None = None
+
+        def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
+            c = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)
+            return _sse(c.model_dump_json(exclude_none=True))
+
+        def progress(snapshot: Progress) -> str:
+            info = PonderProgress(progress=StreamProgress(**dataclasses.asdict(snapshot)))
+            return chunk([ChunkChoice()], ponder=info)
+
+        try:
+            yield chunk([ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+            yield progress(tracker.snapshot())
+            task = asyncio.create_task(p.instance.run(Problem(messages=p.messages), ctx))
+            next_update: asyncio.Task[Progress] | None = None
+            try:
+                while True:
+                    if next_update is None:
+                        next_update = asyncio.ensure_future(updates.get())
+                    done, _ = await asyncio.wait(
+                        {task, next_update},
+                        timeout=PROGRESS_HEARTBEAT_S,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if next_update in done:
+                        yield progress(next_update.result())
+                        next_update = None
+                    elif task in done:
+                        break
+                    else:  # a heartbeat: still running (keeps proxies from timing out)
+                        if tracker.phase == "started":
+                            tracker.phase = "running"
+                        yield progress(tracker.snapshot())
+            finally:
+                if next_update is not None:
+                    next_update.cancel()
+            while not updates.empty():
+                yield progress(updates.get_nowait())
+            try:
+                outcome = task.result()
+            except Exception as exc:
+                failed = await self._fail(run, exc)
+                yield _sse(json.dumps(failed.body))
+                yield _sse("[DONE]")
+                return
+            run.verdict = outcome_verdict(outcome)
+            outcome = self._guard_outcome(run, outcome)
+            try:
+                await self._finish(run, status="ok", http_status=200, truncated=outcome.truncated)
+            except PonderError as exc:
+                yield _sse(json.dumps(exc.to_openai()))
+                yield _sse("[DONE]")
+                return
+            if outcome.reasoning and p.include_reasoning:
+                yield chunk([ChunkChoice(delta=ChunkDelta(reasoning_content=outcome.reasoning))])
+            for piece in _pieces(outcome.answer):
+                yield chunk([ChunkChoice(delta=ChunkDelta(content=piece))])
+            info = self._completion(run, outcome).ponder
+            yield chunk([_final_choice(run, outcome.truncated)], ponder=info)
+            if p.include_usage:
+                yield chunk([], usage=outcome.usage.to_openai())
+            yield _sse("[DONE]")
+        finally:
+            if task is not None and not task.done():
+                # The client went away: stop the search; what it generated is still spent.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if not run.settled:
                 self._finish_now(run, status="cancelled")
 
     # ---- admin: keys and quotas (admin scope required)

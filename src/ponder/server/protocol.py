@@ -33,21 +33,24 @@ __all__ = [
     "Choice",
     "ChunkChoice",
     "ChunkDelta",
+    "DocumentParam",
     "KeyCreate",
     "ModelCard",
     "ModelList",
     "OpenAIFinishReason",
     "PonderInfo",
     "PonderOptions",
+    "PonderProgress",
     "QuotaSet",
     "ReasoningEffort",
     "StreamOptions",
+    "StreamProgress",
     "ThinkingParam",
     "completion_id",
 ]
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
-OpenAIFinishReason = Literal["stop", "length"]
+OpenAIFinishReason = Literal["stop", "length", "content_filter"]
 
 
 def completion_id() -> str:
@@ -109,6 +112,16 @@ class ThinkingParam(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=0, strict=True)
 
 
+class DocumentParam(BaseModel):
+    """One entry of ``ponder.documents``: content the model may use but never obey."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    content: str
+    id: str | None = Field(default=None, max_length=200)
+    title: str | None = Field(default=None, max_length=500)
+
+
 class PonderOptions(BaseModel):
     """The ``ponder`` extension: pick and bound the test-time-compute strategy."""
 
@@ -125,6 +138,8 @@ class PonderOptions(BaseModel):
     include_reasoning: bool = False
     # A routing preset / task class (chat, codegen, ...); also the x-ponder-preset header.
     preset: str | None = None
+    # Untrusted reference material (retrieved passages, files): delimited as data.
+    documents: list[DocumentParam] = Field(default_factory=list)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -174,12 +189,15 @@ class AssistantMessage(BaseModel):
     content: str
     # Present only when the caller asked for it and may see it.
     reasoning_content: str | None = None
+    # Why the answer was withheld (finish_reason "content_filter"), as in OpenAI.
+    refusal: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_hidden(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("reasoning_content") is None:
-            data.pop("reasoning_content", None)
+        for key in ("reasoning_content", "refusal"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
@@ -225,12 +243,36 @@ class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    refusal: str | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta = Field(default_factory=ChunkDelta)
     finish_reason: OpenAIFinishReason | None = None
+
+
+class StreamProgress(BaseModel):
+    """How far a multi-sample strategy has got (streamed before its answer)."""
+
+    # "started", "sampling" (a generation call finished), a step event
+    # ("beam_step", "rung", "vote"...), "chosen", or "running" (a heartbeat).
+    phase: str
+    samples: int = 0
+    samples_planned: int | None = None
+    steps: int = 0
+    steps_planned: int | None = None
+    calls: int = 0
+    # Generated tokens (reasoning + output) so far, and the request's token budget.
+    tokens: int = 0
+    budget: int | None = None
+    elapsed_s: float = 0.0
+
+
+class PonderProgress(BaseModel):
+    """The ``ponder`` object of a progress chunk (its choice has an empty delta)."""
+
+    progress: StreamProgress
 
 
 class ChatCompletionChunk(BaseModel):
@@ -242,7 +284,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: dict[str, Any] | None = None
-    ponder: PonderInfo | None = None
+    ponder: PonderInfo | PonderProgress | None = None
 
 
 class ModelCard(BaseModel):

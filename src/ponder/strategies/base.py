@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,12 +28,16 @@ from ponder.types import (
     Problem,
     Score,
     ThinkingConfig,
+    TraceEvent,
     TraceNode,
 )
 from ponder.verifiers.answers import extract_answer, extract_code
 from ponder.verifiers.base import Verifier
 
 __all__ = [
+    "STEP_EVENTS",
+    "Progress",
+    "ProgressTracker",
     "RunContext",
     "SamplingDefaults",
     "Strategy",
@@ -41,6 +45,7 @@ __all__ = [
     "check_int",
     "check_temperature",
     "finish",
+    "planned_work",
     "to_candidate",
 ]
 
@@ -157,6 +162,112 @@ class RunContext:
             )
         # Only the engine differs: one budget and one usage cover every tier.
         return await self.backend.generate_via(backend, req)
+
+
+# Trace events that close one step of a multi-step strategy -> the field with its
+# 0-based index (DVTS numbers its steps from 1: its first step is the opening wave).
+STEP_EVENTS: dict[str, str] = {
+    "beam_step": "depth",
+    "dvts_step": "depth",
+    "tot_level": "level",
+    "mcts_iteration": "iteration",
+    "critique": "round",
+    "rung": "index",
+}
+
+
+@dataclass
+class Progress:
+    """Where a running strategy is: samples and steps done (of planned), tokens so far."""
+
+    phase: str
+    samples: int = 0
+    samples_planned: int | None = None
+    steps: int = 0
+    steps_planned: int | None = None
+    calls: int = 0
+    # Generated tokens (reasoning + output) over every call so far.
+    tokens: int = 0
+    budget: int | None = None
+    elapsed_s: float = 0.0
+
+
+def planned_work(strategy: object) -> tuple[int | None, int | None]:
+    """(samples, steps) a strategy plans at most, from its parameters; None when open-ended.
+
+    A strategy may declare ``planned_samples`` / ``planned_steps`` itself; otherwise
+    the built-in parameter names are read (``max_samples``, ``n``, ``max_steps``,
+    ``depth``, ``iterations``, ``rounds``, a cascade's rungs).
+    """
+
+    def number(*names: str) -> int | None:
+        for name in names:
+            value = getattr(strategy, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    steps = number("planned_steps", "max_steps", "depth", "iterations", "rounds")
+    plan = getattr(strategy, "plan", None)
+    if steps is None and getattr(strategy, "name", None) == "cascade" and callable(plan):
+        rungs = plan()
+        return sum(getattr(r, "n", 1) for r in rungs), len(rungs)
+    samples = number("planned_samples", "max_samples")
+    if samples is None and steps is None:
+        # Sample-and-select strategies: n samples; for search, n is paths per step.
+        samples = number("n")
+    return samples, steps
+
+
+class ProgressTracker:
+    """A :class:`Tracer` listener that reports a run's progress after each event.
+
+    Use it as ``RunContext(tracer=Tracer(ProgressTracker(strategy, meter, callback)))``;
+    ``callback`` gets a :class:`Progress` per generation call, step or decision.
+    """
+
+    def __init__(
+        self,
+        strategy: object,
+        meter: MeteredBackend,
+        on_progress: Callable[[Progress], None],
+    ) -> None:
+        self.meter = meter
+        self.on_progress = on_progress
+        self.samples_planned, self.steps_planned = planned_work(strategy)
+        self.samples = 0
+        self.steps = 0
+        self.phase = "started"
+
+    def snapshot(self) -> Progress:
+        m = self.meter
+        return Progress(
+            phase=self.phase,
+            samples=self.samples,
+            samples_planned=self.samples_planned,
+            steps=self.steps,
+            steps_planned=self.steps_planned,
+            calls=m.calls,
+            tokens=m.usage.completion_tokens,
+            budget=m.budget.tokens,
+            elapsed_s=round(time.monotonic() - m.started, 3),
+        )
+
+    def __call__(self, event: TraceEvent) -> None:
+        name, data = event.name, event.data
+        if name == "generate":
+            self.samples += int(data.get("n") or 0)
+            self.phase = "sampling"
+        elif name in STEP_EVENTS:
+            index = data.get(STEP_EVENTS[name])
+            if isinstance(index, int):
+                self.steps = max(self.steps, index + 1)
+            self.phase = name
+        elif name == "chosen":
+            self.phase = "chosen"
+        else:
+            self.phase = name
+        self.on_progress(self.snapshot())
 
 
 @runtime_checkable

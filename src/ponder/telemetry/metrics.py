@@ -56,6 +56,13 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.guardrails = Counter(
+            "ponder_guardrail_actions",
+            "Guardrail actions: untrusted blocks wrapped (kind tool / document), leaks "
+            "redacted or refused (kind system_prompt / secret)",
+            ("kind", "action"),
+            registry=r,
+        )
 
     def observe(
         self,
@@ -81,6 +88,9 @@ class GatewayMetrics:
         self.latency.labels(*labels).observe(latency_s)
         if ttft_s is not None:
             self.ttft.labels(*labels).observe(ttft_s)
+
+    def guardrail(self, kind: str, action: str, count: int = 1) -> None:
+        self.guardrails.labels(kind, action).inc(count)
 
     def refuse(self, caller: str, code: str) -> None:
         self.refused.labels(caller, code).inc()

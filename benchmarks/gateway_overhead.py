@@ -1,0 +1,593 @@
+"""What the gateway adds: the real ``ponder`` gateway in front of a trivial upstream vs. the
+upstream called directly, open-loop at a fixed request rate on loopback.
+
+Three processes (plus this one, which only orchestrates):
+
+  upstream  a minimal OpenAI-compatible HTTP/1.1 server (asyncio, keep-alive) that
+            answers every POST with the same small ``chat.completion`` (usage included)
+            at once, so nearly all of the gateway path's extra time is the gateway's.
+  gateway   the app ``ponder serve`` runs (``build_gateway`` + ``create_app`` on
+            uvicorn, access log on as in ``ponder serve``) with one tier, backend
+            ``openai_compat`` pointing at the upstream, strategy ``direct``, auth on
+            (a real API key), quota limits that bind that key (so every request
+            reserves and settles counters) and the ledger on: a SQLite WAL file in a
+            temp dir by default, or ``--ledger-url postgresql://...``.
+  load      one open-loop generator (an ``httpx.AsyncClient`` with keep-alive
+            connections): request ``i`` is due at ``t0 + i / rate`` whether or not
+            earlier ones have answered, and its latency is measured from that due time
+            (``time.perf_counter``), so a stall shows up as latency instead of lowering
+            the rate (no coordinated omission). The same code drives both targets.
+
+Variants run in one invocation, alternating order across ``--repeats`` so drift in
+background load hits both; the first ``--warmup-s`` seconds of each run are dropped.
+Prints one JSON line per variant and a summary line (added p50/p99 = gateway minus
+direct, and the ratios), then a Markdown table on stderr.
+
+    .venv/bin/python benchmarks/gateway_overhead.py --rate 200 --duration-s 20 --repeats 2
+
+``--variants direct,gateway,bare`` adds ``bare``: the same gateway with the ledger off
+(no auth, quotas or ledger), which separates governance cost from the HTTP proxying.
+Processes are not pinned to cores by default: on a 2-core machine with other work
+running, pinning would only decide which neighbour each process queues behind.
+``--pin`` puts the upstream and the load generator on the last core and the gateway
+on the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL = "bench-model"
+REQUEST_BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "What is 2+2? Answer with the number."}],
+    "max_tokens": 16,
+}
+# What the upstream returns for every request: small, with usage, like a real server.
+UPSTREAM_COMPLETION = {
+    "id": "chatcmpl-upstream",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "4"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21},
+}
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, fixed answer: just enough protocol for httpx clients."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).decode("latin-1").lower()
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip() == "content-length":
+                    length = int(value.strip())
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            del self.buffer[:total]
+            assert self.transport is not None
+            self.transport.write(self.response)
+
+
+def _upstream_response() -> bytes:
+    body = json.dumps(UPSTREAM_COMPLETION).encode()
+    head = (
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: keep-alive\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _serve_upstream(port: int) -> None:
+    response = _upstream_response()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _UpstreamProtocol(response), "127.0.0.1", port, backlog=1024
+    )
+    async with server:
+        await server.serve_forever()
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def _gateway_config(tmp: Path, upstream_port: int, ledger_url: str | None) -> Path:
+    """A ponder.toml as a user would write it for one remote tier."""
+    ledger = f'[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
+    text = f"""
+[server]
+tier = "upstream"
+default_strategy = "direct"
+ledger = {"true" if ledger_url else "false"}
+require_auth = {"true" if ledger_url else "false"}
+
+{ledger}
+[tiers.upstream]
+backend = "openai_compat"
+model = "{MODEL}"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+"""
+    path = tmp / ("ponder.toml" if ledger_url else "ponder-bare.toml")
+    path.write_text(text)
+    return path
+
+
+def _serve_gateway(port: int) -> None:
+    import uvicorn
+
+    from ponder.backends.tiers import Tiers
+    from ponder.cli import build_gateway
+    from ponder.config import load_settings
+    from ponder.server.app import create_app
+
+    settings = load_settings()
+    backend = Tiers(settings.tiers).backend("upstream")
+    app = create_app(backend, gateway=build_gateway(backend, settings))
+    # log_level="info" as `ponder serve` runs it: the access log is part of the cost.
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+
+
+def _prepare_store(ledger_url: str) -> tuple[str, str]:
+    """A key (no extra scopes) and limits that bind it: every request reserves and settles.
+
+    Returns the key's id and its secret."""
+    from ponder.budget.quota import Limit
+    from ponder.ledger import Store
+
+    store = Store(ledger_url)
+    try:
+        record, secret = store.create_key("bench", team="bench", name="gateway-overhead")
+        for limit in (
+            Limit("key", "*", "requests", "minute", 10**9),
+            Limit("team", "bench", "tokens", "day", 10**12),
+        ):
+            store.set_limit(limit)
+    finally:
+        store.close()
+    return record.id, secret
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    # Nearest rank: the value below which q of the samples fall.
+    rank = max(int(round(q * len(sorted_values) + 0.5)) - 1, 0)
+    return sorted_values[min(rank, len(sorted_values) - 1)]
+
+
+async def _drive(
+    url: str, headers: dict[str, str], rate: float, duration_s: float, warmup_s: float, conns: int
+) -> dict[str, Any]:
+    import httpx
+
+    body = json.dumps(REQUEST_BODY).encode()
+    headers = {**headers, "content-type": "application/json"}
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    total = int((warmup_s + duration_s) * rate)
+    warm = int(warmup_s * rate)
+    latencies: list[float | None] = [None] * total
+    errors: dict[str, int] = {}
+    lags: list[float] = []
+    in_flight = max_in_flight = 0
+
+    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+
+        async def one(i: int, due: float) -> None:
+            nonlocal in_flight, max_in_flight
+            in_flight += 1
+            max_in_flight = max(max_in_flight, in_flight)
+            try:
+                resp = await client.post(url, content=body, headers=headers)
+                await resp.aread()
+                if resp.status_code == 200:
+                    latencies[i] = time.perf_counter() - due
+                else:
+                    key = f"http_{resp.status_code}"
+                    errors[key] = errors.get(key, 0) + 1
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            finally:
+                in_flight -= 1
+
+        # Open connections before the clock starts (a user's client is warm too).
+        warmers = [client.post(url, content=body, headers=headers) for _ in range(min(conns, 8))]
+        for resp in await asyncio.gather(*warmers):
+            if resp.status_code != 200:
+                raise SystemExit(f"{url} answered {resp.status_code}: {resp.text[:500]}")
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif i >= warm:
+                lags.append(-delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        measured_wall = time.perf_counter() - (t0 + warm / rate)
+
+    ok = sorted(v for v in latencies[warm:] if v is not None)
+    lags.sort()
+    return {
+        "requests": total - warm,
+        "ok": len(ok),
+        "warmup_ok": sum(v is not None for v in latencies[:warm]) + min(conns, 8),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "achieved_rps": round(len(ok) / measured_wall, 1),
+        "p50_ms": round(_percentile(ok, 0.50) * 1000, 3),
+        "p90_ms": round(_percentile(ok, 0.90) * 1000, 3),
+        "p99_ms": round(_percentile(ok, 0.99) * 1000, 3),
+        "max_ms": round(ok[-1] * 1000, 3) if ok else None,
+        "mean_ms": round(statistics.fmean(ok) * 1000, 3) if ok else None,
+        "max_in_flight": max_in_flight,
+        # How late the generator itself sent requests (the machine is shared): large
+        # values mean the client, not the target, was short of CPU.
+        "late_sends": len(lags),
+        "late_send_p99_ms": round(_percentile(lags, 0.99) * 1000, 3) if lags else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(cores: set[int] | None) -> Any:
+    if not cores:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, cores: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, __file__, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pin(cores),
+        )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, path: str = "/") -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a benchmark process exited early:\n{log.read_text()[-3000:]}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"a benchmark process did not start within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far; Linux only."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(
+    url: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    tmp: Path,
+    cores: set[int] | None,
+    target_pid: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """One run of the load generator in its own process; returns its JSON result.
+
+    Adds the CPU time the target process used per answered request: on a shared
+    machine that is steadier than latency, which also counts waiting for a core.
+    """
+    out = tmp / "load.json"
+    spec = {
+        "url": url,
+        "headers": headers,
+        "rate": args.rate,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "conns": args.connections,
+        "out": str(out),
+    }
+    log = tmp / "load.log"
+    cpu_before = _cpu_s(target_pid)
+    proc = _spawn(["--role", "load", "--spec", json.dumps(spec)], env, log, cores)
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target_pid),
+             "--rate", "250", "--format", "speedscope", "--output", str(profile),
+             "--duration", str(int(args.warmup_s + args.duration_s))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    rc = proc.wait()
+    cpu_after = _cpu_s(target_pid)
+    if spy is not None:
+        spy.wait()
+    if rc != 0:
+        raise SystemExit(f"the load generator failed:\n{log.read_text()[-3000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    served = result["ok"] + result["warmup_ok"] + result["errors"]
+    if cpu_before is not None and cpu_after is not None and served:
+        result["target_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / served, 3)
+    return result
+
+
+def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Pool each variant's runs: percentiles of the pooled samples are kept per run, so
+    report the median of runs (robust to one disturbed run) and the worst p99."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, runs in results.items():
+        out[name] = {
+            "variant": name,
+            "runs": len(runs),
+            "requests": sum(r["requests"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "achieved_rps": round(statistics.median(r["achieved_rps"] for r in runs), 1),
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
+            "p90_ms": round(statistics.median(r["p90_ms"] for r in runs), 3),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
+            "p99_ms_worst_run": max(r["p99_ms"] for r in runs),
+            "cpu_ms_per_request": _median_of(runs, "target_cpu_ms_per_request"),
+            "late_send_p99_ms": max(r["late_send_p99_ms"] for r in runs),
+            "per_run": runs,
+        }
+    return out
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _table(summary: dict[str, dict[str, Any]], direct: dict[str, Any]) -> str:
+    lines = [
+        "| variant | achieved rps | p50 ms | p90 ms | p99 ms | errors | server CPU ms/req "
+        "| added p50 ms | added p99 ms | p50 ratio | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        cpu = "-" if s["cpu_ms_per_request"] is None else f"{s['cpu_ms_per_request']:.2f}"
+        if name == "direct":
+            added = "| - | - | - | - |"
+        else:
+            added = (
+                f"| {s['p50_ms'] - direct['p50_ms']:.2f} | {s['p99_ms'] - direct['p99_ms']:.2f} "
+                f"| {s['p50_ms'] / direct['p50_ms']:.2f} | {s['p99_ms'] / direct['p99_ms']:.2f} |"
+            )
+        lines.append(
+            f"| {name} | {s['achieved_rps']:.1f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | "
+            f"{s['p99_ms']:.2f} | {s['errors']} | {cpu} {added}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - {"direct", "gateway", "bare"}
+    if unknown or "direct" not in variants or len(variants) < 2:
+        raise SystemExit(
+            "--variants is a comma list of direct, gateway, bare that includes direct and "
+            f"at least one gateway variant; got {args.variants!r}"
+        )
+    ncpu = os.cpu_count() or 1
+    side = {ncpu - 1} if args.pin and ncpu > 1 else None
+    main_cores = set(range(ncpu - 1)) if args.pin and ncpu > 1 else None
+
+    with tempfile.TemporaryDirectory(prefix="ponder-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+        ledger_url = args.ledger_url or f"sqlite:///{tmp / 'ponder.db'}"
+        env = {
+            **os.environ,
+            "PONDER_CACHE_DIR": str(tmp / "cache"),
+            # The gateway must not pick up the caller's ponder.toml or PONDER_* overrides.
+            "PYTHONUNBUFFERED": "1",
+        }
+        env = {k: v for k, v in env.items() if not k.startswith("PONDER_") or k in (
+            "PONDER_CACHE_DIR",
+        )}  # fmt: skip
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            up_port = _free_port()
+            up = _spawn(["--role", "upstream", "--port", str(up_port)], env, tmp / "up.log", side)
+            procs.append(up)
+            _wait_ready(up, up_port, tmp / "up.log")
+
+            key_id = ""
+            targets: dict[str, tuple[str, dict[str, str]]] = {
+                "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", {})
+            }
+            # The process whose CPU a variant measures: the upstream for direct.
+            pids = {"direct": up.pid}
+            for name in variants:
+                if name == "direct":
+                    continue
+                governed = name == "gateway"
+                url = ledger_url if governed else None
+                headers: dict[str, str] = {}
+                if governed:
+                    key_id, secret = _prepare_store(ledger_url)
+                    headers["authorization"] = f"Bearer {secret}"
+                config = _gateway_config(tmp, up_port, url)
+                port = _free_port()
+                log = tmp / f"{name}.log"
+                genv = {**env, "PONDER_CONFIG": str(config)}
+                gw = _spawn(["--role", "gateway", "--port", str(port)], genv, log, main_cores)
+                procs.append(gw)
+                _wait_ready(gw, port, log, "/health")
+                pids[name] = gw.pid
+                targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", headers)
+
+            results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for rep in range(args.repeats):
+                order = variants if rep % 2 == 0 else list(reversed(variants))
+                for name in order:
+                    url, headers = targets[name]
+                    profile = None
+                    if args.profile and name != "direct" and rep == 0:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        profile = args.profile / f"{name}.speedscope.json"
+                    r = _load(url, headers, args, env, tmp, side, pids[name], profile)
+                    r["repeat"] = rep
+                    results[name].append(r)
+                    print(f"# {name} run {rep + 1}: {json.dumps(r)}", file=sys.stderr)
+            if "gateway" in variants:
+                _check_ledger(ledger_url, key_id, results["gateway"])
+        finally:
+            for p in reversed(procs):
+                _stop(p)
+
+    summary = _summary(results)
+    direct = summary["direct"]
+    for s in summary.values():
+        print(json.dumps({k: v for k, v in s.items() if k != "per_run"}))
+    added = {
+        name: {
+            "added_p50_ms": round(s["p50_ms"] - direct["p50_ms"], 3),
+            "added_p99_ms": round(s["p99_ms"] - direct["p99_ms"], 3),
+            "p50_ratio": round(s["p50_ms"] / direct["p50_ms"], 3),
+            "p99_ratio": round(s["p99_ms"] / direct["p99_ms"], 3),
+            "rps_ratio": round(s["achieved_rps"] / direct["achieved_rps"], 3),
+            "cpu_ms_per_request": s["cpu_ms_per_request"],
+        }
+        for name, s in summary.items()
+        if name != "direct"
+    }
+    print(json.dumps({
+        "summary": True,
+        "rate": args.rate,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "repeats": args.repeats,
+        "connections": args.connections,
+        "ledger": "postgresql" if args.ledger_url and "postgres" in args.ledger_url else "sqlite",
+        "pinned": bool(args.pin),
+        "cpu_count": ncpu,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "machine": platform.machine(),
+        **added,
+    }))  # fmt: skip
+    print(_table(summary, direct), file=sys.stderr)
+
+
+def _check_ledger(ledger_url: str, key_id: str, runs: list[dict[str, Any]]) -> None:
+    """Every 200 of the governed gateway left a ledger row (the benchmark measured the
+    configuration it claims to)."""
+    from ponder.ledger import Store
+
+    store = Store(ledger_url)
+    try:
+        rows = sum(1 for row in store.rows() if row.key_id == key_id and row.status == "ok")
+    finally:
+        store.close()
+    ok = sum(r["ok"] for r in runs)
+    if rows < ok:
+        raise SystemExit(f"the ledger holds {rows} rows for at least {ok} answered requests")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
+    p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per run")
+    p.add_argument("--warmup-s", type=float, default=3.0, help="seconds dropped per run")
+    p.add_argument("--repeats", type=int, default=2, help="runs per variant, order alternating")
+    p.add_argument("--connections", type=int, default=64, help="client keep-alive connections")
+    p.add_argument("--variants", default="direct,gateway")
+    p.add_argument(
+        "--ledger-url", help="store for the governed gateway (default: SQLite in a temp dir)"
+    )
+    p.add_argument("--pin", action="store_true", help="pin upstream+load and gateway apart")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="write a py-spy speedscope profile of each gateway variant's first run here",
+    )
+    # Internal: the roles of the child processes.
+    p.add_argument("--role", choices=["upstream", "gateway", "load"], help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.role == "upstream":
+        asyncio.run(_serve_upstream(args.port))
+    elif args.role == "gateway":
+        _serve_gateway(args.port)
+    elif args.role == "load":
+        spec = json.loads(args.spec)
+        out = Path(spec.pop("out"))
+        out.write_text(json.dumps(asyncio.run(_drive(**spec))))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
