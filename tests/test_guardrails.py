@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -112,7 +113,7 @@ def test_content_cannot_close_its_block_or_open_a_turn() -> None:
 
 
 def test_defuse_leaves_ordinary_text_alone() -> None:
-    text = "if a < b and c > d: print(x | y) # <b>bold</b> [link](url)"
+    text = "if a < b and c > d: print(x | y) # <b>bold</b> [link](url) df |> head()"
     assert defuse(text) == text
 
 
@@ -325,7 +326,7 @@ def test_long_streams_stay_linear() -> None:
     sent = "".join(stream.feed(f"word{i} ") for i in range(20000))
     sent += stream.feed(f"{SYSTEM} {SECRET} end") + stream.close()
     assert sent.endswith("word19999 [redacted]. [redacted] end")
-    assert len(stream._buf) < 10000 and len(stream._words) < 1000
+    assert len(stream._buf) < 10000 and len(stream._norms) < 1000
 
 
 # ----------------------------------------------------------------------------- config
@@ -345,6 +346,17 @@ def test_config_errors_name_the_key() -> None:
         GuardrailSettings(system_prompt="block")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="secret_pattern"):
         GuardrailSettings(secret_pattern=["x"])  # type: ignore[call-arg]
+
+
+def test_config_errors_never_echo_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PONDER_GUARDRAILS__SECRETS", json.dumps(["ab", SECRET]))
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    assert "guardrails.secrets" in str(exc.value) and "secrets[0] is 2 characters" in str(exc.value)
+    assert SECRET not in str(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        GuardrailSettings(secrets=SECRET)  # type: ignore[arg-type]
+    assert SECRET not in str(exc.value)
 
 
 def test_config_from_toml(tmp_path, monkeypatch) -> None:

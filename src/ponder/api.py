@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -96,9 +96,14 @@ class Ponder:
         top_k: int = 0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        tiers: Mapping[str, Backend] | None = None,
         **strategy_params: Any,
     ) -> Outcome:
-        """Run ``strategy`` on ``prompt``; bad arguments raise before any model call."""
+        """Run ``strategy`` on ``prompt``; bad arguments raise before any model call.
+
+        ``tiers`` (name -> backend) are the other model tiers a strategy may call
+        (a cascade's ``strong_tier``), under this run's one budget.
+        """
         problem = _as_problem(prompt)
         if isinstance(strategy, str):
             strat = get_strategy(strategy, **strategy_params)
@@ -121,6 +126,7 @@ class Ponder:
                 seed=seed,
                 stop=list(stop),
             ),
+            tiers=dict(tiers or {}),
         )
         return await strat.run(problem, ctx)
 

@@ -159,6 +159,9 @@ class RouteClassSettings(BaseModel):
     tier: str | None = None
     latency: Literal["interactive", "async"] | None = None
     max_spend: int | None = Field(default=None, ge=1)
+    # An interactive request whose plan is search is answered directly at once; with
+    # this set, the full plan also runs as an async job (its id is in the response).
+    continue_async: bool = False
 
 
 class RouterSettings(BaseModel):
@@ -178,6 +181,9 @@ class RouterSettings(BaseModel):
     keys: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     teams: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     novelty_window: int = Field(default=256, ge=1)
+    # The ledger keeps each request's router features (for `ponder route train
+    # --from-ledger`); with this set it also keeps the prompt text they came from.
+    record_prompts: bool = False
 
 
 class GuardrailSettings(BaseModel):
@@ -192,7 +198,8 @@ class GuardrailSettings(BaseModel):
     (``finish_reason: content_filter``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # Errors must not echo the values: they may be secrets.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     enabled: bool = True
     wrap_tool_results: bool = True
@@ -243,6 +250,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         toml_file="ponder.toml",
         extra="ignore",
+        # Errors name the key and the problem but never echo values: the file and
+        # the environment hold secrets (guardrails.secrets, webhook URLs).
+        hide_input_in_errors=True,
     )
 
     cache_dir: Path = Field(default_factory=default_cache_dir)

@@ -74,17 +74,18 @@ _TAG = "untrusted"
 # text they are defused so the content can neither close its block nor open a turn.
 _LOOKALIKE = re.compile(
     r"<(?=\s*/?\s*" + _TAG + r")"
-    r"|<(?=\|)|(?<=\|)>"
     r"|<(?=/?(?:s|think|start_of_turn|end_of_turn|system|user|assistant)>)"
     r"|\[(?=/?INST\])",
     re.IGNORECASE,
 )
-_DEFUSED = {"<": "\u2039", ">": "\u203a", "[": "\u2045"}
+_CONTROL_TOKEN = re.compile(r"<\|([^<>|\n]{0,64})\|>")
+_DEFUSED = {"<": "\u2039", "[": "\u2045"}
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@-]+")
 
 
 def defuse(text: str) -> str:
     """``text`` with delimiter look-alikes and chat control tokens made inert (still readable)."""
+    text = _CONTROL_TOKEN.sub("\u2039|\\1|\u203a", text)
     return _LOOKALIKE.sub(lambda m: _DEFUSED[m.group()], text)
 
 
@@ -192,9 +193,9 @@ MIN_PROTECTED_WORDS = 3
 
 
 def _norm(word: str) -> str:
-    if not word.isascii():
-        word = unicodedata.normalize("NFKC", _STRIP.sub("", word))
-    return word.casefold()
+    if word.isascii():
+        return word.lower()
+    return unicodedata.normalize("NFKC", _STRIP.sub("", word)).casefold()
 
 
 @lru_cache(maxsize=256)
@@ -247,7 +248,7 @@ class GuardrailPolicy:
         n = min(s.leak_ngram, *(len(w) for w in prompts))
         min_words = min(s.leak_min_words, *(len(w) for w in prompts))
         grams = frozenset().union(*(_shingles(w, n) for w in prompts))
-        return OutputScanner(self, grams, n, min_words)
+        return OutputScanner(self, grams, n, min_words, frozenset().union(*prompts))
 
 
 class OutputScanner:
@@ -259,9 +260,12 @@ class OutputScanner:
         grams: frozenset[tuple[str, ...]],
         n: int,
         min_words: int,
+        vocabulary: frozenset[str] = frozenset(),
     ) -> None:
         self.policy = policy
         self.grams = grams
+        # Words of the protected prompts: only runs of n of them can form a shingle.
+        self.vocabulary = vocabulary
         self.n = n
         self.min_words = min_words
         s = policy.settings
@@ -317,8 +321,13 @@ class StreamScan:
         self._base = 0
         self._sent = 0  # absolute offset up to which output is decided
         self._tok = 0  # absolute offset where tokenizing resumes
-        self._words: list[tuple[str, int, int]] = []  # (normalized, start, end), absolute
-        self._w0 = 0  # absolute index of _words[0]
+        # Complete words: normalized, absolute start and end, and how many words in a
+        # row up to this one are in the prompts' vocabulary.
+        self._norms: list[str] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._runs: list[int] = []
+        self._w0 = 0  # absolute index of _norms[0]
         self._next_gram = 0  # absolute word index of the next shingle to test
         self._span: list[int] | None = None  # [first word, last word, words matched]
         self._ranges: list[tuple[int, int]] = []  # pending redactions, absolute
@@ -359,25 +368,31 @@ class StreamScan:
         return self._emit(bound)
 
     def _tokenize(self, final: bool) -> None:
-        buf, base = self._buf, self._base
-        for m in _WORD.finditer(buf, self._tok - base):
-            if m.end() == len(buf) and not final:
-                self._tok = base + m.start()  # may continue in the next piece
-                return
-            w = _norm(m.group())
-            if w:
-                self._words.append((w, base + m.start(), base + m.end()))
+        buf, base, vocabulary = self._buf, self._base, self.sc.vocabulary
+        norms, starts, ends, runs = self._norms, self._starts, self._ends, self._runs
+        run = runs[-1] if runs else 0
+        matches = list(_WORD.finditer(buf, self._tok - base))
         self._tok = self._end
+        if matches and not final and matches[-1].end() == len(buf):
+            self._tok = base + matches.pop().start()  # the word may go on in the next piece
+        for m in matches:
+            word = m.group()
+            w = word.lower() if word.isascii() else _norm(word)
+            if w:
+                run = run + 1 if w in vocabulary else 0
+                norms.append(w)
+                starts.append(base + m.start())
+                ends.append(base + m.end())
+                runs.append(run)
 
     def _match(self, final: bool) -> int:
         """Advance the shingle matcher; return the offset before which text is settled."""
-        sc, words, w0 = self.sc, self._words, self._w0
+        sc, norms, runs, w0 = self.sc, self._norms, self._runs, self._w0
         n, gap = sc.n, sc.policy.settings.leak_gap
-        last = w0 + len(words)
+        last = w0 + len(norms)
         while self._next_gram + n <= last:
             i = self._next_gram
-            key = tuple(w for w, _, _ in words[i - w0 : i - w0 + n])
-            if key in sc.grams:
+            if runs[i - w0 + n - 1] >= n and tuple(norms[i - w0 : i - w0 + n]) in sc.grams:
                 span = self._span
                 if span is not None and i <= span[1] + gap + 1:
                     span[2] += i + n - 1 - max(span[1], i - 1)
@@ -396,14 +411,14 @@ class StreamScan:
         if final:
             return self._end
         if span is not None:
-            return words[span[0] - w0][1]
+            return self._starts[span[0] - w0]
         if self._next_gram < last:
-            return words[self._next_gram - w0][1]
+            return self._starts[self._next_gram - w0]
         return self._tok
 
     def _refuse(self, kind: FindingKind, span: list[int], rule: str) -> None:
         w0 = self._w0
-        start, end = self._words[span[0] - w0][1], self._words[span[1] - w0][2]
+        start, end = self._starts[span[0] - w0], self._ends[span[1] - w0]
         self.refused = Finding(kind, start, end, rule)
         self.findings.append(self.refused)
 
@@ -412,7 +427,7 @@ class StreamScan:
         if span is None or span[2] < self.sc.min_words:
             return
         w0 = self._w0
-        start, end = self._words[span[0] - w0][1], self._words[span[1] - w0][2]
+        start, end = self._starts[span[0] - w0], self._ends[span[1] - w0]
         self.findings.append(Finding("system_prompt", start, end, "system prompt"))
         self._ranges.append((start, end))
 
@@ -473,7 +488,8 @@ class StreamScan:
             first = self._span[0] if self._span is not None else self._next_gram
             drop = min(first, self._next_gram) - self._w0
             if drop > 256:
-                del self._words[:drop]
+                for column in (self._norms, self._starts, self._ends, self._runs):
+                    del column[:drop]
                 self._w0 += drop
         if self.sc.secret_re is not None:
             undecided.append(self._secret_from)

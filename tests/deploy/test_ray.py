@@ -114,6 +114,18 @@ async def _stream(url: str, key: str) -> tuple[int, list[str]]:
     return resp.status_code, [line[6:] for line in lines if line.startswith("data: ")]
 
 
+async def _post(url: str, key: str, messages: list[dict[str, str]]) -> tuple[int, Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        resp = await client.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "small", "messages": messages, "max_tokens": MAX_TOKENS},
+        )
+    return resp.status_code, resp.json()
+
+
 async def _traffic(url: str, key: str) -> list[tuple[int, dict[str, Any], str]]:
     import httpx
 
@@ -167,6 +179,11 @@ def test_two_gateway_replicas_share_quota_and_ledger(
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text.strip(), chunks
+    # The engine's own errors cross the handle as themselves: a prompt over n_ctx is a 400.
+    status, body = asyncio.run(
+        _post(url, stream_key, [{"role": "user", "content": "word " * 1500}])
+    )
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
     results = asyncio.run(_traffic(url, key))
 
     ok = [body for status, body, _ in results if status == 200]
@@ -182,7 +199,8 @@ def test_two_gateway_replicas_share_quota_and_ledger(
     assert limit - used < worst  # admission went as far as the shared counter allowed
 
     rows = [r for r in pg_store.rows() if r.key_id == record.id]
-    assert [r.key_id for r in pg_store.rows()].count(streamer.id) == 1  # the stream's row
+    others = [r.http_status for r in pg_store.rows() if r.key_id == streamer.id]
+    assert sorted(others) == [200, 400]  # the stream and the refused prompt, one row each
     assert sorted(r.id for r in rows) == sorted(b["id"] for b in ok)  # one row per 200, no more
     assert all(r.http_status == 200 and r.tier == "small" and r.key_id == record.id for r in rows)
     assert (

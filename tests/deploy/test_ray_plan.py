@@ -94,11 +94,14 @@ def test_each_tier_kind_gets_its_deployment_and_the_gateway_its_replicas() -> No
     assert small.options["autoscaling_config"]["target_ongoing_requests"] == 8
     assert "num_replicas" not in small.options
     assert small.threads == 2  # the engine uses the CPUs the deployment reserves
+    big = next(t for t in plan.tiers if t.tier == "big")
+    assert big.options["model_loading_config"]["model_id"] == "Qwen/Qwen3-8B"
     assert plan.gateway_options["num_replicas"] == 3
     assert plan.gateway_options["ray_actor_options"] == {"num_cpus": 0.5}
     # The first tier is the gateway's; the ledger records it by name.
     assert plan.default_tier == "small" and plan.settings.server.tier == "small"
     described = plan.describe()
+    assert described["gateway_tiers"] == ["small"]
     assert described["ledger"] == PG and [t["tier"] for t in described["tiers"]] == [
         "small",
         "remote",

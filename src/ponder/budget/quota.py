@@ -164,12 +164,20 @@ class QuotaGuard:
     engine_s: float = 0.0
     first_token_at: float | None = None
     started: float = field(default_factory=time.monotonic)
+    # The model tier of ``inner``; calls a strategy sends to other tiers (``generate_via``)
+    # draw on the same allowance, and usage and engine time are also kept per tier so
+    # each tier's tokens are priced at its own rate.
+    tier: str | None = None
+    tier_usage: dict[str, Usage] = field(default_factory=dict)
+    tier_engine_s: dict[str, float] = field(default_factory=dict)
     name: str = field(init=False)
     capabilities: Capabilities = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
         self.capabilities = self.inner.capabilities
+        if self.tier is None:
+            self.tier = self.name
 
     @property
     def used(self) -> int:
@@ -179,10 +187,11 @@ class QuotaGuard:
     def ttft_s(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.started
 
-    def _admit(self, req: GenRequest) -> GenRequest:
+    def _admit(self, req: GenRequest, backend: Backend | None = None) -> GenRequest:
         if self.allowance is None:
             return req
-        left = self.allowance - self.used - estimate_prompt_tokens(self.inner, req.messages)
+        prompt = estimate_prompt_tokens(backend or self.inner, req.messages)
+        left = self.allowance - self.used - prompt
         per_sample = left // req.n
         if per_sample < 1:
             raise BudgetExhausted(
@@ -206,16 +215,31 @@ class QuotaGuard:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
 
+    def _spent(self, tier: str, usage: Usage | None, seconds: float) -> None:
+        self.engine_s += seconds
+        self.tier_engine_s[tier] = self.tier_engine_s.get(tier, 0.0) + seconds
+        if usage is not None:
+            self.usage = self.usage + usage
+            self.tier_usage[tier] = self.tier_usage.get(tier, Usage()) + usage
+
     async def generate(self, req: GenRequest) -> list[Generation]:
-        admitted = self._admit(req)
+        return await self.generate_via(self.inner, req)
+
+    async def generate_via(
+        self, backend: Backend, req: GenRequest, tier: str | None = None
+    ) -> list[Generation]:
+        """One call to ``backend`` (another model tier, named ``tier``) under this allowance."""
+        label = tier or self.tier or self.name
+        admitted = self._admit(req, backend)
         t0 = time.monotonic()
         try:
-            gens = await self.inner.generate(admitted)
-        finally:
-            self.engine_s += time.monotonic() - t0
+            gens = await backend.generate(admitted)
+        except BaseException:
+            self._spent(label, None, time.monotonic() - t0)
+            raise
+        self._spent(label, Usage.sum(g.usage for g in gens), time.monotonic() - t0)
         # Without streaming, the first token reaches the caller with the whole answer.
         self._mark_first()
-        self.usage = self.usage + Usage.sum(g.usage for g in gens)
         return gens
 
     async def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
@@ -234,7 +258,6 @@ class QuotaGuard:
                     usage = delta.usage
                 yield delta
         finally:
-            self.engine_s += time.monotonic() - t0
             if usage is None:
                 usage = Usage(
                     reasoning=seen_reasoning,
@@ -242,7 +265,7 @@ class QuotaGuard:
                     reasoning_estimated=seen_reasoning > 0,
                     output_estimated=seen_output > 0,
                 )
-            self.usage = self.usage + usage
+            self._spent(self.tier or self.name, usage, time.monotonic() - t0)
 
 
 def applicable(limits: Sequence[Limit], subjects: Mapping[Scope, str | None]) -> list[Limit]:

@@ -209,7 +209,7 @@ class TierDeployment:
 
     tier: str
     kind: Literal["engine", "vllm", "remote"]
-    # Serve deployment options (empty for remote tiers).
+    # Serve deployment options (engine tiers), the LLMConfig fields (vllm), or nothing.
     options: dict[str, Any] = field(default_factory=dict)
     # Engine threads (engine tiers): the deployment's CPU share unless the tier sets it.
     threads: int | None = None
@@ -236,6 +236,8 @@ class DeployPlan:
             "app": self.deploy.app_name,
             "url": f"http://{self.deploy.host}:{self.deploy.port}{self.deploy.route_prefix}",
             "default_tier": self.default_tier,
+            # What the gateway calls today: its tier and that tier's fallbacks.
+            "gateway_tiers": Tiers(self.settings.tiers).chain(self.default_tier),
             "ledger": _redacted(self.settings.ledger.url),
             "gateway": self.gateway_options,
             "tiers": [
@@ -362,7 +364,7 @@ def plan_deployment(settings: Settings, deploy: RayDeploySettings | None = None)
             continue
         if kind == "vllm":
             # ray.serve.llm sizes the replica (GPUs, placement group) from the LLMConfig.
-            tiers.append(TierDeployment(name, kind))
+            tiers.append(TierDeployment(name, kind, llm_config_kwargs(name, tier, d)))
             continue
         num_cpus = d.num_cpus if d.num_cpus is not None else 1.0
         options: dict[str, Any] = {
@@ -528,7 +530,8 @@ def _remote_error(tier: str, exc: BaseException) -> PonderError:
         return cause
     if isinstance(exc, PonderError):
         return exc
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+    # Ray puts the replica's traceback first and the error itself last.
+    last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
     try:
         from ray.exceptions import RayTaskError
 
@@ -537,9 +540,9 @@ def _remote_error(tier: str, exc: BaseException) -> PonderError:
     except ImportError:  # pragma: no cover - only reachable through Ray
         retryable = True
     return UpstreamError(
-        f"tier {tier!r} (Ray Serve deployment) failed: {type(exc).__name__}: {first}",
+        f"tier {tier!r} (Ray Serve deployment) failed: {type(exc).__name__}: {last}",
         upstream=tier,
-        reason=first,
+        reason=last,
         retryable=retryable,
     )
 
@@ -889,19 +892,16 @@ def build_app(settings: Settings, deploy: RayDeploySettings | None = None) -> An
     handles: dict[str, Any] = {}
     for t in plan.tiers:
         if t.kind == "engine":
-            handles[t.tier] = (
-                serve.deployment(TierServer)
-                .options(**t.options)
-                .bind(
-                    t.tier, settings.tiers[t.tier], settings.engine, settings.cache_dir, t.threads
-                )
+            tier_deployment: Any = serve.deployment(TierServer)
+            handles[t.tier] = tier_deployment.options(**t.options).bind(
+                t.tier, settings.tiers[t.tier], settings.engine, settings.cache_dir, t.threads
             )
         elif t.kind == "vllm":
             from ray.serve.llm import build_llm_deployment
 
             cfg = llm_config(t.tier, settings.tiers[t.tier], plan.deploy.tiers.get(t.tier))
             handles[t.tier] = build_llm_deployment(cfg, name_prefix=f"tier-{t.tier}-")
-    ingress = serve.deployment(serve.ingress(_take_built_app)(GatewayServer))
+    ingress: Any = serve.deployment(serve.ingress(_take_built_app)(GatewayServer))
     return ingress.options(**plan.gateway_options).bind(settings, handles)
 
 
@@ -954,17 +954,20 @@ def _load(args: argparse.Namespace) -> tuple[Settings, RayDeploySettings]:
         raise DeployConfigError(f"config file {args.config} does not exist")
     with _config_env(args.config):
         settings = load_settings()
-    d = load_deploy_settings(args.config)
-    updates: dict[str, Any] = {}
+    data = load_deploy_settings(args.config).model_dump()
     if args.host is not None:
-        updates["host"] = args.host
+        data["host"] = args.host
     if args.port is not None:
-        updates["port"] = args.port
+        data["port"] = args.port
     if args.gateway_replicas is not None:
-        updates["gateway"] = d.gateway.model_copy(
-            update={"replicas": args.gateway_replicas, "autoscaling": None}
+        data["gateway"].update(replicas=args.gateway_replicas, autoscaling=None)
+    try:
+        return settings, RayDeploySettings.model_validate(data)
+    except ValidationError as exc:  # the command-line values, checked like the file's
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-    return settings, d.model_copy(update=updates)
+        raise DeployConfigError(f"invalid option: {problems}") from exc
 
 
 def _cmd_deploy_ray(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:
@@ -994,7 +997,7 @@ def _cmd_deploy_ray(args: argparse.Namespace, out: Any = None, err: Any = None) 
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
     return 0
 
 

@@ -109,6 +109,9 @@ requests = sa.Table(
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("truncated", sa.Boolean, nullable=False),
     sa.Column("verdict", sa.String(32), nullable=True),
+    # The router's view of the request (JSON: features, score, scorer; the prompt text
+    # only when router.record_prompts is set), for `ponder route train --from-ledger`.
+    sa.Column("features", sa.Text, nullable=True),
 )
 
 
@@ -148,7 +151,9 @@ jobs = sa.Table(
 
 
 def _v1(conn: sa.Connection) -> None:
-    # Only the tables of version 1: later tables come with their own migration.
+    # Only the tables of version 1: later tables come with their own migration. (Later
+    # columns of these tables are created here too, from the current definition, so the
+    # migration that adds one checks first.)
     metadata.create_all(
         conn, tables=[schema_info, api_keys, limits, counters, reservations, requests]
     )
@@ -158,6 +163,18 @@ def _v2(conn: sa.Connection) -> None:
     jobs.create(conn, checkfirst=True)
 
 
+def _add_column(conn: sa.Connection, table: sa.Table, column: str) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    if column not in present:
+        col = table.c[column]
+        kind = col.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column}" {kind}')
+
+
+def _v3(conn: sa.Connection) -> None:
+    _add_column(conn, requests, "features")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)

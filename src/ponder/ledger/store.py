@@ -159,11 +159,23 @@ class LedgerRow:
     ttft_ms: float | None = None
     truncated: bool = False
     verdict: str | None = None
+    # The router's features of the request (see ledger.schema), None without a router.
+    features: dict[str, Any] | None = None
 
     def values(self) -> dict[str, Any]:
         data = asdict(self)
         data["plan"] = json.dumps(self.plan, sort_keys=True, default=str)
+        if self.features is not None:
+            data["features"] = json.dumps(self.features, sort_keys=True, default=str)
         return data
+
+    @classmethod
+    def from_db(cls, found: Any) -> LedgerRow:
+        data = dict(found._mapping)
+        data["plan"] = json.loads(data["plan"])
+        if data.get("features") is not None:
+            data["features"] = json.loads(data["features"])
+        return cls(**data)
 
 
 class _Refused(Exception):
@@ -628,9 +640,7 @@ class Store:
             found = conn.execute(sa.select(s.requests).where(s.requests.c.id == request_id)).first()
         if found is None:
             return None
-        data = dict(found._mapping)
-        data["plan"] = json.loads(data["plan"])
-        return LedgerRow(**data)
+        return LedgerRow.from_db(found)
 
     def set_verdict(self, request_id: str, verdict: str | None) -> bool:
         """Record whether a request's answer was right; False when there is no such row."""
@@ -645,12 +655,7 @@ class Store:
         if since is not None:
             q = q.where(s.requests.c.at >= since)
         with self._tx() as conn:
-            out = []
-            for r in conn.execute(q):
-                data = dict(r._mapping)
-                data["plan"] = json.loads(data["plan"])
-                out.append(LedgerRow(**data))
-        return out
+            return [LedgerRow.from_db(r) for r in conn.execute(q)]
 
     def row_ids(self) -> set[str]:
         with self._tx() as conn:

@@ -10,8 +10,12 @@ caller's team override, ``[router.classes.<class>]``, the built-in preset of tha
 (when the request *named* the preset, or ``infer_presets = true``), ``[router.default]``.
 
 A request names a preset with ``ponder.preset`` in the body or an ``x-ponder-preset``
-header; otherwise the class is inferred from the text. Interactive classes never run
-search: a search strategy planned for them is replaced by the class's cheap answer.
+header; otherwise the class is inferred from the text. Interactive requests never run
+search: a search strategy planned for them is replaced by the class's cheap answer, or,
+when the class sets ``continue_async = true``, by a direct answer while the full plan
+(``RoutePlan.deferred``) runs as an async job. A request declares its latency class with
+``ponder.latency`` or an ``x-ponder-latency`` header (``interactive`` / ``async``); that
+wins over the class policy, which wins over the inferred one (streamed = interactive).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ponder.router.classifier import HeuristicScorer, LearnedClassifier, Scorer,
 from ponder.router.features import Features, NoveltyTracker, extract
 
 __all__ = [
+    "LATENCY_CLASSES",
     "PRESETS",
     "SEARCH_STRATEGIES",
     "PolicyError",
@@ -34,6 +39,8 @@ __all__ = [
     "select_threshold",
     "validate_settings",
 ]
+
+LATENCY_CLASSES = ("interactive", "async")
 
 # Strategies that explore (several samples, trees): never on an interactive path.
 SEARCH_STRATEGIES = frozenset(
@@ -81,7 +88,12 @@ PRESETS: dict[str, RouteClassSettings] = {
 
 
 class PolicyError(ValueError):
-    """The ``[router]`` policy is invalid; the message lists every problem and its path."""
+    """The ``[router]`` policy is invalid (the message lists every problem and its path),
+    or a request named what the policy does not know (``param`` says which field)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class _Caller(Protocol):
@@ -111,6 +123,11 @@ class RoutePlan:
     features: Features
     reasons: list[str] = field(default_factory=list)
     elapsed_us: float = 0.0
+    # The class policy asks for the full plan to continue asynchronously when an
+    # interactive request cannot wait for it; ``deferred`` is that full plan
+    # (strategy, params, thinking_budget) when the router answered fast instead.
+    continue_async: bool = False
+    deferred: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +145,8 @@ class RoutePlan:
             "preset": self.preset,
             "features": self.features.as_dict(),
             "reasons": self.reasons,
+            "continue_async": self.continue_async,
+            "deferred": self.deferred,
         }
 
 
@@ -159,10 +178,15 @@ def _class_problems(
             f"{where}.tier: no tier named {policy.tier!r}; "
             f"configured tiers: {', '.join(tiers) or 'none ([tiers.<name>] in ponder.toml)'}"
         )
-    if policy.latency == "interactive" and policy.strategy in SEARCH_STRATEGIES:
+    if (
+        policy.latency == "interactive"
+        and policy.strategy in SEARCH_STRATEGIES
+        and not policy.continue_async
+    ):
         problems.append(
             f"{where}: an interactive class cannot use the search strategy {policy.strategy!r} "
-            "(it would block the first token); use direct or cot, or set latency = 'async'"
+            "(it would block the first token); use direct or cot, set latency = 'async', "
+            "or set continue_async = true (answer directly, then run the search as a job)"
         )
     if policy.bucket == "avoid" and policy.thinking_budget:
         problems.append(
@@ -263,20 +287,32 @@ class Router:
         task: str | None = None,
         stream: bool = False,
         error_cost: str | None = None,
+        latency: str | None = None,
         remember: bool = False,
     ) -> RoutePlan:
-        """Plan for a bare prompt (``route explain``, benchmarks)."""
+        """Plan for a bare prompt (``route explain``, benchmarks).
+
+        ``latency`` is the request's declared latency class (``interactive``/``async``).
+        """
         t0 = time.perf_counter()
         if preset is not None and preset not in PRESETS and preset not in self.settings.classes:
             raise PolicyError(
                 f"unknown preset {preset!r}; choose one of: "
-                f"{', '.join(sorted(set(PRESETS) | set(self.settings.classes)))}"
+                f"{', '.join(sorted(set(PRESETS) | set(self.settings.classes)))}",
+                param="ponder.preset",
+            )
+        if latency is not None and latency not in LATENCY_CLASSES:
+            raise PolicyError(
+                f"unknown latency class {latency!r} (ponder.latency or x-ponder-latency); "
+                f"use one of: {', '.join(LATENCY_CLASSES)}",
+                param="ponder.latency",
             )
         features = extract(
             text,
             task=task,
             stream=stream,
             error_cost=error_cost,  # type: ignore[arg-type]
+            latency=latency,  # type: ignore[arg-type]
             novelty=self.novelty if remember else None,
         )
         reasons: list[str] = []
@@ -303,16 +339,28 @@ class Router:
         if features.error_cost == "high" and policy.bucket == "maybe" and not think:
             think = True
             reasons.append(f"high error cost ({', '.join(features.error_domains) or 'declared'})")
-        latency = policy.latency or features.latency
+        # Declared by the request > the class policy > inferred (streamed = interactive).
+        if latency is not None:
+            reasons.append(f"the request declared latency {latency!r}")
+        latency = latency or policy.latency or features.latency
         if think:
             strategy, params, budget = policy.strategy, dict(policy.params), policy.thinking_budget
         else:
             strategy, params, budget = "direct", {}, 0
             if policy.bucket != "avoid" or policy.strategy != "direct":
                 reasons.append("no extended thinking: direct answer")
+        deferred: dict[str, Any] | None = None
         if latency == "interactive" and strategy in SEARCH_STRATEGIES:
-            strategy, params = ("cot" if budget else "direct"), {}
-            reasons.append(f"interactive: search would block, answering with {strategy}")
+            if policy.continue_async:
+                deferred = {"strategy": strategy, "params": params, "thinking_budget": budget}
+                reasons.append(
+                    f"interactive: answering directly now; the full {strategy} plan "
+                    "continues as an async job (continue_async)"
+                )
+                strategy, params, budget = "direct", {}, 0
+            else:
+                strategy, params = ("cot" if budget else "direct"), {}
+                reasons.append(f"interactive: search would block, answering with {strategy}")
         return RoutePlan(
             task_class=task_class,
             strategy=strategy,
@@ -329,6 +377,8 @@ class Router:
             features=features,
             reasons=reasons,
             elapsed_us=round((time.perf_counter() - t0) * 1e6, 1),
+            continue_async=policy.continue_async,
+            deferred=deferred,
         )
 
     def plan(
@@ -341,11 +391,13 @@ class Router:
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
         opts = getattr(request, "ponder", None)
         preset = getattr(opts, "preset", None) or lowered.get("x-ponder-preset") or None
+        latency = getattr(opts, "latency", None) or lowered.get("x-ponder-latency") or None
         return self.plan_text(
             _last_user_text(getattr(request, "messages", [])),
             caller=caller,
             preset=preset,
             stream=bool(getattr(request, "stream", False)),
+            latency=latency,
             remember=True,
         )
 

@@ -33,6 +33,7 @@ __all__ = [
     "Choice",
     "ChunkChoice",
     "ChunkDelta",
+    "ContinuedJob",
     "DocumentParam",
     "KeyCreate",
     "ModelCard",
@@ -138,6 +139,11 @@ class PonderOptions(BaseModel):
     include_reasoning: bool = False
     # A routing preset / task class (chat, codegen, ...); also the x-ponder-preset header.
     preset: str | None = None
+    # The model tier to run on (a [tiers.<name>] name); also a tier named as ``model``.
+    tier: str | None = None
+    # "interactive": answer fast, never search; "async": the caller can wait for the full
+    # plan. Also the x-ponder-latency header; wins over the class policy.
+    latency: Literal["interactive", "async"] | None = None
     # Untrusted reference material (retrieved passages, files): delimited as data.
     documents: list[DocumentParam] = Field(default_factory=list)
 
@@ -208,6 +214,15 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
+class ContinuedJob(BaseModel):
+    """The async job running a request's full plan after its fast interactive answer."""
+
+    id: str
+    url: str
+    strategy: str
+    thinking_budget: int | None = None
+
+
 class PonderInfo(BaseModel):
     """What ponder did for this request (an extension clients may ignore)."""
 
@@ -223,6 +238,12 @@ class PonderInfo(BaseModel):
     n_candidates: int = 0
     # Priced from the server's price table (0 when no price is configured).
     cost_usd: float | None = None
+    # The model tier that ran the request; per tier usage and cost when the strategy
+    # also called other tiers (a cascade escalating to a stronger one).
+    tier: str | None = None
+    tier_usage: dict[str, Any] | None = None
+    # An interactive answer whose full plan continues as an async job (GET job.url).
+    job: ContinuedJob | None = None
     # The strategy's search tree (text, scores, tokens, chosen path); only for
     # callers who asked for reasoning and may see it.
     tree: dict[str, Any] | None = None
@@ -292,6 +313,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "ponder"
+    # The tier behind this id: {"tier", "model", "default"}.
+    ponder: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

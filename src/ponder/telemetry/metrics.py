@@ -6,6 +6,8 @@ Each :class:`GatewayMetrics` owns its registry, so two gateways in one process
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -76,15 +78,20 @@ class GatewayMetrics:
         cost_usd: float,
         latency_s: float,
         ttft_s: float | None,
+        by_tier: Mapping[str, tuple[Usage, float]] | None = None,
     ) -> None:
+        """One finished request; ``by_tier`` (tier -> (usage, cost_usd)) splits tokens and
+        cost over the tiers a request used when there were several (a cascade)."""
         labels = (task_class, tier, strategy, caller)
         self.requests.labels(*labels, status).inc()
-        for bucket in ("input", "cached_input", "reasoning", "output"):
-            value = getattr(usage, bucket)
-            if value:
-                self.tokens.labels(*labels, bucket).inc(value)
-        if cost_usd:
-            self.cost.labels(*labels).inc(cost_usd)
+        for t, (u, c) in (by_tier or {tier: (usage, cost_usd)}).items():
+            spent = (task_class, t, strategy, caller)
+            for bucket in ("input", "cached_input", "reasoning", "output"):
+                value = getattr(u, bucket)
+                if value:
+                    self.tokens.labels(*spent, bucket).inc(value)
+            if c:
+                self.cost.labels(*spent).inc(c)
         self.latency.labels(*labels).observe(latency_s)
         if ttft_s is not None:
             self.ttft.labels(*labels).observe(ttft_s)

@@ -259,23 +259,34 @@ function drawSeries(series) {
     options: { scales: { x: xScale, y: { beginAtZero: true, title: { display: true, text: "ms" } } },
       plugins: { tooltip: tooltipTitle, legend: { labels: { boxWidth: 10 } } } },
   });
+  // Bars need a category axis to get their bucket's full width; one label per tick step.
+  const starts = buckets.map((b) => b.start);
   chart("chart-volume", {
     type: "bar",
-    data: { datasets: [
-      { type: "bar", label: "requests", yAxisID: "req", backgroundColor: "#9fb3e8",
-        data: series.buckets.map((b, i) => ({ x: xs[i], y: b.requests })), barPercentage: 1, categoryPercentage: 1 },
-      { type: "line", label: "reasoning tokens", yAxisID: "tok", borderColor: "#e07b39", backgroundColor: "#e07b39",
-        data: series.buckets.map((b, i) => ({ x: xs[i], y: b.reasoning_tokens })), pointRadius: 0, borderWidth: 1.5 },
-      { type: "line", label: "output tokens", yAxisID: "tok", borderColor: "#3559c7", backgroundColor: "#3559c7",
-        data: series.buckets.map((b, i) => ({ x: xs[i], y: b.output_tokens })), pointRadius: 0, borderWidth: 1.5 },
-    ] },
+    data: {
+      labels: starts,
+      datasets: [
+        { type: "bar", label: "requests", yAxisID: "req", backgroundColor: "#9fb3e8", order: 1,
+          data: buckets.map((b) => b.requests), barPercentage: 1, categoryPercentage: 0.9 },
+        { type: "line", label: "reasoning tokens", yAxisID: "tok", borderColor: "#e07b39",
+          backgroundColor: "#e07b39", data: buckets.map((b) => b.reasoning_tokens), pointRadius: 0,
+          borderWidth: 1.5, order: 0 },
+        { type: "line", label: "output tokens", yAxisID: "tok", borderColor: "#3559c7",
+          backgroundColor: "#3559c7", data: buckets.map((b) => b.output_tokens), pointRadius: 0,
+          borderWidth: 1.5, order: 0 },
+      ],
+    },
     options: {
       scales: {
-        x: xScale,
+        x: { grid: { display: false }, ticks: { autoSkip: false, maxRotation: 0,
+          callback: (value, index) => (starts[index] % step === 0 ? tickLabel(starts[index], step) : null) } },
         req: { position: "left", beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: "requests" } },
         tok: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "tokens" } },
       },
-      plugins: { tooltip: tooltipTitle, legend: { labels: { boxWidth: 10 } } },
+      plugins: {
+        tooltip: { callbacks: { title: (items) => clock(starts[items[0].dataIndex], true) } },
+        legend: { labels: { boxWidth: 10 } },
+      },
     },
   });
 }
