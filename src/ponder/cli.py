@@ -34,6 +34,8 @@ from ponder.strategies import available_strategies, get_strategy
 from ponder.types import Outcome
 
 if TYPE_CHECKING:
+    from ponder.backends.tiers import Tiers
+    from ponder.config import TierSettings
     from ponder.ledger import Store
     from ponder.server.handlers import Gateway
 
@@ -81,6 +83,34 @@ def _build_backend(model: str, settings: Settings, progress: Callable[[str], Non
         cache_dir=settings.cache_dir,
         seed=engine.seed,
     )
+
+
+def _tier_builder(
+    settings: Settings, progress: Callable[[str], None]
+) -> Callable[[str, TierSettings], Backend]:
+    """Builds ``[tiers.*]`` backends for ``serve``: embedded tiers get the ``[engine]``
+    settings (their own ``options`` win) and their catalog model pulled first."""
+    from ponder.backends.tiers import build_backend
+
+    def build(name: str, tier: TierSettings) -> Backend:
+        if tier.backend != "llama_cpp":
+            return build_backend(name, tier)
+        from ponder.backends import catalog
+
+        if tier.model in catalog.CATALOG:
+            catalog.ensure_model(tier.model, settings.cache_dir, progress=progress)
+        engine = settings.engine
+        defaults: dict[str, Any] = {
+            "n_ctx": engine.n_ctx,
+            "max_sequences": engine.max_sequences,
+            "n_batch": engine.n_batch,
+            "threads": engine.threads,
+            "cache_dir": settings.cache_dir,
+            "seed": engine.seed,
+        }
+        return build_backend(name, tier.model_copy(update={"options": {**defaults, **tier.options}}))
+
+    return build
 
 
 def _close(backend: Any) -> None:
@@ -222,22 +252,39 @@ def _open_store(settings: Settings, url: str | None = None) -> Store:
     return Store(url or settings.ledger.url)
 
 
-def build_gateway(backend: Backend, settings: Settings, *, db: str | None = None) -> Gateway:
-    """The governed gateway ``serve`` runs: store, prices, alerts and telemetry from settings."""
+def build_gateway(
+    backend: Backend, settings: Settings, *, db: str | None = None, tiers: Tiers | None = None
+) -> Gateway:
+    """The governed gateway ``serve`` runs: store, prices, alerts and telemetry from settings.
+
+    With ``[tiers.*]`` configured the gateway serves every tier (``tiers``, else built
+    here from the settings); ``backend`` is the default tier's (``server.tier``).
+    """
+    from ponder.backends.tiers import Tiers
     from ponder.budget.pricing import Price, PriceTable
     from ponder.router.policy import Router
     from ponder.server.handlers import Gateway
     from ponder.telemetry.alerts import Alerts, webhook_sender
 
-    prices = {name: Price(**p.model_dump()) for name, p in settings.pricing.items()}
+    pricing = dict(settings.pricing)
+    for name, tier in settings.tiers.items():
+        # A tier's own price applies unless [pricing] names the tier.
+        if name not in pricing and tier.price.model_dump(exclude_defaults=True):
+            pricing[name] = tier.price
+    prices = {name: Price(**p.model_dump()) for name, p in pricing.items()}
     default = prices.pop("default", Price())
+    tier_backends: dict[str, Backend] = {}
+    if settings.tiers:
+        tiers = tiers or Tiers(settings.tiers)
+        # Built now, so a tier that cannot start fails `serve`, not a request.
+        tier_backends = {name: tiers.backend(name) for name in settings.tiers}
     a = settings.alerts
     otel = None
     if settings.telemetry.otel:
         from ponder.telemetry.otel import OtelTracer
 
         otel = OtelTracer()
-    return Gateway(
+    gateway = Gateway(
         backend,
         settings.server,
         store=_open_store(settings, db) if settings.server.ledger else None,
@@ -253,7 +300,11 @@ def build_gateway(backend: Backend, settings: Settings, *, db: str | None = None
         otel=otel,
         router=Router.from_settings(settings.router, tiers=list(settings.tiers)),
         guardrails=settings.guardrails,
+        tiers=tier_backends,
+        tier_models={name: tier.model for name, tier in settings.tiers.items()},
     )
+    gateway.tier_pool = tiers
+    return gateway
 
 
 def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -267,6 +318,7 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     model = args.model or settings.engine.model
     host = args.host or settings.server.host
     port = args.port or settings.server.port
+    tiers: Tiers | None = None
     if args.backend == "fake":
         # Hidden: a scripted backend so crash and load tests need no model.
         from ponder.backends.fake import FakeBackend, Reply
@@ -275,11 +327,27 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
             [Reply("The answer is 4", reasoning="two plus two makes four")]
         )
         backend.delay_s = args.fake_delay  # type: ignore[attr-defined]
+    elif settings.tiers and not args.model:
+        # Every [tiers.*] is served; the default one (server.tier, else the first) answers
+        # requests whose plan names no tier.
+        from ponder.backends.tiers import Tiers
+
+        default = settings.server.tier or next(iter(settings.tiers))
+        if default not in settings.tiers:
+            raise InvalidRequest(
+                f"server.tier = {default!r} is not a configured tier; tiers: "
+                f"{', '.join(settings.tiers)}",
+                param="server.tier",
+            )
+        server = settings.server.model_copy(update={"tier": default})
+        settings = settings.model_copy(update={"server": server})
+        tiers = Tiers(settings.tiers, builder=_tier_builder(settings, _progress(err)))
+        backend = tiers.backend(default)
     else:
         if model not in catalog.CATALOG:
             catalog.resolve_model(model, settings.cache_dir)  # a .gguf path, or a clear error
         backend = _build_backend(model, settings, _progress(err))
-    app = create_app(backend, gateway=build_gateway(backend, settings, db=args.db))
+    app = create_app(backend, gateway=build_gateway(backend, settings, db=args.db, tiers=tiers))
 
     url = f"http://{host}:{port}"
     example = json.dumps(

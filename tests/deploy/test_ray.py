@@ -39,8 +39,8 @@ from ponder.deploy.ray import (  # noqa: E402  (after the skips: needs nothing, 
     GatewayDeploySettings,
     RayDeploySettings,
     TierDeploySettings,
-    build_app,
 )
+from ponder.deploy.ray import deploy as deploy_on_ray  # noqa: E402
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 MAX_TOKENS = 8
@@ -165,14 +165,14 @@ def test_two_gateway_replicas_share_quota_and_ledger(
     )
     port = _free_port()
     deploy = RayDeploySettings(
+        app_name="ponder-test",
         port=port,
         gateway=GatewayDeploySettings(replicas=2, num_cpus=0.25),
         tiers={"small": TierDeploySettings(num_cpus=1)},
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings, deploy), name="ponder-test", route_prefix="/")
+    url = deploy_on_ray(settings, deploy)  # the Ray started above; waits until replicas are up
+    assert url == f"http://127.0.0.1:{port}"
 
-    url = f"http://127.0.0.1:{port}"
     # Streams cross the handle too (the tier's async generator, deltas as they decode).
     status, events = asyncio.run(_stream(url, stream_key))
     assert status == 200 and events[-1] == "[DONE]"

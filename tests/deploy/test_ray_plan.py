@@ -21,7 +21,6 @@ from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.config import (
     EngineSettings,
     LedgerSettings,
-    PriceSettings,
     ServerSettings,
     Settings,
     TierSettings,
@@ -101,7 +100,6 @@ def test_each_tier_kind_gets_its_deployment_and_the_gateway_its_replicas() -> No
     # The first tier is the gateway's; the ledger records it by name.
     assert plan.default_tier == "small" and plan.settings.server.tier == "small"
     described = plan.describe()
-    assert described["gateway_tiers"] == ["small"]
     assert described["ledger"] == PG and [t["tier"] for t in described["tiers"]] == [
         "small",
         "remote",
@@ -109,16 +107,13 @@ def test_each_tier_kind_gets_its_deployment_and_the_gateway_its_replicas() -> No
     ]
 
 
-def test_a_config_without_tiers_serves_the_engine_model_and_its_price_applies() -> None:
+def test_a_config_without_tiers_serves_the_engine_model() -> None:
     s = settings(tiers={}, engine=EngineSettings(model="my-model", threads=3))
     plan = plan_deployment(s, RayDeploySettings())
     (tier,) = plan.tiers
     assert (tier.tier, tier.kind, tier.threads) == ("embedded", "engine", 3)
     assert plan.settings.tiers["embedded"].model == "my-model"
-
-    priced = TierSettings(backend="llama_cpp", model="m", price=PriceSettings(output=2.0))
-    plan = plan_deployment(settings(tiers={"t": priced}), RayDeploySettings())
-    assert plan.settings.pricing["t"].output == 2.0
+    assert plan.default_tier == "embedded"
 
 
 @pytest.mark.parametrize(
@@ -401,30 +396,40 @@ def test_engine_errors_come_back_as_themselves_and_outages_as_retryable() -> Non
 
 
 async def test_the_gateway_app_governs_requests_to_handle_tiers(tmp_path: Path) -> None:
-    tier = TierSettings(backend="fake", model="fake-model", options={"replies": ["four"]})
+    small = TierSettings(backend="fake", model="fake-small", options={"replies": ["four"]})
+    big = TierSettings(backend="fake", model="fake-big", options={"replies": ["FOUR"]})
     s = settings(
-        tiers={"small": tier},
+        tiers={"small": small, "big": big},
         ledger=LedgerSettings(url=f"sqlite:///{tmp_path / 'ledger.db'}"),
         cache_dir=tmp_path,
     )
     plan = plan_deployment(s, RayDeploySettings(gateway=GatewayDeploySettings(replicas=1)))
-    handle = LocalHandle(TierServer("small", tier, EngineSettings(), tmp_path))
-    app, tiers = build_gateway_app(plan.settings, {"small": handle}, replica="r-1")
+    handles = {
+        name: LocalHandle(TierServer(name, tier, EngineSettings(), tmp_path))
+        for name, tier in (("small", small), ("big", big))
+    }
+    app, tiers = build_gateway_app(plan.settings, handles, replica="r-1")
     await _lifespan_startup(app)
     assert tiers.raw("small").capabilities.native_n  # connected at startup
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-        resp = await client.post(
-            "/v1/chat/completions",
-            json={"model": "small", "messages": [{"role": "user", "content": "2+2?"}]},
-        )
-    assert resp.status_code == 200, resp.text
-    assert resp.headers[REPLICA_HEADER] == "r-1"
-    assert resp.json()["choices"][0]["message"]["content"] == "four"
+        answers = {}
+        for model in ("small", "fake-big"):
+            resp = await client.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "2+2?"}]},
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.headers[REPLICA_HEADER] == "r-1"
+            answers[model] = (resp.json()["id"], resp.json()["choices"][0]["message"]["content"])
+    # Each tier answered through its own handle; no engine was built in the gateway.
+    assert answers["small"][1] == "four" and answers["fake-big"][1] == "FOUR"
+    assert [c[0] for c in handles["small"].calls] == ["info", "generate"]
+    assert [c[0] for c in handles["big"].calls] == ["info", "generate"]
     gateway = app.app.state.gateway
-    (row,) = gateway.store.rows()
-    assert (row.id, row.tier, row.http_status) == (resp.json()["id"], "small", 200)
+    rows = {r.id: r for r in gateway.store.rows()}
+    assert rows[answers["small"][0]].tier == "small" and rows[answers["fake-big"][0]].tier == "big"
 
 
 async def _lifespan_startup(app: ReplicaApp) -> None:

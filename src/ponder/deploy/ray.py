@@ -236,8 +236,6 @@ class DeployPlan:
             "app": self.deploy.app_name,
             "url": f"http://{self.deploy.host}:{self.deploy.port}{self.deploy.route_prefix}",
             "default_tier": self.default_tier,
-            # What the gateway calls today: its tier and that tier's fallbacks.
-            "gateway_tiers": Tiers(self.settings.tiers).chain(self.default_tier),
             "ledger": _redacted(self.settings.ledger.url),
             "gateway": self.gateway_options,
             "tiers": [
@@ -337,15 +335,8 @@ def plan_deployment(settings: Settings, deploy: RayDeploySettings | None = None)
     Tiers(settings.tiers)  # validates fallback links, builds nothing
     _check_shared_state(settings, deploy.gateway.max_replicas)
 
-    pricing = dict(settings.pricing)
-    # A tier's own price applies unless [pricing] names the tier.
-    if default not in pricing and settings.tiers[default].price.model_dump(exclude_defaults=True):
-        pricing[default] = settings.tiers[default].price
     settings = settings.model_copy(
-        update={
-            "server": settings.server.model_copy(update={"tier": default}),
-            "pricing": pricing,
-        }
+        update={"server": settings.server.model_copy(update={"tier": default})}
     )
 
     g = deploy.gateway
@@ -853,7 +844,8 @@ def build_gateway_app(
     tiers = Tiers(settings.tiers, builder=builder)
     tier = settings.server.tier or tiers.resolve(None)
     backend = tiers.backend(tier)
-    gateway = build_gateway(backend, settings)
+    # The gateway serves every tier through these backends (never an engine of its own).
+    gateway = build_gateway(backend, settings, tiers=tiers)
 
     async def startup() -> None:
         for b in remote:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 from ponder.budget.quota import (
@@ -202,6 +205,61 @@ def _limit(row: Any) -> Limit:
     )
 
 
+# How long a thread waits for this process's SQLite writer (as busy_timeout across processes).
+_WRITE_LOCK_TIMEOUT_S = 30.0
+
+
+class _Statements:
+    """The statements of every gateway request, built once per store.
+
+    Building a Core statement and its cache key costs more CPU than SQLite needs to
+    run it; these take bind parameters (``k_*``, so they never collide with column
+    names in an UPDATE) and compile once.
+    """
+
+    def __init__(self, dialect: str, update_returning: bool) -> None:
+        c = s.counters.c
+        key = (
+            c.scope == sa.bindparam("k_scope"),
+            c.subject == sa.bindparam("k_subject"),
+            c.metric == sa.bindparam("k_metric"),
+            c.window == sa.bindparam("k_window"),
+            c.window_start == sa.bindparam("k_start"),
+        )
+        amount = sa.bindparam("k_amount", type_=sa.BigInteger)
+        limit = sa.bindparam("k_limit", type_=sa.BigInteger)
+        # The conditional increment that makes a reservation atomic.
+        self.hold = (
+            sa.update(s.counters)
+            .where(*key, c.used + c.reserved + amount <= limit)
+            .values(reserved=c.reserved + amount)
+        )
+        self.counter = sa.select(c.used, c.reserved).where(*key)
+        insert = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+        self.create_counter = insert(s.counters).on_conflict_do_nothing()
+        self.charge = (
+            sa.update(s.counters)
+            .where(*key)
+            .values(
+                reserved=c.reserved - sa.bindparam("k_release", type_=sa.BigInteger),
+                used=c.used + sa.bindparam("k_used", type_=sa.BigInteger),
+            )
+        )
+        # With RETURNING the usage after the charge comes back without a second query.
+        self.charge_returning = self.charge.returning(c.used) if update_returning else None
+        self.add_reservation = sa.insert(s.reservations)
+        self.drop_reservation = sa.delete(s.reservations).where(
+            s.reservations.c.id == sa.bindparam("k_id")
+        )
+        self.add_row = sa.insert(s.requests)
+        self.limits = sa.select(s.limits)
+        k = s.api_keys.c
+        self.key_by_hash = sa.select(s.api_keys).where(
+            k.hash == sa.bindparam("k_hash"), k.revoked_at.is_(None)
+        )
+        self.any_key = sa.select(k.id).where(k.revoked_at.is_(None)).limit(1)
+
+
 class Store:
     """Keys, quota limits and counters, and the request ledger in one database."""
 
@@ -230,7 +288,13 @@ class Store:
                 pool_pre_ping=True,
                 connect_args={"connect_timeout": int(max(connect_timeout_s, 1))},
             )
+        # SQLite has one writer at a time: threads of this process queue on a lock
+        # (woken the moment it is free) instead of SQLite's busy handler, which polls
+        # with sleeps of 1-100 ms. Other processes still wait through busy_timeout.
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         self.migrate()
+        # After migrate: the dialect knows the server version (RETURNING support) by now.
+        self._st = _Statements(self.dialect, bool(self.engine.dialect.update_returning))
 
     # ---- plumbing
 
@@ -250,19 +314,46 @@ class Store:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read needs no write lock: a deferred BEGIN reads a snapshot (WAL readers
+            # never wait for the writer).
+            read_only = conn.get_execution_options().get("ponder_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the ponder store ({self.dialect}) failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}; requests are refused until it is "
+            "reachable again (check the ledger URL and the database server)"
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
+        lock = self._write_lock
+        if lock is not None and not lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
+            raise StoreUnavailable(
+                f"the ponder store (sqlite) stayed locked by this process's writers for "
+                f"{_WRITE_LOCK_TIMEOUT_S:g} s; requests are refused until it is free again"
+            )
         try:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(
-                f"the ponder store ({self.dialect}) failed: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}; requests are refused until it is "
-                "reachable again (check the ledger URL and the database server)"
-            ) from exc
+            raise self._unavailable(exc) from exc
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction: a snapshot that never waits for writers (SQLite WAL)."""
+        try:
+            with (
+                self.engine.connect().execution_options(ponder_read_only=True) as conn,
+                conn.begin(),
+            ):
+                yield conn
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
 
     def transaction(self) -> AbstractContextManager[sa.Connection]:
         """One transaction (SQLite: holding the write lock); errors become StoreUnavailable."""
@@ -339,12 +430,8 @@ class Store:
 
     def lookup_key(self, secret: str) -> KeyRecord | None:
         """The active key with this secret, or None."""
-        with self._tx() as conn:
-            row = conn.execute(
-                sa.select(s.api_keys).where(
-                    s.api_keys.c.hash == hash_key(secret), s.api_keys.c.revoked_at.is_(None)
-                )
-            ).first()
+        with self._read() as conn:
+            row = conn.execute(self._st.key_by_hash, {"k_hash": hash_key(secret)}).first()
         return None if row is None else _record(row)
 
     def get_key(self, key_id: str) -> KeyRecord | None:
@@ -371,9 +458,8 @@ class Store:
         return bool(done.rowcount)
 
     def has_keys(self) -> bool:
-        with self._tx() as conn:
-            q = sa.select(s.api_keys.c.id).where(s.api_keys.c.revoked_at.is_(None)).limit(1)
-            return conn.execute(q).first() is not None
+        with self._read() as conn:
+            return conn.execute(self._st.any_key).first() is not None
 
     # ---- limits
 
@@ -405,8 +491,8 @@ class Store:
         return bool(done.rowcount)
 
     def limits(self) -> list[Limit]:
-        with self._tx() as conn:
-            return [_limit(r) for r in conn.execute(sa.select(s.limits))]
+        with self._read() as conn:
+            return [_limit(r) for r in conn.execute(self._st.limits)]
 
     def status(
         self, subjects: Mapping[Scope, str | None], now: float | None = None
@@ -444,15 +530,46 @@ class Store:
             c.window_start == start,
         ]
 
-    def _insert_ignore(self, conn: sa.Connection, values: dict[str, Any]) -> None:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+    @staticmethod
+    def _counter_params(lim: Limit, subject: str, start: int) -> dict[str, Any]:
+        return {
+            "k_scope": lim.scope,
+            "k_subject": subject,
+            "k_metric": lim.metric,
+            "k_window": lim.window,
+            "k_start": start,
+        }
 
-            conn.execute(pg_insert(s.counters).values(**values).on_conflict_do_nothing())
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            conn.execute(sqlite_insert(s.counters).values(**values).on_conflict_do_nothing())
+    def _hold(
+        self, conn: sa.Connection, lim: Limit, subject: str, start: int, amount: int
+    ) -> tuple[int, int] | None:
+        """Add ``amount`` to the counter's hold if it fits; else (used, reserved) as they are."""
+        st = self._st
+        key = self._counter_params(lim, subject, start)
+        hold = {**key, "k_amount": amount, "k_limit": lim.limit}
+        if conn.execute(st.hold, hold).rowcount == 1:
+            return None
+        found = conn.execute(st.counter, key).first()
+        if found is not None:
+            return int(found.used), int(found.reserved)
+        # The first request of this window creates its counter (a concurrent creator's
+        # row wins the conflict), then the conditional increment decides.
+        conn.execute(
+            st.create_counter,
+            {
+                "scope": lim.scope,
+                "subject": subject,
+                "metric": lim.metric,
+                "window": lim.window,
+                "window_start": start,
+                "used": 0,
+                "reserved": 0,
+            },
+        )
+        if conn.execute(st.hold, hold).rowcount == 1:
+            return None
+        found = conn.execute(st.counter, key).one()
+        return int(found.used), int(found.reserved)
 
     def reserve(
         self,
@@ -472,7 +589,7 @@ class Store:
         self, subjects: Mapping[Scope, str | None], demand: Demand, ttl_s: float, now: float
     ) -> Reservation | Refusal:
         with self._tx() as conn:
-            binding = applicable([_limit(r) for r in conn.execute(sa.select(s.limits))], subjects)
+            binding = applicable([_limit(r) for r in conn.execute(self._st.limits)], subjects)
             # Per-request caps first: they need no counter and refuse cheaply.
             for lim in binding:
                 if lim.window == "request" and demand.get(lim.metric) > lim.limit:
@@ -486,44 +603,27 @@ class Store:
                 subject = subjects[lim.scope] or ""
                 start, end = window_bounds(lim.window, now)
                 amount = demand.get(lim.metric)
-                key = {
-                    "scope": lim.scope,
-                    "subject": subject,
-                    "metric": lim.metric,
-                    "window": lim.window,
-                    "window_start": start,
-                }
-                self._insert_ignore(conn, {**key, "used": 0, "reserved": 0})
-                c = s.counters.c
-                done = conn.execute(
-                    sa.update(s.counters)
-                    .where(
-                        *self._counter_key(lim, subject, start),
-                        c.used + c.reserved + amount <= lim.limit,
-                    )
-                    .values(reserved=c.reserved + amount)
-                )
-                if done.rowcount != 1:
-                    row = conn.execute(
-                        sa.select(c.used, c.reserved).where(*self._counter_key(lim, subject, start))
-                    ).one()
+                refused = self._hold(conn, lim, subject, start, amount)
+                if refused is not None:
+                    used, reserved = refused
                     # Raising rolls back the holds taken so far in this transaction.
-                    raise _Refused(Refusal(lim, subject, row.used, row.reserved, amount, end))
+                    raise _Refused(Refusal(lim, subject, used, reserved, amount, end))
                 items.append((lim, subject, start, amount))
             res = Reservation(id=uuid.uuid4().hex, items=tuple(items), demand=demand)
             if items:
                 conn.execute(
-                    sa.insert(s.reservations).values(
-                        id=res.id,
-                        created_at=now,
-                        expires_at=now + ttl_s,
-                        items=json.dumps(
+                    self._st.add_reservation,
+                    {
+                        "id": res.id,
+                        "created_at": now,
+                        "expires_at": now + ttl_s,
+                        "items": json.dumps(
                             [
                                 [lim.scope, subj, lim.metric, lim.window, start, amt]
                                 for lim, subj, start, amt in items
                             ]
                         ),
-                    )
+                    },
                 )
         return res
 
@@ -543,37 +643,33 @@ class Store:
         saves its result there); if it raises, nothing is committed.
         """
         crossings: list[Crossing] = []
+        st = self._st
         with self._tx() as conn:
             if reservation.items:
-                gone = conn.execute(
-                    sa.delete(s.reservations).where(s.reservations.c.id == reservation.id)
-                )
+                gone = conn.execute(st.drop_reservation, {"k_id": reservation.id})
                 held = gone.rowcount == 1
             else:
                 held = False
-            c = s.counters.c
             for lim, subject, start, amount in reservation.items:
                 used = actual.get(lim.metric)
-                conn.execute(
-                    sa.update(s.counters)
-                    .where(*self._counter_key(lim, subject, start))
-                    .values(
-                        # The sweeper may already have released a stale hold.
-                        reserved=c.reserved - (amount if held else 0),
-                        used=c.used + used,
-                    )
-                )
-                if thresholds and used:
-                    after = conn.execute(
-                        sa.select(c.used).where(*self._counter_key(lim, subject, start))
-                    ).scalar_one()
-                    before = after - used
-                    for t in thresholds:
-                        mark = t * lim.limit
-                        if before < mark <= after:
-                            crossings.append(Crossing(lim, subject, t, after))
+                key = self._counter_params(lim, subject, start)
+                # The sweeper may already have released a stale hold.
+                charge = {**key, "k_release": amount if held else 0, "k_used": used}
+                if not (thresholds and used):
+                    conn.execute(st.charge, charge)
+                    continue
+                if st.charge_returning is not None:
+                    after = int(conn.execute(st.charge_returning, charge).scalar_one())
+                else:
+                    conn.execute(st.charge, charge)
+                    after = int(conn.execute(st.counter, key).one().used)
+                before = after - used
+                for t in thresholds:
+                    mark = t * lim.limit
+                    if before < mark <= after:
+                        crossings.append(Crossing(lim, subject, t, after))
             if row is not None:
-                conn.execute(sa.insert(s.requests).values(**row.values()))
+                conn.execute(st.add_row, row.values())
             if also is not None:
                 also(conn)
         return crossings
@@ -630,7 +726,7 @@ class Store:
         self, row: LedgerRow, *, also: Callable[[sa.Connection], None] | None = None
     ) -> None:
         with self._tx() as conn:
-            conn.execute(sa.insert(s.requests).values(**row.values()))
+            conn.execute(self._st.add_row, row.values())
             if also is not None:
                 also(conn)
 

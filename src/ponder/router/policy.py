@@ -36,6 +36,7 @@ __all__ = [
     "PolicyError",
     "RoutePlan",
     "Router",
+    "request_text",
     "select_threshold",
     "validate_settings",
 ]
@@ -226,7 +227,8 @@ def validate_settings(
         raise PolicyError("invalid [router] policy:\n  - " + "\n  - ".join(problems))
 
 
-def _last_user_text(messages: Sequence[Any]) -> str:
+def request_text(messages: Sequence[Any]) -> str:
+    """The text the router reads: the last user message."""
     for m in reversed(messages):
         role = getattr(m, "role", None) if not isinstance(m, dict) else m.get("role")
         content = getattr(m, "content", None) if not isinstance(m, dict) else m.get("content")
@@ -393,7 +395,7 @@ class Router:
         preset = getattr(opts, "preset", None) or lowered.get("x-ponder-preset") or None
         latency = getattr(opts, "latency", None) or lowered.get("x-ponder-latency") or None
         return self.plan_text(
-            _last_user_text(getattr(request, "messages", [])),
+            request_text(getattr(request, "messages", [])),
             caller=caller,
             preset=preset,
             stream=bool(getattr(request, "stream", False)),

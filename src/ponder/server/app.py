@@ -83,6 +83,8 @@ def create_app(
         gateway = Gateway(backend, settings)
     # POST /v1/jobs and the worker that drains the queue (server.job_concurrency).
     jobs = Jobs(gateway)
+    # Interactive answers queue their full plan here (router continue_async).
+    gateway.jobs = jobs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +100,7 @@ def create_app(
         await gateway.alerts.drain()
         # The engine holds a model in memory (and maybe threads): free it on shutdown.
         await _close(backend)
+        await gateway.aclose()
 
     app = FastAPI(title="ponder", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway

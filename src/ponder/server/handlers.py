@@ -10,6 +10,7 @@ server stays up.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import inspect
 import json
@@ -54,7 +55,7 @@ from ponder.guardrails import (
 )
 from ponder.ledger.store import Crossing, LedgerRow, QuotaStatus, Reservation, Store
 from ponder.ledger.verdicts import outcome_verdict
-from ponder.router.policy import PolicyError, RoutePlan, Router
+from ponder.router.policy import PolicyError, RoutePlan, Router, request_text
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.protocol import (
     AssistantMessage,
@@ -64,6 +65,7 @@ from ponder.server.protocol import (
     Choice,
     ChunkChoice,
     ChunkDelta,
+    ContinuedJob,
     KeyCreate,
     ModelCard,
     ModelList,
@@ -82,7 +84,17 @@ from ponder.telemetry.alerts import Alerts
 from ponder.telemetry.metrics import GatewayMetrics
 from ponder.telemetry.otel import OtelTracer
 from ponder.telemetry.trace import Tracer
-from ponder.types import Budget, Delta, Message, Outcome, Problem, ThinkingConfig
+from ponder.types import (
+    Budget,
+    Delta,
+    Generation,
+    GenRequest,
+    Message,
+    Outcome,
+    Problem,
+    ThinkingConfig,
+    Usage,
+)
 
 __all__ = [
     "REASONING_EFFORT",
@@ -176,6 +188,13 @@ class Plan:
     # request's output scanner (``ponder.guardrails``).
     wrapped: dict[str, int] = field(default_factory=dict)
     scanner: Any = None
+    # The model tier to run on (None: the gateway's default tier).
+    tier: str | None = None
+    # The full plan (strategy, params, thinking_budget) an interactive request did not
+    # wait for; the gateway queues it as an async job (class policy continue_async).
+    deferred: dict[str, Any] | None = None
+    # The text the router read (the last user message).
+    prompt: str = ""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -312,7 +331,51 @@ def _route(
     try:
         return router.plan(request, caller, headers)
     except PolicyError as exc:
-        raise InvalidRequest(str(exc), param="ponder.preset") from exc
+        raise InvalidRequest(str(exc), param=exc.param or "ponder.preset") from exc
+
+
+def _tier(
+    request: ChatCompletionRequest,
+    route: RoutePlan | None,
+    instance: Strategy,
+    tiers: Mapping[str, str] | None,
+) -> str | None:
+    """The tier a request runs on: ``ponder.tier`` > a ``model`` naming a tier (or a
+    tier's model) > the router's class policy > None (the gateway's default tier).
+
+    With ``tiers`` (tier name -> model) every tier named anywhere must exist: an
+    unknown one is a 400 here, before anything is reserved.
+    """
+    known = ", ".join(tiers or {}) or "none"
+    explicit = request.ponder.tier
+    if explicit is not None:
+        if tiers is not None and explicit not in tiers:
+            raise InvalidRequest(
+                f"ponder.tier: no tier named {explicit!r}; this gateway serves: {known} "
+                "(GET /v1/models lists them)",
+                param="ponder.tier",
+            )
+        chosen: str | None = explicit
+    elif tiers is not None and request.model in tiers:
+        chosen = request.model
+    else:
+        # Any other model name keeps the default tier (clients always send one).
+        by_model = [t for t, m in (tiers or {}).items() if m == request.model]
+        chosen = by_model[0] if by_model else (route.tier if route is not None else None)
+        if chosen is not None and tiers is not None and chosen not in tiers:
+            raise InvalidRequest(
+                f"the router's policy for class {route.task_class!r} names tier {chosen!r}, "  # type: ignore[union-attr]
+                f"which this gateway does not serve (tiers: {known}); fix [router] in "
+                "ponder.toml or name a tier with ponder.tier",
+                param="ponder.tier",
+            )
+    strong = getattr(instance, "strong_tier", None)
+    if isinstance(strong, str) and tiers is not None and strong not in tiers:
+        raise InvalidRequest(
+            f"cascade: strong_tier {strong!r} is not a tier of this gateway (tiers: {known})",
+            param="ponder.params.strong_tier",
+        )
+    return chosen
 
 
 def plan(
@@ -322,12 +385,14 @@ def plan(
     router: Router | None = None,
     caller: Caller | None = None,
     headers: Mapping[str, str] | None = None,
+    tiers: Mapping[str, str] | None = None,
 ) -> Plan:
     """Map a request to what will run; raise :class:`InvalidRequest` for what cannot.
 
     With a ``router``, a request that chooses nothing itself (no ``ponder.strategy``,
     ``thinking``, ``reasoning_effort`` or ``ponder.thinking_budget``) runs the router's
-    plan; every request gets the router's task class.
+    plan; every request gets the router's task class. ``tiers`` (tier name -> model)
+    are the tiers a request may name; see :func:`_tier`.
     """
     opts = request.ponder
     if request.n != 1:
@@ -355,17 +420,29 @@ def plan(
         and chose_nothing
         and (route.source != "router.default" or "default" in router.settings.model_fields_set)
     )
+    deferred = None
+    params: dict[str, Any] = {}
     if routed:
         assert route is not None
-        name = route.strategy
-        if request.stream and name not in STREAMABLE_STRATEGIES:
-            # A stream must start at once: think (if planned) and answer, never search.
-            route.reasons.append(f"streamed: {name} cannot stream, answering with cot")
-            name = "cot" if route.thinking_budget else "direct"
+        name, params, deferred = route.strategy, dict(route.params), route.deferred
         implied_thinking = route.thinking_budget or None
+        if request.stream and name not in STREAMABLE_STRATEGIES:
+            # A stream must start at once: think (if planned) and answer, never search;
+            # with continue_async, answer directly and queue the full plan as a job.
+            planned = name
+            if route.continue_async:
+                deferred = {
+                    "strategy": name,
+                    "params": params,
+                    "thinking_budget": route.thinking_budget,
+                }
+                name, implied_thinking = "direct", None
+            else:
+                name = "cot" if route.thinking_budget else "direct"
+            params = {}
+            route.reasons.append(f"streamed: {planned} cannot stream, answering with {name}")
     accepts_thinking = _accepts(registry.get(name), "thinking_budget")
 
-    params = dict(route.params) if routed and route is not None else {}
     server_only = SERVER_ONLY_PARAMS & set(opts.params)
     if server_only:
         raise InvalidRequest(
@@ -426,6 +503,9 @@ def plan(
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
         task_class=route.task_class if route is not None else "general",
         route=route,
+        tier=_tier(request, route, instance, tiers),
+        deferred=deferred,
+        prompt=request_text(messages) if route is not None else "",
     )
 
 
@@ -480,6 +560,10 @@ def ponder_headers(completion: ChatCompletion) -> dict[str, str]:
     }
     if info.cost_usd is not None:
         headers["x-ponder-cost-usd"] = f"{info.cost_usd:.6f}"
+    if info.tier is not None:
+        headers["x-ponder-tier"] = info.tier
+    if info.job is not None:
+        headers["x-ponder-job-id"] = info.job.id
     return headers
 
 
@@ -556,6 +640,53 @@ class _Shield:
         return ChunkDelta(content=text or None, reasoning_content=reasoning or None)
 
 
+def _dearest(prices: Sequence[Price]) -> Price:
+    """Rates at least those of every price in ``prices`` (a bound for any mix of them)."""
+    if len(prices) == 1:
+        return prices[0]
+    return Price(
+        input=max(x.input for x in prices),
+        output=max(x.output for x in prices),
+        cached_input=max(x.cached_input_rate for x in prices),
+        reasoning=max(x.reasoning_rate for x in prices),
+        gpu_second=max(x.gpu_second for x in prices),
+    )
+
+
+class _TierCalls:
+    """Another model tier as a run's strategy sees it (``RunContext.tiers``): its calls
+    are admitted against, and accounted in, the run's one reservation (``QuotaGuard``)."""
+
+    def __init__(self, guard: QuotaGuard, tier: str, inner: Backend) -> None:
+        self.guard = guard
+        self.tier = tier
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        return await self.guard.generate_via(self.inner, req, tier=self.tier)
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        # Strategies call other tiers whole; a stream here is one finished delta.
+        (gen,) = await self.generate(req.model_copy(update={"n": 1}))
+        yield Delta(
+            text=gen.text, reasoning=gen.reasoning, finish_reason=gen.finish_reason, usage=gen.usage
+        )
+
+
+def _async_body(body: Any) -> dict[str, Any]:
+    """The request as a job that runs its full plan: not streamed, latency ``async``."""
+    if isinstance(body, ChatCompletionRequest):
+        data = body.model_dump(mode="json", exclude_unset=True)
+    else:
+        data = copy.deepcopy(dict(body))
+    data["stream"] = False
+    data.pop("stream_options", None)
+    data["ponder"] = {**(data.get("ponder") or {}), "latency": "async"}
+    return data
+
+
 def _quota_error(refusal: Refusal) -> QuotaExceeded:
     lim = refusal.limit
     return QuotaExceeded(
@@ -596,14 +727,29 @@ class _Run:
     # What the output guardrails found (redacted, or refused when ``refused`` is set).
     findings: list[Finding] = field(default_factory=list)
     refused: Finding | None = None
+    # continue_async: the request (body, headers) whose full plan is queued as a job
+    # once the fast answer is ready, and that job (or why it could not be queued).
+    continuation: tuple[Any, Mapping[str, str] | None] | None = None
+    job: ContinuedJob | None = None
+    job_error: str | None = None
+
+    @property
+    def tier(self) -> str:
+        return self.plan.tier or str(self.guard.tier)
 
 
 class Gateway:
-    """The gateway's handlers over one backend.
+    """The gateway's handlers over one backend, or several model tiers.
 
     Without a ``store`` it is the plain library gateway (no auth, quotas or
     ledger). With one, every chat request goes auth -> plan -> reserve -> run
     -> settle + ledger row (committed before responding) -> metrics/alerts.
+
+    ``tiers`` (name -> backend) are the model tiers a request can run on: the one its
+    plan names (``ponder.tier``, a ``model`` naming a tier, the router's class policy),
+    else the default tier, ``settings.tier`` or ``backend.name``, served by ``backend``.
+    Every run's strategy also gets all tiers (``RunContext.tiers``) under its one
+    reservation, each tier's tokens priced at that tier's rate.
     """
 
     def __init__(
@@ -619,6 +765,8 @@ class Gateway:
         otel: OtelTracer | None = None,
         router: Router | None = None,
         guardrails: GuardrailSettings | None = None,
+        tiers: Mapping[str, Backend] | None = None,
+        tier_models: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
         # Plans requests that choose no strategy themselves (None: the server default).
@@ -634,14 +782,53 @@ class Gateway:
         self.quota_thresholds = tuple(quota_thresholds)
         self.otel = otel
         self.auth = Authenticator(store, require_auth=self.settings.require_auth)
+        # The default tier, served by ``backend``.
         self.tier = self.settings.tier or backend.name
+        self.tiers: dict[str, Backend] = {**(tiers or {}), self.tier: backend}
+        if tiers and self.tier not in tiers:
+            # Listed first when the configured tiers do not include it.
+            self.tiers = {self.tier: backend, **tiers}
+        # What each tier serves (a request's ``model`` may name it), for /v1/models.
+        models = dict(tier_models or {})
+        self.tier_models: dict[str, str] = {
+            name: models.get(name, b.name) for name, b in self.tiers.items()
+        }
+        # The job queue (set by ponder.server.app): continue_async plans run there.
+        self.jobs: Any = None
+        # What built the tiers (a ponder.backends.tiers.Tiers), closed with the app.
+        self.tier_pool: Any = None
         self.ponder = Ponder(backend)
         self.created = int(time.time())
 
     @property
     def price(self) -> Price:
-        model = self.prices.models.get(self.backend.name)
-        return model or self.prices.for_model(self.tier)
+        """The default tier's price."""
+        return self.price_of(self.tier)
+
+    def price_of(self, tier: str) -> Price:
+        """A tier's price: ``[pricing.<tier>]``, else its model's or backend's, else default."""
+        models = self.prices.models
+        backend = self.tiers.get(tier)
+        for name in (tier, backend.name if backend else None, self.tier_models.get(tier)):
+            if name is not None and name in models:
+                return models[name]
+        return self.prices.default
+
+    async def aclose(self) -> None:
+        """Close the tiers' backends other than ``backend`` (its owner closes that one)."""
+        if self.tier_pool is not None:
+            await self.tier_pool.aclose()
+            return
+        for tier_backend in self.tiers.values():
+            if tier_backend is self.backend:
+                continue
+            for method in ("aclose", "close"):
+                closer = getattr(tier_backend, method, None)
+                if callable(closer):
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+                    break
 
     # ---- GET /health, GET /v1/models, GET /metrics
 
@@ -649,7 +836,17 @@ class Gateway:
         return {"status": "ok", "model": self.backend.name}
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.backend.name, created=self.created)])
+        """One card per tier (its name is what ``model`` names); one tier: the model's name."""
+        return ModelList(
+            data=[
+                ModelCard(
+                    id=self.backend.name if len(self.tiers) == 1 else name,
+                    created=self.created,
+                    ponder={"tier": name, "model": model, "default": name == self.tier},
+                )
+                for name, model in self.tier_models.items()
+            ]
+        )
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
@@ -675,6 +872,13 @@ class Gateway:
                 param="ponder.strategy" if opts.strategy else "ponder.params",
             )
 
+    def _reach(self, p: Plan) -> list[str]:
+        """The tiers a run may call: its own, and a cascade's stronger tier."""
+        tier = p.tier or self.tier
+        strong = getattr(p.instance, "strong_tier", None)
+        extra = [strong] if isinstance(strong, str) and strong in self.tiers else []
+        return [tier, *(t for t in extra if t != tier)]
+
     async def _bound(self, p: Plan, caller: Caller) -> tuple[Plan, Demand]:
         """The plan's worst case, after clipping it to the caller's per-request caps."""
         caps: dict[str, int] = {}
@@ -685,7 +889,8 @@ class Gateway:
                     caps[lim.metric] = min(caps.get(lim.metric, lim.limit), lim.limit)
         samples = max(int(getattr(p.instance, "n", 1) or 1), 1)
         calls = max(int(getattr(p.instance, "max_calls", 1) or 1), 1)
-        prompt = estimate_prompt_tokens(self.backend, p.messages) * calls
+        reach = self._reach(p)
+        prompt = max(estimate_prompt_tokens(self.tiers[t], p.messages) for t in reach) * calls
         gen = p.budget.tokens if p.budget.tokens is not None else samples * p.sampling.max_tokens
         # The cap that last lowered the generated-token budget, if any.
         clipped_by: str | None = None
@@ -705,7 +910,8 @@ class Gateway:
         if cap is not None and prompt + gen > cap:
             gen, clipped_by = cap - prompt, "tokens"
         cap = caps.get("cost")
-        price = self.price
+        # Any tier the run may call can be the one that spends: bound by the dearest rates.
+        price = _dearest([self.price_of(t) for t in reach])
         if cap is not None:
             token_rates = price.input or price.output or price.reasoning_rate
             if price.gpu_second > 0 and deadline is not None:
@@ -768,7 +974,16 @@ class Gateway:
             caller = run_as if run_as is not None else await self.authenticate(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
             self._check_scopes(caller, request)
-            p = plan(request, self.settings, router=self.router, caller=caller, headers=headers)
+            p = plan(
+                request,
+                self.settings,
+                router=self.router,
+                caller=caller,
+                headers=headers,
+                tiers=self.tier_models,
+            )
+            if p.tier is None:
+                p.tier = self.tier
             p = self._guard_input(p, request)
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             p.include_reasoning = p.include_reasoning and caller.may("reasoning")
@@ -787,8 +1002,9 @@ class Gateway:
             plan=p,
             demand=demand,
             reservation=reservation,
-            guard=QuotaGuard(self.backend, allowance=allowance),
+            guard=QuotaGuard(self.tiers[p.tier], allowance=allowance, tier=p.tier),
             on_settle=on_settle,
+            continuation=(body, headers) if p.deferred is not None else None,
         )
         if p.stream:
             return await self._start_stream(run)
@@ -802,11 +1018,13 @@ class Gateway:
                 top_p=p.sampling.top_p,
                 seed=p.sampling.seed,
                 stop=p.sampling.stop,
+                tiers=self._run_tiers(run),
             )
         except Exception as exc:
             return await self._fail(run, exc)
         run.verdict = outcome_verdict(outcome)
         outcome = self._guard_outcome(run, outcome)
+        await self._continue_async(run)
         if on_settle is not None:
             run.also = lambda conn: on_settle(conn, self._completion(run, outcome))
         try:
@@ -819,7 +1037,7 @@ class Gateway:
         p = run.plan
         return ChatCompletion(
             id=run.id,
-            model=self.backend.name,
+            model=self._model(run),
             choices=[
                 Choice(
                     message=AssistantMessage(
@@ -845,6 +1063,9 @@ class Gateway:
                 latency_s=round(outcome.latency_s, 4),
                 n_candidates=len(outcome.candidates),
                 cost_usd=to_usd(run.cost_micro),
+                tier=run.tier,
+                tier_usage=self._tier_usage(run),
+                job=run.job,
                 tree=(
                     outcome.tree.model_dump(exclude_defaults=True)
                     if p.include_reasoning and outcome.tree is not None
@@ -853,13 +1074,57 @@ class Gateway:
             ),
         )
 
+    # ---- model tiers and continue_async
+
+    def _model(self, run: _Run) -> str:
+        """The model a response names: the one behind the run's tier."""
+        return self.tier_models.get(run.tier, self.backend.name)
+
+    def _run_tiers(self, run: _Run) -> dict[str, Backend]:
+        """Every tier, for the run's strategy: each call draws on the run's reservation."""
+        return {
+            name: _TierCalls(run.guard, name, backend) for name, backend in self.tiers.items()
+        }
+
+    async def _continue_async(self, run: _Run) -> None:
+        """Queue the full plan of a fast interactive answer as an async job.
+
+        A failure here (no job queue, too many pending jobs, the store down) never
+        costs the caller the fast answer: it is recorded in ``run.job_error``.
+        """
+        if run.continuation is None or run.refused is not None:
+            return
+        deferred = run.plan.deferred or {}
+        body, headers = run.continuation
+        run.continuation = None
+        queue = self.jobs
+        if queue is None or getattr(queue, "queue", None) is None:
+            run.job_error = (
+                "the full plan could not continue as a job: this gateway keeps no job queue "
+                "(it needs the ledger: server.ledger = true)"
+            )
+            return
+        try:
+            job = await queue.enqueue(run.caller, _async_body(body), headers)
+        except PonderError as exc:
+            logger.warning("request %s: could not queue its full plan: %s", run.id, exc)
+            run.job_error = f"the full plan could not continue as a job: {exc}"
+            return
+        run.job = ContinuedJob(
+            id=job.id,
+            url=f"/v1/jobs/{job.id}",
+            strategy=str(deferred.get("strategy", "")),
+            thinking_budget=deferred.get("thinking_budget") or None,
+        )
+
     # ---- settlement: ledger row, counters, metrics, alerts
 
     def _row(
         self, run: _Run, *, status: str, http_status: int, truncated: bool, error_code: str | None
     ) -> tuple[LedgerRow, Demand]:
         p, usage, guard = run.plan, run.guard.usage, run.guard
-        run.cost_micro = self.price.cost_micro(usage, guard.engine_s)
+        # Each tier's tokens and engine time at that tier's price.
+        run.cost_micro = sum(self._tier_costs(run).values())
         ttft = guard.ttft_s
         row = LedgerRow(
             id=run.id,
@@ -874,6 +1139,7 @@ class Gateway:
                 "stream": p.stream,
                 "reserved": run.demand.as_dict(),
                 **_guardrail_record(run),
+                **self._tier_record(run),
             },
             status=status,
             http_status=http_status,
@@ -881,8 +1147,8 @@ class Gateway:
             user=run.caller.user,
             team=run.caller.team,
             session=run.caller.session,
-            tier=self.tier,
-            model=self.backend.name,
+            tier=run.tier,
+            model=self._model(run),
             error_code=error_code or ("content_filter" if run.refused else None),
             input_tokens=usage.input,
             cached_input_tokens=usage.cached_input,
@@ -895,6 +1161,7 @@ class Gateway:
             ttft_ms=None if ttft is None else ttft * 1000,
             truncated=truncated,
             verdict=run.verdict,
+            features=self._ledger_features(p),
         )
         actual = Demand(
             requests=1,
@@ -903,6 +1170,59 @@ class Gateway:
             cost=run.cost_micro,
         )
         return row, actual
+
+    def _tier_costs(self, run: _Run) -> dict[str, int]:
+        """Micro-dollars per tier the run called (its own tier even when it called none)."""
+        guard = run.guard
+        used = {run.tier, *guard.tier_usage, *guard.tier_engine_s}
+        return {
+            t: self.price_of(t).cost_micro(
+                guard.tier_usage.get(t, Usage()), guard.tier_engine_s.get(t, 0.0)
+            )
+            for t in sorted(used)
+        }
+
+    def _tier_usage(self, run: _Run) -> dict[str, Any] | None:
+        """Per tier usage and cost, when a run called more than one tier (else None)."""
+        guard = run.guard
+        if len(set(guard.tier_usage) | {run.tier}) < 2:
+            return None
+        costs = self._tier_costs(run)
+        return {
+            t: {**u.to_openai(), "cost_usd": to_usd(costs.get(t, 0))}
+            for t, u in guard.tier_usage.items()
+        }
+
+    def _tier_record(self, run: _Run) -> dict[str, Any]:
+        """What the ledger row's plan adds about tiers and a continued job."""
+        record: dict[str, Any] = {}
+        by_tier = self._tier_usage(run)
+        if by_tier is not None:
+            record["tiers"] = by_tier
+        if run.job is not None:
+            record["continued_as"] = run.job.model_dump()
+        elif run.job_error is not None:
+            record["continue_error"] = run.job_error
+        return record
+
+    def _ledger_features(self, p: Plan) -> dict[str, Any] | None:
+        """The router's view of the request, for ``ponder route train --from-ledger``.
+
+        Never the prompt text unless the operator set ``router.record_prompts``.
+        """
+        route = p.route
+        if route is None or self.router is None:
+            return None
+        data: dict[str, Any] = {
+            "v": 1,
+            "features": route.features.as_dict(),
+            "score": route.score,
+            "scorer": route.scorer,
+            "bucket": route.bucket,
+        }
+        if self.router.settings.record_prompts:
+            data["text"] = p.prompt
+        return data
 
     def _settle_sync(self, run: _Run, row: LedgerRow, actual: Demand) -> list[Crossing]:
         if self.store is None:
@@ -918,9 +1238,15 @@ class Gateway:
         run.settled = True
         p, usage = run.plan, run.guard.usage
         self._count_guardrails(run)
+        costs = self._tier_costs(run)
+        by_tier = None
+        if len(costs) > 1:
+            by_tier = {
+                t: (run.guard.tier_usage.get(t, Usage()), to_usd(c)) for t, c in costs.items()
+            }
         self.metrics.observe(
             task_class=p.task_class,
-            tier=self.tier,
+            tier=run.tier,
             strategy=p.strategy,
             caller=run.caller.label,
             status=row.status,
@@ -928,6 +1254,7 @@ class Gateway:
             cost_usd=to_usd(row.cost_micro),
             latency_s=row.latency_ms / 1000,
             ttft_s=None if row.ttft_ms is None else row.ttft_ms / 1000,
+            by_tier=by_tier,
         )
         if row.status == "ok":
             self.alerts.request_finished(
@@ -988,7 +1315,7 @@ class Gateway:
             run.also = lambda conn: hook(conn, result)
         code = result.body["error"].get("code")
         if result.status in (502, 503, 504):
-            self.alerts.upstream_error(self.tier, str(result.body["error"]["message"])[:200])
+            self.alerts.upstream_error(run.tier, str(result.body["error"]["message"])[:200])
         try:
             await self._finish(
                 run,
@@ -1040,6 +1367,7 @@ class Gateway:
             "x-ponder-class": p.task_class,
             "x-ponder-strategy": p.strategy,
             "x-ponder-thinking-budget": str(p.thinking_budget or 0),
+            "x-ponder-tier": run.tier,
         }
         return StreamResult(events=self._events(run, meter, deltas, first), headers=headers)
 
@@ -1051,7 +1379,7 @@ class Gateway:
         first: Delta | None,
     ) -> AsyncIterator[str]:
         p = run.plan
-        cid, created, model = run.id, int(time.time()), self.backend.name
+        cid, created, model = run.id, int(time.time()), self._model(run)
 
         def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
             c = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra)
@@ -1085,6 +1413,7 @@ class Gateway:
             await _aclose(deltas)
 
             truncated = meter.exhausted is not None or engine_finish not in (None, "stop")
+            await self._continue_async(run)
             try:
                 await self._finish(run, status="ok", http_status=200, truncated=truncated)
             except PonderError as exc:
@@ -1103,6 +1432,8 @@ class Gateway:
                 latency_s=round(time.monotonic() - meter.started, 4),
                 n_candidates=1 if first is not None else 0,
                 cost_usd=to_usd(run.cost_micro),
+                tier=run.tier,
+                job=run.job,
             )
             yield chunk([_final_choice(run, truncated)], ponder=info)
             if p.include_usage:
@@ -1168,16 +1499,19 @@ class Gateway:
             "x-ponder-class": p.task_class,
             "x-ponder-strategy": p.strategy,
             "x-ponder-thinking-budget": str(p.thinking_budget or 0),
+            "x-ponder-tier": run.tier,
         }
         return StreamResult(events=self._progress_events(run), headers=headers)
 
     async def _progress_events(self, run: _Run) -> AsyncIterator[str]:
         p = run.plan
-        cid, created, model = run.id, int(time.time()), self.backend.name
+        cid, created, model = run.id, int(time.time()), self._model(run)
         meter = MeteredBackend(run.guard, p.budget)
         updates: asyncio.Queue[Progress] = asyncio.Queue()
         tracker = ProgressTracker(p.instance, meter, updates.put_nowait)
-        ctx = RunContext(backend=meter, tracer=Tracer(tracker), sampling=p.sampling)
+        ctx = RunContext(
+            backend=meter, tracer=Tracer(tracker), sampling=p.sampling, tiers=self._run_tiers(run)
+        )
         task: asyncio.Task[Outcome] | None = None
 
         def chunk(choices: list[ChunkChoice], **extra: Any) -> str:

@@ -586,6 +586,7 @@ class Jobs:
                 router=_previewing(gw.router),
                 caller=caller,
                 headers=headers,
+                tiers=gw.tier_models,
             )
             job = await asyncio.to_thread(
                 queue.enqueue, caller, body, _kept_headers(headers), max_pending=self.max_pending
@@ -594,6 +595,18 @@ class Jobs:
             return error_result(exc)
         self.wake()
         return job.public()
+
+    async def enqueue(
+        self, caller: Caller, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> Job:
+        """Queue ``body`` for ``caller``, already authenticated and validated by the gateway
+        (the full plan of an interactive answer, ``continue_async``); raises PonderError."""
+        queue = self._queue()
+        job = await asyncio.to_thread(
+            queue.enqueue, caller, body, _kept_headers(headers), max_pending=self.max_pending
+        )
+        self.wake()
+        return job
 
     async def get(
         self, job_id: str, headers: Mapping[str, str] | None
