@@ -51,11 +51,20 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "bench-model"
-REQUEST_BODY = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "What is 2+2? Answer with the number."}],
-    "max_tokens": 16,
-}
+
+
+def request_body(i: int) -> dict[str, Any]:
+    """Request ``i``: prompts differ (as real traffic does), so nothing keyed on the text
+    (the router's novelty window, any cache) sees the same request over and over."""
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": f"What is {i} + {i % 97}? Answer with the number."}
+        ],
+        "max_tokens": 16,
+    }
+
+
 # What the upstream returns for every request: small, with usage, like a real server.
 UPSTREAM_COMPLETION = {
     "id": "chatcmpl-upstream",
@@ -202,11 +211,12 @@ async def _drive(
 ) -> dict[str, Any]:
     import httpx
 
-    body = json.dumps(REQUEST_BODY).encode()
     headers = {**headers, "content-type": "application/json"}
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     total = int((warmup_s + duration_s) * rate)
     warm = int(warmup_s * rate)
+    # Encoded up front: the generator's own CPU should not compete with the target's.
+    bodies = [json.dumps(request_body(i)).encode() for i in range(total)]
     latencies: list[float | None] = [None] * total
     errors: dict[str, int] = {}
     lags: list[float] = []
@@ -219,7 +229,7 @@ async def _drive(
             in_flight += 1
             max_in_flight = max(max_in_flight, in_flight)
             try:
-                resp = await client.post(url, content=body, headers=headers)
+                resp = await client.post(url, content=bodies[i], headers=headers)
                 await resp.aread()
                 if resp.status_code == 200:
                     latencies[i] = time.perf_counter() - due
@@ -232,7 +242,9 @@ async def _drive(
                 in_flight -= 1
 
         # Open connections before the clock starts (a user's client is warm too).
-        warmers = [client.post(url, content=body, headers=headers) for _ in range(min(conns, 8))]
+        warmers = [
+            client.post(url, content=bodies[-1 - k], headers=headers) for k in range(min(conns, 8))
+        ]
         for resp in await asyncio.gather(*warmers):
             if resp.status_code != 200:
                 raise SystemExit(f"{url} answered {resp.status_code}: {resp.text[:500]}")

@@ -24,6 +24,7 @@ import ctypes
 import itertools
 import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -217,6 +218,23 @@ class LlamaCppBackend:
 
     def render(self, req: GenRequest) -> str:
         """The prompt text: chat template, scratchpad and any partial assistant prefix."""
+        return "".join(text for text, _ in self._render_parts(req))
+
+    def prompt_tokens(self, req: GenRequest) -> list[int]:
+        """The prompt's tokens, with message text never read as control tokens.
+
+        Only the chat template's own text may produce special tokens: a user
+        message or document containing ``<|im_start|>system`` must stay text, or
+        any caller could forge a system turn.
+        """
+        tokens: list[int] = []
+        for text, is_template in self._render_parts(req):
+            if text:
+                tokens += self.tokenize(text, special=is_template)
+        return tokens
+
+    def _render_parts(self, req: GenRequest) -> list[tuple[str, bool]]:
+        """The rendered prompt as (text, is_template_text) pieces, in order."""
         messages = list(req.messages)
         prefix = ""
         if req.continue_final:
@@ -226,10 +244,14 @@ class LlamaCppBackend:
                     param="messages",
                 )
             prefix = messages.pop().content
+        opened = ""
         if req.thinking is not None and req.thinking.prompted and not req.continue_final:
             messages = scratchpad_messages(messages, req.thinking)
-            prefix = req.thinking.open_tag + "\n"
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
+            opened = req.thinking.open_tag + "\n"
+        contents = [m.content for m in messages]
+        # Render with placeholders, then put each content back as plain text.
+        marks = [f"\x00ponder{secrets.token_hex(8)}:{i}\x00" for i in range(len(contents))]
+        dicts = [{"role": m.role, "content": mark} for m, mark in zip(messages, marks, strict=True)]
         if self._template is None:
             body = "".join(f"{m['role']}: {m['content']}\n" for m in dicts) + "assistant: "
         else:
@@ -239,7 +261,37 @@ class LlamaCppBackend:
                 bos_token=self._token_text(self._model.token_bos()),
                 eos_token=self._token_text(self._model.token_eos()),
             )
-        return body + prefix
+        parts: list[tuple[str, bool]] = []
+        rest = body
+        for mark, content in zip(marks, contents, strict=True):
+            head, found, rest_after = rest.partition(mark)
+            if not found or mark in rest_after:
+                # The template rewrote or repeated the content (rare): fall back.
+                return self._render_plain(req, messages, prefix, opened)
+            parts += [(head, True), (content, False)]
+            rest = rest_after
+        parts += [(rest, True), (opened, True), (prefix, False)]
+        return parts
+
+    def _render_plain(
+        self, req: GenRequest, messages: list[Message], prefix: str, opened: str
+    ) -> list[tuple[str, bool]]:
+        """Whole-prompt rendering for templates that rewrite message contents."""
+        for m in messages:
+            if self.tokenize(m.content, special=True) != self.tokenize(m.content, special=False):
+                raise InvalidRequest(
+                    "a message contains control-token text (e.g. '<|im_start|>') that this "
+                    "model's chat template cannot keep apart from its own; remove it",
+                    param="messages",
+                )
+        assert self._template is not None
+        body = self._template.render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+            bos_token=self._token_text(self._model.token_bos()),
+            eos_token=self._token_text(self._model.token_eos()),
+        )
+        return [(body, True), (opened, True), (prefix, False)]
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -327,7 +379,7 @@ class LlamaCppBackend:
             if req.thinking.budget_tokens <= close_len or req.max_tokens <= 4 * close_len:
                 # Too small a budget to open and close a thought: no thinking at all.
                 req = req.model_copy(update={"thinking": None})
-        prompt = self.tokenize(self.render(req))
+        prompt = self.prompt_tokens(req)
         room = self.n_ctx - len(prompt)
         if room < req.n:
             raise ContextOverflow(

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -985,10 +986,16 @@ def _cmd_deploy_ray(args: argparse.Namespace, out: Any = None, err: Any = None) 
         return 0
     from ray import serve
 
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A service manager stops with SIGTERM: shut the application down as on Ctrl-C.
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        sys.stderr.write("shutting the application down\n")
         serve.shutdown()  # type: ignore[no-untyped-call]
     return 0
 

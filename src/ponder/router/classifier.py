@@ -8,14 +8,26 @@ of an item is "a compute-heavy configuration was right where direct was wrong".
 That label is 0 both for trivial requests (direct was right: thinking is wasted)
 and for requests beyond the model's reach (nothing was right), so the classifier
 learns where thinking does *not* pay at either end.
+
+The gateway's ledger is the other source (:func:`train_from_ledger`). There every
+request ran one configuration, so there are no pairs to compare: instead two models
+are fit on the graded rows (``verdict`` from a verifier or ``POST /v1/feedback``),
+``p_direct(x)`` = P(correct | features, answered directly) and ``p_compute(x)`` =
+P(correct | features, answered with extra compute), and the score is their
+difference, ``max(0, p_compute - p_direct)``: the chance that extra compute turns a
+wrong direct answer into a right one, assuming whatever direct gets right extra
+compute gets right too. It is low for trivial requests (both high) and for requests
+beyond reach (both low), high in between. Without enough graded compute rows the
+score falls back to ``1 - p_direct`` (can only tell "direct fails").
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,8 +37,13 @@ __all__ = [
     "Example",
     "HeuristicScorer",
     "LearnedClassifier",
+    "LedgerExample",
+    "LedgerTraining",
+    "NotEnoughData",
     "Scorer",
     "infer_class",
+    "ledger_examples",
+    "train_from_ledger",
     "training_examples",
 ]
 
@@ -213,8 +230,19 @@ class LearnedClassifier:
         return cls(model, meta)
 
     def score(self, text: str, features: Features) -> float:
+        if self.meta.get("kind") == "ledger":
+            return self._gain(text, features)
         proba = self.model.predict_proba(self._matrix([text], [features]))[0][1]
         return round(float(proba), 6)
+
+    def _gain(self, text: str, features: Features) -> float:
+        # Trained without prompt text: score the features alone, as in training.
+        x = self._matrix([text if self.meta.get("uses_text") else ""], [features])
+        p_direct = float(self.model["direct"].predict_proba(x)[0][1])
+        compute = self.model.get("compute")
+        if compute is None:
+            return round(1.0 - p_direct, 6)
+        return round(max(0.0, float(compute.predict_proba(x)[0][1]) - p_direct), 6)
 
     def save(self, path: str | Path) -> Path:
         import joblib
@@ -245,3 +273,216 @@ class LearnedClassifier:
                 f"{p} is not a ponder router model (format {FORMAT_VERSION}); retrain it"
             )
         return cls(data["model"], data["meta"])
+
+
+# --------------------------------------------------------------------------- from the ledger
+
+
+class NotEnoughData(ValueError):
+    """Too few graded ledger rows to train from; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class LedgerExample:
+    """One graded gateway request: its features, how much compute it got, whether it was right."""
+
+    id: str
+    text: str
+    features: Features
+    compute: bool  # extra compute (thinking, search, a cascade) rather than a direct answer
+    correct: bool
+
+
+def _features(data: Mapping[str, Any]) -> Features | None:
+    try:
+        values = dict(data)
+        values["error_domains"] = tuple(values.get("error_domains") or ())
+        return Features(**values)
+    except TypeError:
+        return None  # written by another version of the features
+
+
+def ledger_examples(rows: Iterable[Any]) -> tuple[list[LedgerExample], dict[str, int]]:
+    """Graded, answered requests with router features, and counts of the rows left out.
+
+    A row counts as *direct* when it ran ``direct`` (or ``cot`` with no thinking
+    budget); anything else (a thinking budget, several samples, search, a cascade) is
+    *compute*. The text is the prompt only where the gateway recorded it
+    (``router.record_prompts``); otherwise it is empty and only the features are used.
+    """
+    out: list[LedgerExample] = []
+    skipped = {"ungraded": 0, "not_answered": 0, "no_features": 0}
+    for row in rows:
+        if row.status != "ok":
+            skipped["not_answered"] += 1
+            continue
+        if row.verdict not in ("correct", "incorrect"):
+            skipped["ungraded"] += 1
+            continue
+        data = row.features or {}
+        feats = _features(data.get("features") or {}) if data else None
+        if feats is None:
+            skipped["no_features"] += 1
+            continue
+        plan = row.plan or {}
+        direct = row.strategy in ("direct", "cot") and not plan.get("thinking_budget")
+        out.append(
+            LedgerExample(
+                id=str(row.id),
+                text=str(data.get("text") or ""),
+                features=feats,
+                compute=not direct,
+                correct=row.verdict == "correct",
+            )
+        )
+    return out, skipped
+
+
+@dataclass
+class LedgerTraining:
+    """What :func:`train_from_ledger` trained, and how it scored on rows it did not see."""
+
+    classifier: LearnedClassifier
+    direct_rows: int
+    compute_rows: int
+    heldout: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _heldout(example: LedgerExample, share: float) -> bool:
+    # A stable split by request id: retraining on a grown ledger keeps old rows' side.
+    return zlib.crc32(example.id.encode()) % 1000 < share * 1000
+
+
+def _fit_correct(examples: Sequence[LedgerExample], uses_text: bool, c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Scaled to unit variance: the numeric features span very different ranges (length
+    # is ~0.001 for a short question), and one regularization strength must suit all.
+    model = make_pipeline(
+        StandardScaler(with_mean=False),
+        LogisticRegression(
+            C=c, class_weight="balanced", max_iter=2000, random_state=0, solver="lbfgs"
+        ),
+    )
+    texts = [e.text if uses_text else "" for e in examples]
+    model.fit(
+        LearnedClassifier._matrix(texts, [e.features for e in examples]),
+        [int(e.correct) for e in examples],
+    )
+    return model
+
+
+def _evaluate(model: Any, examples: Sequence[LedgerExample], uses_text: bool) -> dict[str, Any]:
+    """Accuracy and ROC AUC of P(correct) on ``examples`` (AUC needs both outcomes)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not examples:
+        return {"rows": 0}
+    texts = [e.text if uses_text else "" for e in examples]
+    proba = model.predict_proba(LearnedClassifier._matrix(texts, [e.features for e in examples]))
+    p = [float(row[1]) for row in proba]
+    truth = [int(e.correct) for e in examples]
+    result: dict[str, Any] = {
+        "rows": len(examples),
+        "accuracy": round(
+            sum((q >= 0.5) == bool(t) for q, t in zip(p, truth, strict=True)) / len(p), 4
+        ),
+        "auc": round(float(roc_auc_score(truth, p)), 4) if len(set(truth)) == 2 else None,
+    }
+    return result
+
+
+def _usable(examples: Sequence[LedgerExample], minimum: int) -> bool:
+    return len(examples) >= minimum and len({e.correct for e in examples}) == 2
+
+
+def train_from_ledger(
+    rows: Iterable[Any],
+    *,
+    min_rows: int = 20,
+    holdout: float = 0.2,
+    c: float = 1.0,
+) -> LedgerTraining:
+    """Train the learned router from graded gateway requests (see the module docstring).
+
+    Needs at least ``min_rows`` graded direct rows with both verdicts; the compute model
+    needs ``min_rows // 2`` graded compute rows with both verdicts, else the score is
+    ``1 - p_direct``. ``holdout`` of the rows (by id) is scored by a model trained on the
+    rest; the returned classifier is then trained on every row. Raises
+    :class:`NotEnoughData` with what is missing.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be a share in (0, 1), got {holdout}")
+    examples, skipped = ledger_examples(rows)
+    direct = [e for e in examples if not e.compute]
+    compute = [e for e in examples if e.compute]
+    if not _usable(direct, min_rows):
+        verdicts = {e.correct for e in direct}
+        missing = (
+            f"only {len(direct)} graded direct answers (need {min_rows})"
+            if len(direct) < min_rows
+            else f"all {len(direct)} graded direct answers are "
+            f"{'correct' if verdicts == {True} else 'incorrect'} (need both outcomes)"
+        )
+        raise NotEnoughData(
+            f"cannot train the router from this ledger: {missing}. Rows left out: "
+            f"{skipped['ungraded']} without a verdict, {skipped['no_features']} without "
+            f"router features (the router was off, or they predate them), "
+            f"{skipped['not_answered']} that did not answer. Grade answers with "
+            "POST /v1/feedback (or run strategies with a verifier), then retrain"
+        )
+    uses_text = any(e.text for e in examples)
+    notes: list[str] = []
+    with_compute = _usable(compute, max(min_rows // 2, 2))
+    if not with_compute:
+        notes.append(
+            f"only {len(compute)} graded answers with extra compute (or one outcome only): "
+            "the score is 1 - P(direct is correct), which cannot tell requests beyond the "
+            "model's reach from those that need thinking"
+        )
+    if not uses_text:
+        notes.append("no prompt text in the ledger (router.record_prompts is off): features only")
+
+    def split(group: Sequence[LedgerExample]) -> tuple[list[LedgerExample], list[LedgerExample]]:
+        train = [e for e in group if not _heldout(e, holdout)]
+        test = [e for e in group if _heldout(e, holdout)]
+        return train, test
+
+    heldout: dict[str, dict[str, Any]] = {}
+    for name, group, needed in (("direct", direct, True), ("compute", compute, with_compute)):
+        if not needed:
+            continue
+        train, test = split(group)
+        if _usable(train, 2) and test:
+            heldout[name] = _evaluate(_fit_correct(train, uses_text, c), test, uses_text)
+        else:
+            heldout[name] = {"rows": len(test), "note": "too few rows to hold some out"}
+    models = {
+        "direct": _fit_correct(direct, uses_text, c),
+        "compute": _fit_correct(compute, uses_text, c) if with_compute else None,
+    }
+    meta = {
+        "format": FORMAT_VERSION,
+        "kind": "ledger",
+        "examples": len(examples),
+        "direct_rows": len(direct),
+        "compute_rows": len(compute),
+        "uses_text": uses_text,
+        "numeric_features": list(NUMERIC_NAMES),
+        "label": (
+            "P(correct with extra compute) - P(correct direct)"
+            if with_compute
+            else "1 - P(correct direct)"
+        ),
+        "heldout": heldout,
+    }
+    return LedgerTraining(
+        classifier=LearnedClassifier(models, meta),
+        direct_rows=len(direct),
+        compute_rows=len(compute),
+        heldout=heldout,
+        notes=notes,
+    )

@@ -28,9 +28,17 @@ def add_route_commands(sub: Any) -> None:
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=_cmd_explain)
 
-    tr = rsub.add_parser("train", help="train the learned router from eval results")
-    tr.add_argument("--from", dest="source", required=True, nargs="+",
-                    help="results.jsonl file(s) from `ponder eval` (or runs/routing)")  # fmt: skip
+    tr = rsub.add_parser("train", help="train the learned router from eval results or the ledger")
+    src = tr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source", nargs="+",
+                     help="results.jsonl file(s) from `ponder eval` (or runs/routing)")  # fmt: skip
+    src.add_argument("--from-ledger", dest="ledger", metavar="DB_URL",
+                     help="the gateway's ledger (sqlite:///path, postgresql://..., or a "
+                     "SQLite file): train on graded requests")  # fmt: skip
+    tr.add_argument("--min-rows", type=int, default=20,
+                    help="graded direct answers needed to train from the ledger")  # fmt: skip
+    tr.add_argument("--holdout", type=float, default=0.2,
+                    help="share of ledger rows held out to score the model")  # fmt: skip
     tr.add_argument("--dataset", action="append", default=[],
                     help="dataset spec of the eval, for records without a prompt (repeatable)")  # fmt: skip
     tr.add_argument("--per-level", type=int, default=10)
@@ -164,9 +172,65 @@ def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+def _ledger_rows(url: str) -> list[Any]:
+    """Every ledger row of the store at ``url`` (a URL, or a SQLite file that must exist)."""
+    from ponder.ledger import Store
+
+    if "://" not in url:
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"no ledger at {path}; give the gateway's database URL or file")
+        url = f"sqlite:///{path.resolve()}"
+    elif url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        if not path.is_file():
+            # Opening it would create an empty database.
+            raise SystemExit(f"no ledger at {path}; give the gateway's database URL")
+    store = Store(url)
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+def _train_from_ledger(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.errors import PonderError
+    from ponder.router.classifier import NotEnoughData, train_from_ledger
+
+    try:
+        rows = _ledger_rows(args.ledger)
+        result = train_from_ledger(rows, min_rows=args.min_rows, holdout=args.holdout)
+    except (NotEnoughData, ValueError, PonderError) as exc:
+        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        return 2
+    path = result.classifier.save(args.out)
+    out.print(
+        f"trained on {result.direct_rows + result.compute_rows} graded requests "
+        f"({result.direct_rows} direct, {result.compute_rows} with extra compute); wrote {path}",
+        highlight=False,
+    )
+    for name, score in result.heldout.items():
+        if "auc" in score:
+            auc = "n/a (one outcome)" if score["auc"] is None else f"{score['auc']:.3f}"
+            out.print(
+                f"held out ({name}, {score['rows']} rows): P(correct) accuracy "
+                f"{score['accuracy']:.3f}, ROC AUC {auc}",
+                highlight=False,
+            )
+        else:
+            out.print(f"held out ({name}): {score['note']}", highlight=False)
+    out.print(f"score = {result.classifier.meta['label']}", highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    out.print(f'use it: \\[router] classifier = "{path}" in ponder.toml', highlight=False)
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ponder.router.classifier import LearnedClassifier, training_examples
 
+    if args.ledger is not None:
+        return _train_from_ledger(args, out, err)
     records = _load(args.source)
     examples = training_examples(records, prompts=_prompts(args), direct=args.direct)
     if not examples:

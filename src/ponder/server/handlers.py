@@ -863,6 +863,19 @@ class Gateway:
         scopes = ANONYMOUS_SCOPES if self.settings.allow_reasoning else frozenset({"strategies"})
         return await self._blocking(self.auth.authenticate, headers, anonymous_scopes=scopes)
 
+    async def _caller_and_limits(
+        self, headers: Mapping[str, str] | None
+    ) -> tuple[Caller, list[Limit] | None]:
+        """authenticate() and the quota limits in one worker-thread call: a chat request
+        needs both, and each hop to a thread costs the loop a wake-up."""
+        scopes = ANONYMOUS_SCOPES if self.settings.allow_reasoning else frozenset({"strategies"})
+
+        def both() -> tuple[Caller, list[Limit] | None]:
+            caller = self.auth.authenticate(headers, anonymous_scopes=scopes)
+            return caller, None if self.store is None else self.store.limits()
+
+        return await self._blocking(both)
+
     def _check_scopes(self, caller: Caller, request: ChatCompletionRequest) -> None:
         opts = request.ponder
         if (opts.strategy or opts.params) and not caller.may("strategies"):
@@ -879,11 +892,14 @@ class Gateway:
         extra = [strong] if isinstance(strong, str) and strong in self.tiers else []
         return [tier, *(t for t in extra if t != tier)]
 
-    async def _bound(self, p: Plan, caller: Caller) -> tuple[Plan, Demand]:
+    async def _bound(
+        self, p: Plan, caller: Caller, limits: list[Limit] | None = None
+    ) -> tuple[Plan, Demand]:
         """The plan's worst case, after clipping it to the caller's per-request caps."""
         caps: dict[str, int] = {}
         if self.store is not None:
-            limits = await self._blocking(self.store.limits)
+            if limits is None:
+                limits = await self._blocking(self.store.limits)
             for lim in applicable(limits, caller.subjects()):
                 if lim.window == "request":
                     caps[lim.metric] = min(caps.get(lim.metric, lim.limit), lim.limit)
@@ -970,8 +986,12 @@ class Gateway:
         ``on_settle(conn, response)``, called in the settlement transaction.
         """
         caller = Caller()
+        limits: list[Limit] | None = None
         try:
-            caller = run_as if run_as is not None else await self.authenticate(headers)
+            if run_as is not None:
+                caller = run_as
+            else:
+                caller, limits = await self._caller_and_limits(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
             self._check_scopes(caller, request)
             p = plan(
@@ -987,7 +1007,7 @@ class Gateway:
             p = self._guard_input(p, request)
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             p.include_reasoning = p.include_reasoning and caller.may("reasoning")
-            p, demand = await self._bound(p, caller)
+            p, demand = await self._bound(p, caller, limits)
             reservation = await self._reserve(caller, demand, p)
         except PonderError as exc:
             self.metrics.refuse(caller.label, exc.code or exc.type)
