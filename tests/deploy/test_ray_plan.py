@@ -561,3 +561,21 @@ async def test_a_vllm_tier_answers_the_openai_backend_through_its_handle() -> No
         assert await backend.count_tokens("one two three four") > 0
     finally:
         await backend.aclose()
+
+
+async def test_an_unreachable_vllm_deployment_is_a_retryable_upstream_error() -> None:
+    class GoneLLMServer:
+        async def chat(self, request: dict[str, Any]) -> Any:
+            raise RuntimeError("no replicas of deployment tier-big are running")
+
+    transport = ServeLLMTransport(LocalHandle(GoneLLMServer()), request_types={"chat": dict})
+    backend = OpenAICompatBackend(
+        "http://ray-serve-llm.big/v1", "Qwen/Qwen3-8B", flavor="vllm", transport=transport
+    )
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await backend.generate(GenRequest(messages=user("hi"), max_tokens=8))
+    finally:
+        await backend.aclose()
+    assert info.value.retryable and info.value.status == 502
+    assert "no replicas of deployment tier-big" in info.value.message

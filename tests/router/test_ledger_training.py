@@ -178,11 +178,13 @@ async def test_the_held_out_score_is_measured_on_rows_it_did_not_train_on(
     store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
     await fill(store, per_group=10)
     result = train_from_ledger(store.rows(), holdout=0.3)
-    direct = result.heldout["direct"]
-    assert 0 < direct["rows"] < 30
-    # Direct correctness is fully determined by the kind of prompt: the held-out rows
-    # (whose prompts differ from the training ones) are ranked right.
-    assert direct["auc"] == 1.0 and direct["accuracy"] >= 0.9
+    direct, compute = result.heldout["direct"], result.heldout["compute"]
+    assert 3 <= direct["rows"] <= 18 and 3 <= compute["rows"] <= 18
+    # Correctness follows the kind of prompt, which the features show: the held-out
+    # rows (prompts the split model never saw) are ranked far better than chance.
+    assert direct["auc"] >= 0.75 and compute["auc"] >= 0.75, result.heldout
+    # The saved model is trained on every graded row.
+    assert result.classifier.meta["examples"] == 60
 
 
 async def test_too_few_graded_rows_is_a_clear_error(
@@ -226,13 +228,10 @@ def test_a_version_2_ledger_gains_the_features_column(tmp_path: Path) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         # A database as ponder with schema version 2 left it: no features column.
-        s.schema_info.create(conn)
-        conn.execute(sa.insert(s.schema_info).values(id=1, version=2))
-        conn.exec_driver_sql(
-            str(sa.schema.CreateTable(s.requests).compile(engine)).replace(",\n\tfeatures TEXT", "")
-        )
-        for step in s.MIGRATIONS[1:2]:
+        for step in s.MIGRATIONS[:2]:
             step(conn)
+        conn.exec_driver_sql("ALTER TABLE ponder_requests DROP COLUMN features")
+        conn.execute(sa.insert(s.schema_info).values(id=1, version=2))
         cols = {c["name"] for c in sa.inspect(conn).get_columns("ponder_requests")}
     engine.dispose()
     assert "features" not in cols

@@ -174,18 +174,21 @@ def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def _ledger_rows(url: str) -> list[Any]:
     """Every ledger row of the store at ``url`` (a URL, or a SQLite file that must exist)."""
+    from ponder.errors import InvalidRequest
     from ponder.ledger import Store
 
+    path: Path | None = None
     if "://" not in url:
         path = Path(url).expanduser()
-        if not path.is_file():
-            raise SystemExit(f"no ledger at {path}; give the gateway's database URL or file")
         url = f"sqlite:///{path.resolve()}"
     elif url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///")).expanduser()
-        if not path.is_file():
-            # Opening it would create an empty database.
-            raise SystemExit(f"no ledger at {path}; give the gateway's database URL")
+    if path is not None and not path.is_file():
+        # Opening it would create an empty database.
+        raise InvalidRequest(
+            f"no ledger at {path}; give the gateway's database (ledger.url in ponder.toml, "
+            "or the --db of `ponder serve`)"
+        )
     store = Store(url)
     try:
         return store.rows()
@@ -194,6 +197,8 @@ def _ledger_rows(url: str) -> list[Any]:
 
 
 def _train_from_ledger(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from rich.markup import escape
+
     from ponder.errors import PonderError
     from ponder.router.classifier import NotEnoughData, train_from_ledger
 
@@ -201,13 +206,14 @@ def _train_from_ledger(args: argparse.Namespace, out: Console, err: Console) -> 
         rows = _ledger_rows(args.ledger)
         result = train_from_ledger(rows, min_rows=args.min_rows, holdout=args.holdout)
     except (NotEnoughData, ValueError, PonderError) as exc:
-        err.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        err.print(f"[red]{escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
         return 2
     path = result.classifier.save(args.out)
     out.print(
         f"trained on {result.direct_rows + result.compute_rows} graded requests "
         f"({result.direct_rows} direct, {result.compute_rows} with extra compute); wrote {path}",
         highlight=False,
+        soft_wrap=True,
     )
     for name, score in result.heldout.items():
         if "auc" in score:
@@ -216,13 +222,16 @@ def _train_from_ledger(args: argparse.Namespace, out: Console, err: Console) -> 
                 f"held out ({name}, {score['rows']} rows): P(correct) accuracy "
                 f"{score['accuracy']:.3f}, ROC AUC {auc}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
-            out.print(f"held out ({name}): {score['note']}", highlight=False)
-    out.print(f"score = {result.classifier.meta['label']}", highlight=False)
+            out.print(f"held out ({name}): {score['note']}", highlight=False, soft_wrap=True)
+    out.print(f"score = {result.classifier.meta['label']}", highlight=False, soft_wrap=True)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False)
-    out.print(f'use it: \\[router] classifier = "{path}" in ponder.toml', highlight=False)
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    out.print(
+        f'use it: \\[router] classifier = "{path}" in ponder.toml', highlight=False, soft_wrap=True
+    )
     return 0
 
 
