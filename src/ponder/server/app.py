@@ -6,6 +6,8 @@ response. All logic (and every error message) lives in the handlers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -64,6 +66,25 @@ async def _close(backend: Any) -> None:
         await result
 
 
+async def _sweep_stale_holds(gateway: Gateway, every_s: float = 60.0) -> None:
+    """Release, every minute, quota holds whose request's process died.
+
+    Startup releases them too, but a replica that dies while others keep
+    serving would otherwise pin its callers' quota until some process restarts.
+    """
+    store = gateway.store
+    assert store is not None
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            released = await asyncio.to_thread(store.release_stale)
+        except Exception:  # the ledger may be briefly unreachable: try again later
+            logger.exception("releasing stale quota holds failed")
+            continue
+        if released:
+            logger.warning("released %d expired quota reservations", released)
+
+
 def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
@@ -94,7 +115,12 @@ def create_app(
             if released:
                 logger.warning("released %d reservations left by a previous process", released)
         await jobs.start()
+        sweeper = asyncio.create_task(_sweep_stale_holds(gateway)) if gateway.store else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         # Running jobs get a grace period; the rest go back to the queue.
         await jobs.stop()
         await gateway.alerts.drain()
@@ -115,7 +141,9 @@ def create_app(
                 body={
                     "error": {
                         "message": f"{request.method} {request.url.path}: {exc.detail}; "
-                        "ponder serves POST /v1/chat/completions, GET /v1/models, GET /health",
+                        "ponder serves POST /v1/chat/completions, POST/GET /v1/jobs, "
+                        "POST /v1/feedback, GET /v1/models, GET /health, GET /metrics, "
+                        "GET /dashboard and the admin API under /v1/admin",
                         "type": "invalid_request_error",
                         "param": None,
                         "code": "not_found" if exc.status_code == 404 else None,
