@@ -108,7 +108,9 @@ def _tier_builder(
             "cache_dir": settings.cache_dir,
             "seed": engine.seed,
         }
-        return build_backend(name, tier.model_copy(update={"options": {**defaults, **tier.options}}))
+        return build_backend(
+            name, tier.model_copy(update={"options": {**defaults, **tier.options}})
+        )
 
     return build
 

@@ -208,3 +208,26 @@ def test_an_interactive_search_class_needs_continue_async() -> None:
     assert (plan.strategy, plan.thinking_budget) == ("direct", 0)
     assert plan.deferred == {"strategy": "best_of_n", "params": {"n": 3}, "thinking_budget": 0}
     assert any("continues as an async job" in reason for reason in plan.reasons)
+
+
+def test_route_explain_shows_what_continues_async(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ponder.cli import main
+
+    config = tmp_path / "ponder.toml"
+    config.write_text(
+        "[router.classes.planning]\n"
+        'bucket = "use"\nstrategy = "self_consistency"\nparams = { n = 4 }\n'
+        'latency = "interactive"\ncontinue_async = true\n'
+    )
+    monkeypatch.setenv("PONDER_CONFIG", str(config))
+    assert main(["route", "explain", PLAN]) == 0
+    assert "continues async self_consistency {'n': 4}" in capsys.readouterr().out
+    assert main(["route", "explain", PLAN, "--latency", "async", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["strategy"], plan["deferred"], plan["latency"]) == (
+        "self_consistency",
+        None,
+        "async",
+    )

@@ -276,3 +276,75 @@ async def test_the_strong_tier_never_exceeds_the_request_budget() -> None:
     assert data["usage"]["completion_tokens"] <= 5
     (second,) = calls(gateway, "large")
     assert second.max_tokens <= 5 - 2  # what tier 1's two words left
+
+
+TOML = """
+[server]
+tier = "small"
+
+[tiers.small]
+backend = "fake"
+model = "small-model"
+options = { replies = ["small answer"], name = "small-model" }
+
+[tiers.large]
+backend = "fake"
+model = "large-model"
+options = { replies = ["large answer here"], name = "large-model" }
+price = { input = 10.0, output = 20.0 }
+
+[router.classes.codegen]
+bucket = "use"
+strategy = "direct"
+tier = "large"
+"""
+
+
+async def test_serve_builds_every_configured_tier(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from ponder import cli
+
+    config = tmp_path / "ponder.toml"
+    config.write_text(TOML)
+    monkeypatch.setenv("PONDER_CONFIG", str(config))
+    built: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: built.update(app=app))
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert cli.main(["serve", "--db", db]) == 0
+    app = built["app"]
+    gateway: Gateway = app.state.gateway
+    assert list(gateway.tiers) == ["small", "large"] and gateway.tier == "small"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        models = (await c.get("/v1/models")).json()["data"]
+        routed = await c.post("/v1/chat/completions", json=body(CODE))
+        plain = await c.post("/v1/chat/completions", json=body())
+    assert [m["id"] for m in models] == ["small", "large"]
+    assert routed.json()["choices"][0]["message"]["content"] == "large answer here"
+    assert routed.json()["model"] == "large-model"
+    assert plain.json()["choices"][0]["message"]["content"] == "small answer"
+    # [tiers.large].price applies to the large tier only (the small one is free).
+    assert routed.json()["ponder"]["cost_usd"] == pytest.approx(
+        LARGE_PRICE.cost_micro(usage_of(routed.json()["usage"])) / 1e6
+    )
+    assert plain.json()["ponder"]["cost_usd"] == 0
+    assert gateway.store is not None
+    assert sorted((r.tier, r.model) for r in gateway.store.rows()) == [
+        ("large", "large-model"),
+        ("small", "small-model"),
+    ]
+    await gateway.aclose()
+    gateway.store.close()
+
+
+async def test_a_streamed_cascade_reaches_the_strong_tier_too() -> None:
+    client, gateway = tiered(None)
+    async with client:
+        r = await client.post(
+            "/v1/chat/completions", json=body(stream=True, ponder={**CASCADE, "budget": 200})
+        )
+    assert r.status_code == 200 and r.headers["x-ponder-strategy"] == "cascade"
+    assert "Answer: 42" in r.text and '"progress"' in r.text
+    assert len(calls(gateway, "small")) == 1 and len(calls(gateway, "large")) == 1

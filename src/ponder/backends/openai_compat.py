@@ -134,9 +134,18 @@ class HttpUpstream:
             ),
             transport=transport,
         )
+        self._urls: dict[str, httpx.URL] = {}
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def _url(self, path: str) -> httpx.URL:
+        # A relative path is parsed and merged with base_url on every request; the
+        # absolute URL of each route is built once instead.
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(f"{self.base_url}/{path.lstrip('/')}")
+        return url
 
     def _error(self, exc: Exception) -> UpstreamError:
         where = f"upstream {self.name} ({self.base_url})"
@@ -190,7 +199,7 @@ class HttpUpstream:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = await self.client.post(path, json=body)
+            resp = await self.client.post(self._url(path), json=body)
             content = resp.content
         except httpx.HTTPError as exc:
             raise self._error(exc) from exc
@@ -206,7 +215,7 @@ class HttpUpstream:
     async def post_sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield the JSON payload of each server-sent event; ``{"[DONE]": True}`` at ``[DONE]``."""
         try:
-            async with self.client.stream("POST", path, json=body) as resp:
+            async with self.client.stream("POST", self._url(path), json=body) as resp:
                 if resp.status_code >= 400:
                     raise self._status_error(resp, await resp.aread())
                 data_lines: list[str] = []

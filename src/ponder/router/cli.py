@@ -24,6 +24,8 @@ def add_route_commands(sub: Any) -> None:
     ex.add_argument("--team", default=None, help="as if a key of this team sent it")
     ex.add_argument("--key", default=None, help="as if this API key id sent it")
     ex.add_argument("--stream", action="store_true", help="as an interactive (streamed) request")
+    ex.add_argument("--latency", choices=["interactive", "async"], default=None,
+                    help="as if the request declared this latency class")  # fmt: skip
     ex.add_argument("--classifier", default=None, help="a model from `ponder route train`")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=_cmd_explain)
@@ -147,7 +149,13 @@ def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         router = _router(args.classifier)
         caller = argparse.Namespace(key_id=args.key, team=args.team)
-        plan = router.plan_text(args.prompt, caller=caller, preset=args.preset, stream=args.stream)
+        plan = router.plan_text(
+            args.prompt,
+            caller=caller,
+            preset=args.preset,
+            stream=args.stream,
+            latency=args.latency,
+        )
     except (PolicyError, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         return 2
@@ -163,6 +171,12 @@ def _cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"[bold]plan[/bold] {plan.strategy} {plan.params or ''} thinking_budget={plan.thinking_budget} "
         f"tier={plan.tier or 'default'} latency={plan.latency} max_spend={plan.max_spend}"
     )
+    if plan.deferred is not None:
+        d = plan.deferred
+        out.print(
+            f"[bold]continues async[/bold] {d['strategy']} {d['params'] or ''} "
+            f"thinking_budget={d['thinking_budget']} (as a job; its id is in the response)"
+        )
     out.print(
         f"[bold]{plan.scorer} score[/bold] {plan.score:.3f}   planned in {plan.elapsed_us:.0f} µs"
     )

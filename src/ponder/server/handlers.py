@@ -358,17 +358,20 @@ def _tier(
         chosen: str | None = explicit
     elif tiers is not None and request.model in tiers:
         chosen = request.model
-    else:
-        # Any other model name keeps the default tier (clients always send one).
-        by_model = [t for t, m in (tiers or {}).items() if m == request.model]
-        chosen = by_model[0] if by_model else (route.tier if route is not None else None)
-        if chosen is not None and tiers is not None and chosen not in tiers:
+    elif by_model := [t for t, m in (tiers or {}).items() if m == request.model]:
+        chosen = by_model[0]
+    elif route is not None and route.tier is not None:
+        if tiers is not None and route.tier not in tiers:
             raise InvalidRequest(
-                f"the router's policy for class {route.task_class!r} names tier {chosen!r}, "  # type: ignore[union-attr]
-                f"which this gateway does not serve (tiers: {known}); fix [router] in "
-                "ponder.toml or name a tier with ponder.tier",
+                f"the router's policy for class {route.task_class!r} names tier "
+                f"{route.tier!r}, which this gateway does not serve (tiers: {known}); fix "
+                "[router] in ponder.toml or name a tier with ponder.tier",
                 param="ponder.tier",
             )
+        chosen = route.tier
+    else:
+        # Any other model name keeps the default tier (clients always send one).
+        chosen = None
     strong = getattr(instance, "strong_tier", None)
     if isinstance(strong, str) and tiers is not None and strong not in tiers:
         raise InvalidRequest(
@@ -1016,13 +1019,14 @@ class Gateway:
             return _internal_error(exc)
         # From here the request holds a reservation: every path below settles it.
         allowance = demand.tokens if reservation is not None and reservation.items else None
+        tier = p.tier or self.tier
         run = _Run(
             id=request_id or completion_id(),
             caller=caller,
             plan=p,
             demand=demand,
             reservation=reservation,
-            guard=QuotaGuard(self.tiers[p.tier], allowance=allowance, tier=p.tier),
+            guard=QuotaGuard(self.tiers[tier], allowance=allowance, tier=tier),
             on_settle=on_settle,
             continuation=(body, headers) if p.deferred is not None else None,
         )
@@ -1102,9 +1106,7 @@ class Gateway:
 
     def _run_tiers(self, run: _Run) -> dict[str, Backend]:
         """Every tier, for the run's strategy: each call draws on the run's reservation."""
-        return {
-            name: _TierCalls(run.guard, name, backend) for name, backend in self.tiers.items()
-        }
+        return {name: _TierCalls(run.guard, name, backend) for name, backend in self.tiers.items()}
 
     async def _continue_async(self, run: _Run) -> None:
         """Queue the full plan of a fast interactive answer as an async job.
