@@ -741,6 +741,18 @@ class _Run:
         return self.plan.tier or str(self.guard.tier)
 
 
+def _stream_headers(run: _Run) -> dict[str, str]:
+    """What a stream's response headers say about its plan (sent before any chunk)."""
+    p = run.plan
+    return {
+        "x-ponder-request-id": run.id,
+        "x-ponder-class": p.task_class,
+        "x-ponder-strategy": p.strategy,
+        "x-ponder-thinking-budget": str(p.thinking_budget or 0),
+        "x-ponder-tier": run.tier,
+    }
+
+
 class Gateway:
     """The gateway's handlers over one backend, or several model tiers.
 
@@ -1384,14 +1396,9 @@ class Gateway:
                 await _aclose(deltas)
             return await self._fail(run, exc)
         assert deltas is not None
-        headers = {
-            "x-ponder-request-id": run.id,
-            "x-ponder-class": p.task_class,
-            "x-ponder-strategy": p.strategy,
-            "x-ponder-thinking-budget": str(p.thinking_budget or 0),
-            "x-ponder-tier": run.tier,
-        }
-        return StreamResult(events=self._events(run, meter, deltas, first), headers=headers)
+        return StreamResult(
+            events=self._events(run, meter, deltas, first), headers=_stream_headers(run)
+        )
 
     async def _events(
         self,
@@ -1515,15 +1522,7 @@ class Gateway:
     # ---- streaming a multi-sample strategy: progress events, then the chosen answer
 
     def _start_progress_stream(self, run: _Run) -> StreamResult:
-        p = run.plan
-        headers = {
-            "x-ponder-request-id": run.id,
-            "x-ponder-class": p.task_class,
-            "x-ponder-strategy": p.strategy,
-            "x-ponder-thinking-budget": str(p.thinking_budget or 0),
-            "x-ponder-tier": run.tier,
-        }
-        return StreamResult(events=self._progress_events(run), headers=headers)
+        return StreamResult(events=self._progress_events(run), headers=_stream_headers(run))
 
     async def _progress_events(self, run: _Run) -> AsyncIterator[str]:
         p = run.plan
