@@ -12,18 +12,24 @@ Three processes (plus this one, which only orchestrates):
             (a real API key), quota limits that bind that key (so every request
             reserves and settles counters) and the ledger on: a SQLite WAL file in a
             temp dir by default, or ``--ledger-url postgresql://...``.
-  load      one open-loop generator (an ``httpx.AsyncClient`` with keep-alive
+  load      one open-loop generator (``httpx.AsyncClient``, ``--connections`` keep-alive
             connections): request ``i`` is due at ``t0 + i / rate`` whether or not
             earlier ones have answered, and its latency is measured from that due time
             (``time.perf_counter``), so a stall shows up as latency instead of lowering
-            the rate (no coordinated omission). The same code drives both targets.
+            the rate (no coordinated omission). Prompts differ per request. The same
+            code drives both targets.
 
 Variants run in one invocation, alternating order across ``--repeats`` so drift in
-background load hits both; the first ``--warmup-s`` seconds of each run are dropped.
-Prints one JSON line per variant and a summary line (added p50/p99 = gateway minus
-direct, and the ratios), then a Markdown table on stderr.
+background load hits both; the first ``--warmup-s`` seconds of each run are dropped and
+requests still unanswered ``--grace-s`` after the last one was due count as errors.
+Besides latency, each run reports the CPU time the target process used per request
+(``server CPU ms/req``, from /proc): on a shared machine that is steadier than latency,
+which also counts waiting for a core. Prints one JSON line per variant and a summary
+line (added p50/p99 = gateway minus direct, and the ratios), then a Markdown table on
+stderr. ``--profile DIR`` records a py-spy profile of each gateway (``pip install
+py-spy``; it is not a dependency).
 
-    .venv/bin/python benchmarks/gateway_overhead.py --rate 200 --duration-s 20 --repeats 2
+    .venv/bin/python benchmarks/gateway_overhead.py --rate 200 --duration-s 15 --repeats 2
 
 ``--variants direct,gateway,bare`` adds ``bare``: the same gateway with the ledger off
 (no auth, quotas or ledger), which separates governance cost from the HTTP proxying.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -47,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +183,37 @@ def _serve_gateway(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
 
 
+@contextlib.contextmanager
+def _ledger(url: str | None, tmp: Path) -> Iterator[str]:
+    """The store URL for the governed gateway: a SQLite file in ``tmp`` by default; on a
+    PostgreSQL URL, a fresh schema in that database (dropped afterwards), so the run
+    neither reads nor leaves rows among anyone's data."""
+    if url is None:
+        yield f"sqlite:///{tmp / 'ponder.db'}"
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield url
+        return
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(parsed)
+    schema = "ponder_bench_" + secrets.token_hex(6)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        scoped = parsed.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def _prepare_store(ledger_url: str) -> tuple[str, str]:
     """A key (no extra scopes) and limits that bind it: every request reserves and settles.
 
@@ -207,8 +246,21 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def _drive(
-    url: str, headers: dict[str, str], rate: float, duration_s: float, warmup_s: float, conns: int
+    url: str,
+    headers: dict[str, str],
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    conns: int,
+    grace_s: float,
 ) -> dict[str, Any]:
+    """Send ``rate`` requests per second for ``warmup_s + duration_s``; measure the rest.
+
+    Due requests wait in a queue served by ``conns`` workers, one keep-alive connection
+    each: a backlog costs the generator O(1) per request (a pool with thousands of
+    waiters would make the client, not the target, the bottleneck). Requests still
+    unanswered ``grace_s`` after the last one was due count as errors.
+    """
     import httpx
 
     headers = {**headers, "content-type": "application/json"}
@@ -220,35 +272,42 @@ async def _drive(
     latencies: list[float | None] = [None] * total
     errors: dict[str, int] = {}
     lags: list[float] = []
-    in_flight = max_in_flight = 0
+    due_queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+    busy = max_busy = 0
+    answered = 0  # responses of any status, warm-up included: what the target served
 
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+    def error(kind: str, i: int) -> None:
+        if i >= warm:
+            errors[kind] = errors.get(kind, 0) + 1
 
-        async def one(i: int, due: float) -> None:
-            nonlocal in_flight, max_in_flight
-            in_flight += 1
-            max_in_flight = max(max_in_flight, in_flight)
-            try:
-                resp = await client.post(url, content=bodies[i], headers=headers)
-                await resp.aread()
-                if resp.status_code == 200:
-                    latencies[i] = time.perf_counter() - due
-                else:
-                    key = f"http_{resp.status_code}"
-                    errors[key] = errors.get(key, 0) + 1
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            finally:
-                in_flight -= 1
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
 
-        # Open connections before the clock starts (a user's client is warm too).
-        warmers = [
-            client.post(url, content=bodies[-1 - k], headers=headers) for k in range(min(conns, 8))
-        ]
+        async def worker() -> None:
+            nonlocal busy, max_busy, answered
+            while True:
+                i, due = await due_queue.get()
+                busy += 1
+                max_busy = max(max_busy, busy)
+                try:
+                    resp = await client.post(url, content=bodies[i], headers=headers)
+                    await resp.aread()
+                    answered += 1
+                    if resp.status_code == 200:
+                        latencies[i] = time.perf_counter() - due
+                    else:
+                        error(f"http_{resp.status_code}", i)
+                except httpx.HTTPError as exc:
+                    error(type(exc).__name__, i)
+                finally:
+                    busy -= 1
+                    due_queue.task_done()
+
+        # Open the connections before the clock starts (a user's client is warm too).
+        warmers = [client.post(url, content=bodies[-1 - k], headers=headers) for k in range(conns)]
         for resp in await asyncio.gather(*warmers):
             if resp.status_code != 200:
                 raise SystemExit(f"{url} answered {resp.status_code}: {resp.text[:500]}")
-        tasks = []
+        workers = [asyncio.create_task(worker()) for _ in range(conns)]
         t0 = time.perf_counter()
         for i in range(total):
             due = t0 + i / rate
@@ -257,16 +316,23 @@ async def _drive(
                 await asyncio.sleep(delay)
             elif i >= warm:
                 lags.append(-delay)
-            tasks.append(asyncio.create_task(one(i, due)))
-        await asyncio.gather(*tasks)
+            due_queue.put_nowait((i, due))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(due_queue.join(), timeout=grace_s)
         measured_wall = time.perf_counter() - (t0 + warm / rate)
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
     ok = sorted(v for v in latencies[warm:] if v is not None)
+    unanswered = total - warm - len(ok) - sum(errors.values())
+    if unanswered:
+        errors["unanswered_in_grace"] = unanswered
     lags.sort()
     return {
         "requests": total - warm,
         "ok": len(ok),
-        "warmup_ok": sum(v is not None for v in latencies[:warm]) + min(conns, 8),
+        "served_total": answered + conns,
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "achieved_rps": round(len(ok) / measured_wall, 1),
@@ -275,8 +341,8 @@ async def _drive(
         "p99_ms": round(_percentile(ok, 0.99) * 1000, 3),
         "max_ms": round(ok[-1] * 1000, 3) if ok else None,
         "mean_ms": round(statistics.fmean(ok) * 1000, 3) if ok else None,
-        "max_in_flight": max_in_flight,
-        # How late the generator itself sent requests (the machine is shared): large
+        "max_busy_connections": max_busy,
+        # How late the generator itself queued requests (the machine is shared): large
         # values mean the client, not the target, was short of CPU.
         "late_sends": len(lags),
         "late_send_p99_ms": round(_percentile(lags, 0.99) * 1000, 3) if lags else 0.0,
@@ -369,6 +435,7 @@ def _load(
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
         "conns": args.connections,
+        "grace_s": args.grace_s,
         "out": str(out),
     }
     log = tmp / "load.log"
@@ -378,7 +445,7 @@ def _load(
     if profile is not None:
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target_pid),
-             "--rate", "250", "--format", "speedscope", "--output", str(profile),
+             "--rate", "250", "--nonblocking", "--gil", "--format", "speedscope", "--output", str(profile),
              "--duration", str(int(args.warmup_s + args.duration_s))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -389,7 +456,7 @@ def _load(
     if rc != 0:
         raise SystemExit(f"the load generator failed:\n{log.read_text()[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
-    served = result["ok"] + result["warmup_ok"] + result["errors"]
+    served = result["served_total"]
     if cpu_before is not None and cpu_after is not None and served:
         result["target_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / served, 3)
     return result
@@ -456,9 +523,11 @@ def run(args: argparse.Namespace) -> None:
     side = {ncpu - 1} if args.pin and ncpu > 1 else None
     main_cores = set(range(ncpu - 1)) if args.pin and ncpu > 1 else None
 
-    with tempfile.TemporaryDirectory(prefix="ponder-overhead-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="ponder-overhead-") as tmp_name,
+        _ledger(args.ledger_url, Path(tmp_name)) as ledger_url,
+    ):
         tmp = Path(tmp_name)
-        ledger_url = args.ledger_url or f"sqlite:///{tmp / 'ponder.db'}"
         env = {
             **os.environ,
             "PONDER_CACHE_DIR": str(tmp / "cache"),
@@ -543,6 +612,7 @@ def run(args: argparse.Namespace) -> None:
         "repeats": args.repeats,
         "connections": args.connections,
         "ledger": "postgresql" if args.ledger_url and "postgres" in args.ledger_url else "sqlite",
+        "python": platform.python_version(),
         "pinned": bool(args.pin),
         "cpu_count": ncpu,
         "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -573,7 +643,13 @@ def main() -> None:
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per run")
     p.add_argument("--warmup-s", type=float, default=3.0, help="seconds dropped per run")
     p.add_argument("--repeats", type=int, default=2, help="runs per variant, order alternating")
-    p.add_argument("--connections", type=int, default=64, help="client keep-alive connections")
+    p.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=10.0,
+        help="after the last request is due, wait this long; what is left counts as errors",
+    )
     p.add_argument("--variants", default="direct,gateway")
     p.add_argument(
         "--ledger-url", help="store for the governed gateway (default: SQLite in a temp dir)"

@@ -175,6 +175,21 @@ async def test_a_request_that_declares_async_latency_gets_the_full_plan_at_once(
     assert "'soon'" in bad_header.json()["error"]["message"]
 
 
+async def test_a_stream_that_declares_async_latency_streams_the_full_plan(store: Store) -> None:
+    async with serving(store, router(extraction=SEARCH)) as (client, backend):
+        backend.gate.set()
+        r = await client.post(
+            "/v1/chat/completions",
+            json=body(EXTRACT, stream=True),
+            headers={"x-ponder-latency": "async"},
+        )
+    assert r.status_code == 200, r.text
+    # Not cut down to direct: the search ran, streamed as progress, then the answer.
+    assert r.headers["x-ponder-strategy"] == "best_of_n"
+    assert '"progress"' in r.text
+    assert [req.n for req in backend.calls] == [3]
+
+
 async def test_a_job_that_cannot_be_queued_never_costs_the_fast_answer(store: Store) -> None:
     # job_concurrency=0: this server only queues, so the first job stays pending.
     route = router(extraction={**SEARCH, "continue_async": True})

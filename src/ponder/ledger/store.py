@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,9 @@ class LedgerRow:
     features: dict[str, Any] | None = None
 
     def values(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose: plan and features are serialized here, so the deep copy
+        # that asdict() makes of them (a large part of writing a row) would be discarded.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["plan"] = json.dumps(self.plan, sort_keys=True, default=str)
         if self.features is not None:
             data["features"] = json.dumps(self.features, sort_keys=True, default=str)
@@ -314,10 +316,10 @@ class Store:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            # A read needs no write lock: a deferred BEGIN reads a snapshot (WAL readers
-            # never wait for the writer).
-            read_only = conn.get_execution_options().get("ponder_read_only", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            # A single read needs neither the write lock nor a BEGIN: in autocommit mode
+            # SQLite gives the statement its own snapshot (WAL readers never wait).
+            if not conn.get_execution_options().get("ponder_single_read", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(
@@ -345,10 +347,15 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
-        """A read-only transaction: a snapshot that never waits for writers (SQLite WAL)."""
+        """For ONE read statement, in autocommit: no BEGIN/COMMIT (round trips on
+        PostgreSQL) and no write lock on SQLite; several statements here would not share
+        a snapshot."""
+        options: dict[str, Any] = {"ponder_single_read": True}
+        if self.dialect == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"
         try:
             with (
-                self.engine.connect().execution_options(ponder_read_only=True) as conn,
+                self.engine.connect().execution_options(**options) as conn,
                 conn.begin(),
             ):
                 yield conn

@@ -429,9 +429,11 @@ def plan(
         assert route is not None
         name, params, deferred = route.strategy, dict(route.params), route.deferred
         implied_thinking = route.thinking_budget or None
-        if request.stream and name not in STREAMABLE_STRATEGIES:
-            # A stream must start at once: think (if planned) and answer, never search;
-            # with continue_async, answer directly and queue the full plan as a job.
+        if request.stream and name not in STREAMABLE_STRATEGIES and route.latency != "async":
+            # An interactive stream must start at once: think (if planned) and answer,
+            # never search; with continue_async, answer directly and queue the full
+            # plan as a job. A stream declared async gets the full plan, streamed as
+            # progress events and then the chosen answer.
             planned = name
             if route.continue_async:
                 deferred = {

@@ -1,0 +1,71 @@
+"""The per-request path of the store (SQLite and PostgreSQL): reads that never wait for a
+writer, counters created by the first request of a window, and threshold crossings with
+and without UPDATE ... RETURNING."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ponder.budget.quota import Demand, Limit, Refusal
+from ponder.ledger import Reservation, Store
+
+SUBJECTS = {"key": "key_a", "user": "alice", "team": "ml", "session": None}
+
+
+def test_reads_of_a_request_do_not_wait_for_a_writer(store: Store) -> None:
+    record, secret = store.create_key("alice", team="ml")
+    store.set_limit(Limit("team", "ml", "tokens", "day", 1_000))
+    got: dict[str, object] = {}
+
+    def read() -> None:
+        got["key"] = store.lookup_key(secret)
+        got["limits"] = store.limits()
+        got["has_keys"] = store.has_keys()
+
+    # A writer holds its transaction (SQLite: the write lock) while a request reads.
+    with store.transaction():
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=20)
+        finished_while_writing = not reader.is_alive()
+    reader.join()
+    assert finished_while_writing, "a read waited for the writer's transaction to end"
+    assert got["key"] is not None and got["key"].id == record.id  # type: ignore[attr-defined]
+    assert got["limits"] == [Limit("team", "ml", "tokens", "day", 1_000)]
+    assert got["has_keys"] is True
+
+
+def test_first_request_of_a_window_creates_the_counter_or_is_refused(store: Store) -> None:
+    store.set_limit(Limit("user", "alice", "tokens", "minute", 100))
+    # Too big for the limit before any counter exists: refused, nothing held.
+    refused = store.reserve(SUBJECTS, Demand(tokens=101), ttl_s=60, now=600.0)
+    assert isinstance(refused, Refusal)
+    assert (refused.used, refused.reserved, refused.requested) == (0, 0, 101)
+    assert store.counter("user", "alice", "tokens", "minute", now=600.0) == (0, 0)
+    # The next window starts a new counter; a fitting request holds on it.
+    held = store.reserve(SUBJECTS, Demand(tokens=60), ttl_s=60, now=660.0)
+    assert isinstance(held, Reservation)
+    assert store.counter("user", "alice", "tokens", "minute", now=660.0) == (0, 60)
+    assert store.counter("user", "alice", "tokens", "minute", now=600.0) == (0, 0)
+    again = store.reserve(SUBJECTS, Demand(tokens=41), ttl_s=60, now=661.0)
+    assert isinstance(again, Refusal) and (again.used, again.reserved) == (0, 60)
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "read-back"])
+def test_threshold_crossings_with_and_without_update_returning(
+    store: Store, returning: bool
+) -> None:
+    if not returning:
+        # Servers without UPDATE ... RETURNING (SQLite before 3.35) read the counter back.
+        store._st.charge_returning = None
+    store.set_limit(Limit("team", "ml", "tokens", "day", 100))
+    crossed = []
+    # (held, actually used): the last one overshoots its estimate, as a real prompt can.
+    for held, used in ((50, 50), (35, 35), (10, 10), (5, 10)):
+        res = store.reserve(SUBJECTS, Demand(tokens=held), ttl_s=60)
+        assert isinstance(res, Reservation)
+        crossed += store.settle(res, Demand(tokens=used), None, thresholds=(0.8, 1.0))
+    assert [(c.threshold, c.used) for c in crossed] == [(0.8, 85), (1.0, 105)]
+    assert store.counter("team", "ml", "tokens", "day") == (105, 0)
