@@ -6,9 +6,8 @@ Three processes (plus this one, which only orchestrates):
   upstream  a minimal OpenAI-compatible HTTP/1.1 server (asyncio, keep-alive) that
             answers every POST with the same small ``chat.completion`` (usage included)
             at once, so nearly all of the gateway path's extra time is the gateway's.
-  gateway   the app ``ponder serve`` runs (``build_gateway`` + ``create_app`` on
-            uvicorn, access log on as in ``ponder serve``) with one tier, backend
-            ``openai_compat`` pointing at the upstream, strategy ``direct``, auth on
+  gateway   ``ponder serve`` itself, with a ``ponder.toml`` holding one tier (backend
+            ``openai_compat`` pointing at the upstream), strategy ``direct``, auth on
             (a real API key), quota limits that bind that key (so every request
             reserves and settles counters) and the ledger on: a SQLite WAL file in a
             temp dir by default, or ``--ledger-url postgresql://...``.
@@ -47,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -166,21 +166,6 @@ base_url = "http://127.0.0.1:{upstream_port}/v1"
     path = tmp / ("ponder.toml" if ledger_url else "ponder-bare.toml")
     path.write_text(text)
     return path
-
-
-def _serve_gateway(port: int) -> None:
-    import uvicorn
-
-    from ponder.backends.tiers import Tiers
-    from ponder.cli import build_gateway
-    from ponder.config import load_settings
-    from ponder.server.app import create_app
-
-    settings = load_settings()
-    backend = Tiers(settings.tiers).backend("upstream")
-    app = create_app(backend, gateway=build_gateway(backend, settings))
-    # log_level="info" as `ponder serve` runs it: the access log is part of the cost.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
 
 
 @contextlib.contextmanager
@@ -367,9 +352,15 @@ def _pin(cores: set[int] | None) -> Any:
 def _spawn(
     args: list[str], env: dict[str, str], log: Path, cores: set[int] | None = None
 ) -> subprocess.Popen[bytes]:
+    """A role of this script, or ``ponder ...`` when ``args`` starts with "ponder"."""
+    argv = (
+        [sys.executable, "-m", "ponder.cli", *args[1:]]
+        if args[0] == "ponder"
+        else [sys.executable, __file__, *args]
+    )
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, __file__, *args],
+            argv,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -402,6 +393,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _py_spy() -> str:
+    found = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if found is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy (it is not a dependency)")
+    return found
+
+
 def _cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system, all threads) a process has used so far; Linux only."""
     try:
@@ -424,7 +424,7 @@ def _load(
 ) -> dict[str, Any]:
     """One run of the load generator in its own process; returns its JSON result.
 
-    Adds the CPU time the target process used per answered request: on a shared
+    Adds the CPU time the target process used per response it sent: on a shared
     machine that is steadier than latency, which also counts waiting for a core.
     """
     out = tmp / "load.json"
@@ -444,7 +444,7 @@ def _load(
     spy = None
     if profile is not None:
         spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(target_pid),
+            [_py_spy(), "record", "--pid", str(target_pid),
              "--rate", "250", "--nonblocking", "--gil", "--format", "speedscope", "--output", str(profile),
              "--duration", str(int(args.warmup_s + args.duration_s))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -463,8 +463,8 @@ def _load(
 
 
 def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Pool each variant's runs: percentiles of the pooled samples are kept per run, so
-    report the median of runs (robust to one disturbed run) and the worst p99."""
+    """Each variant over its runs: the median of the runs' values (robust to one
+    disturbed run), plus the worst run's p99."""
     out: dict[str, dict[str, Any]] = {}
     for name, runs in results.items():
         out[name] = {
@@ -519,6 +519,8 @@ def run(args: argparse.Namespace) -> None:
             "--variants is a comma list of direct, gateway, bare that includes direct and "
             f"at least one gateway variant; got {args.variants!r}"
         )
+    if args.profile:
+        _py_spy()  # fail before starting anything
     ncpu = os.cpu_count() or 1
     side = {ncpu - 1} if args.pin and ncpu > 1 else None
     main_cores = set(range(ncpu - 1)) if args.pin and ncpu > 1 else None
@@ -563,7 +565,8 @@ def run(args: argparse.Namespace) -> None:
                 port = _free_port()
                 log = tmp / f"{name}.log"
                 genv = {**env, "PONDER_CONFIG": str(config)}
-                gw = _spawn(["--role", "gateway", "--port", str(port)], genv, log, main_cores)
+                serve = ["ponder", "serve", "--host", "127.0.0.1", "--port", str(port)]
+                gw = _spawn(serve, genv, log, main_cores)
                 procs.append(gw)
                 _wait_ready(gw, port, log, "/health")
                 pids[name] = gw.pid
@@ -661,14 +664,12 @@ def main() -> None:
         help="write a py-spy speedscope profile of each gateway variant's first run here",
     )
     # Internal: the roles of the child processes.
-    p.add_argument("--role", choices=["upstream", "gateway", "load"], help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["upstream", "load"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role == "upstream":
         asyncio.run(_serve_upstream(args.port))
-    elif args.role == "gateway":
-        _serve_gateway(args.port)
     elif args.role == "load":
         spec = json.loads(args.spec)
         out = Path(spec.pop("out"))

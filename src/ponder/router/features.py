@@ -279,10 +279,14 @@ class NoveltyTracker:
     def score(self, text: str, remember: bool = True) -> float:
         grams = ngram_hashes(text)
         best = 0.0
+        size = len(grams)
         for seen in self._recent:
-            union = len(grams | seen)
-            if union:
-                best = max(best, len(grams & seen) / union)
+            # One set operation per entry: |a | b| = |a| + |b| - |a & b|.
+            shared = len(grams & seen)
+            if shared:
+                ratio = shared / (size + len(seen) - shared)
+                if ratio > best:
+                    best = ratio
         if remember:
             self._recent.append(grams)
             while len(self._recent) > self.window:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -58,10 +59,17 @@ _BUILTIN: dict[str, type] = {
 }
 
 
+@functools.cache
+def _plugin_strategies() -> tuple[tuple[str, type], ...]:
+    # Scanning entry points reads every installed distribution's metadata (milliseconds
+    # with a large environment): do it once per process, not on every request.
+    return tuple((ep.name, ep.load()) for ep in entry_points(group="ponder.strategies"))
+
+
 def available_strategies() -> dict[str, type]:
     found = dict(_BUILTIN)
-    for ep in entry_points(group="ponder.strategies"):
-        found.setdefault(ep.name, ep.load())
+    for name, cls in _plugin_strategies():
+        found.setdefault(name, cls)
     return found
 
 
