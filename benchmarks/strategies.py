@@ -110,17 +110,17 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     engine = LlamaCppBackend(MODEL, n_ctx=args.n_ctx, max_sequences=args.max_sequences)
     out = Path(args.out)
-    suites = [
-        ("humaneval", load_dataset("humaneval", limit=args.humaneval, seed=args.seed), True,
-         args.code_tokens, Path(args.code_pool) if args.code_pool else out / "pool-code.jsonl"),
-        ("reasoning_gym", load_dataset(GYM, per_level=args.gym, seed=args.seed), False,
-         args.math_tokens, out / "pool-math.jsonl"),
-    ]  # fmt: skip
+    suites = []
+    if args.humaneval > 0:
+        suites.append(("humaneval", load_dataset("humaneval", limit=args.humaneval, seed=args.seed),
+                       True, args.code_tokens,
+                       Path(args.code_pool) if args.code_pool else out / "pool-code.jsonl"))  # fmt: skip
+    if args.gym > 0:
+        suites.append(("reasoning_gym", load_dataset(GYM, per_level=args.gym, seed=args.seed),
+                       False, args.math_tokens, out / "pool-math.jsonl"))  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:
         for suite, items, code, max_tokens, pool in suites:
-            if not items or (code and args.humaneval == 0) or (not code and args.gym == 0):
-                continue
             backend = PooledBackend(engine, pool, model=MODEL)
             store = ResultStore(out / f"{suite}.jsonl")
             for label, config, verifier in plans(code, args.n, args.rounds, max_tokens):

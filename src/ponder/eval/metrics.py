@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ponder.eval.runner import scale_of
+from ponder.eval.runner import SCALING_PARAM, scale_of
 
 __all__ = [
     "ConfigSummary",
@@ -136,7 +136,12 @@ def summarize(
             return float(sum(u.get(bucket, 0) for u in usage)) / len(usage)
 
         cost = sum(_price(r, prices) for r in rows)
-        verdict_lists = [r["sample_verdicts"] for r in rows if r.get("sample_verdicts")]
+        # pass@k needs independent samples: a self-refine run's candidates are
+        # revisions of one answer, so its verdicts say nothing about pass@k.
+        independent = SCALING_PARAM.get(first["strategy"]) == "n"
+        verdict_lists = [
+            r["sample_verdicts"] for r in rows if independent and r.get("sample_verdicts")
+        ]
         pak: dict[int, float] = {}
         if verdict_lists:
             n_min = min(len(v) for v in verdict_lists)
