@@ -38,7 +38,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 
 from ponder.budget.quota import Limit, window_bounds
-from ponder.errors import Forbidden, InvalidRequest, PonderError, StoreUnavailable
+from ponder.errors import InvalidRequest, PonderError, StoreUnavailable
 from ponder.ledger import schema as s
 from ponder.ledger.stats import percentile
 from ponder.ledger.store import Store
@@ -580,17 +580,10 @@ def dashboard_router(gateway: Gateway) -> APIRouter:
     queries = None if gateway.store is None else LedgerQueries(gateway.store)
 
     async def admin(headers: Mapping[str, str]) -> LedgerQueries:
-        if queries is None:
-            raise InvalidRequest(
-                "this gateway runs without a store (server.ledger = false): there is no "
-                "ledger for the dashboard to show"
-            )
-        caller = await gateway.authenticate(headers)
-        if caller.key_id is None or not caller.may("admin"):
-            raise Forbidden(
-                "the dashboard needs a key with the 'admin' scope; create one with "
-                "`ponder keys create --user NAME --scope admin`"
-            )
+        await gateway.require_admin(
+            headers, needs="the dashboard", missing="ledger rows for the dashboard to show"
+        )
+        assert queries is not None  # require_admin refused a gateway without a store
         return queries
 
     async def answer(request: Request, work: Callable[[LedgerQueries], _T]) -> Response:

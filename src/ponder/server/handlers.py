@@ -1607,16 +1607,22 @@ class Gateway:
 
     # ---- admin: keys and quotas (admin scope required)
 
-    async def _admin(self, headers: Mapping[str, str] | None) -> Store:
+    async def require_admin(
+        self,
+        headers: Mapping[str, str] | None,
+        *,
+        needs: str = "the admin API",
+        missing: str = "keys or quotas to manage",
+    ) -> Store:
+        """The store, for a caller with the admin scope (``needs``/``missing`` word the errors)."""
         if self.store is None:
             raise InvalidRequest(
-                "this gateway runs without a store (server.ledger = false): there are no "
-                "keys or quotas to manage"
+                f"this gateway runs without a store (server.ledger = false): there are no {missing}"
             )
         caller = await self.authenticate(headers)
         if caller.key_id is None or not caller.may("admin"):
             raise Forbidden(
-                "the admin API needs a key with the 'admin' scope; create one with "
+                f"{needs} needs a key with the 'admin' scope; create one with "
                 "`ponder keys create --user NAME --scope admin`"
             )
         return self.store
@@ -1638,7 +1644,7 @@ class Gateway:
         self, body: Any, headers: Mapping[str, str] | None
     ) -> dict[str, Any] | ErrorResult:
         try:
-            store = await self._admin(headers)
+            store = await self.require_admin(headers)
             req = self._validated(KeyCreate, body)
             record, secret = await self._blocking(
                 store.create_key, req.user, team=req.team, scopes=req.scopes, name=req.name
@@ -1651,7 +1657,7 @@ class Gateway:
         self, headers: Mapping[str, str] | None, *, include_revoked: bool = False
     ) -> dict[str, Any] | ErrorResult:
         try:
-            store = await self._admin(headers)
+            store = await self.require_admin(headers)
             keys = await self._blocking(store.list_keys, include_revoked=include_revoked)
         except PonderError as exc:
             return error_result(exc)
@@ -1661,7 +1667,7 @@ class Gateway:
         self, key_id: str, headers: Mapping[str, str] | None
     ) -> dict[str, Any] | ErrorResult:
         try:
-            store = await self._admin(headers)
+            store = await self.require_admin(headers)
             if not await self._blocking(store.revoke_key, key_id):
                 raise NotFound(
                     f"no active key with id {key_id!r}; list keys with GET /v1/admin/keys"
@@ -1674,7 +1680,7 @@ class Gateway:
         self, body: Any, headers: Mapping[str, str] | None
     ) -> dict[str, Any] | ErrorResult:
         try:
-            store = await self._admin(headers)
+            store = await self.require_admin(headers)
             q = self._validated(QuotaSet, body)
             if q.limit is None:
                 removed = await self._blocking(
@@ -1692,7 +1698,7 @@ class Gateway:
         self, headers: Mapping[str, str] | None, subjects: Mapping[Scope, str | None]
     ) -> dict[str, Any] | ErrorResult:
         try:
-            store = await self._admin(headers)
+            store = await self.require_admin(headers)
             if any(subjects.values()):
                 rows = await self._blocking(store.status, subjects)
                 data = [quota_status_json(r) for r in rows]
