@@ -102,6 +102,17 @@ def test_summarize_accuracy_tokens_cost_and_pass_at_k():
     assert s.pass_at_k[4] == pytest.approx(1.0)
 
 
+def test_no_pass_at_k_for_best_of_n_that_includes_the_greedy_answer():
+    # Its candidates are greedy + samples: not independent draws, so pass@k would mislead.
+    rows = [rec("best_of_n|4", "a", True, verdicts=[True, False, False, False], n=4)]
+    rows[0]["config"]["params"]["include_greedy"] = True
+    (s,) = summarize(rows)
+    assert s.pass_at_k == {}
+    rows[0]["config"]["params"]["include_greedy"] = False
+    (s,) = summarize(rows)
+    assert s.pass_at_k[1] == pytest.approx(0.25)
+
+
 def test_difficulty_bins_rank_items_by_baseline_pass_rate():
     rows = [
         rec("base", "easy", True, verdicts=[True, True, True, True]),

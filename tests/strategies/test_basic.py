@@ -206,6 +206,31 @@ async def test_best_of_n_picks_the_highest_verifier_score(
     assert any(e.name == "scored" and e.data["verifier"] == "FunctionVerifier" for e in out.trace)
 
 
+async def test_best_of_n_include_greedy_puts_the_greedy_answer_first(
+    problem: Problem, make_ctx: MakeCtx
+) -> None:
+    # Greedy call first (n=1, T=0), then n-1 samples at the strategy's temperature.
+    fake = FakeBackend(["Answer: 7", "Answer: 6", "Answer: 8", "Answer: 9"])
+    verifier = FunctionVerifier(lambda p, c: 1.0 if c.answer == "7" else 0.0)
+
+    out = await BestOfN(n=4, temperature=0.7, include_greedy=True).run(
+        problem, make_ctx(fake, verifier=verifier)
+    )
+
+    assert [(c.n, c.temperature) for c in fake.calls] == [(1, 0.0), (3, 0.7)]
+    assert len(out.candidates) == 4
+    assert out.chosen == 0 and out.answer == "Answer: 7"
+
+
+async def test_best_of_n_include_greedy_with_n_1_is_just_greedy(
+    problem: Problem, make_ctx: MakeCtx
+) -> None:
+    fake = FakeBackend(["Answer: 7"])
+    out = await BestOfN(n=1, include_greedy=True).run(problem, make_ctx(fake))
+    assert [(c.n, c.temperature) for c in fake.calls] == [(1, 0.0)]
+    assert out.answer == "Answer: 7"
+
+
 async def test_best_of_n_accepts_an_async_verifier(problem: Problem, make_ctx: MakeCtx) -> None:
     async def score(p: Problem, c: Candidate) -> float:
         return -abs(float(c.answer or 0) - 7)
@@ -389,6 +414,7 @@ async def test_self_consistency_under_a_tight_budget_votes_with_fewer_samples(
         lambda: ChainOfThought(temperature=-1),
         lambda: SelfConsistency(temperature=-0.1),
         lambda: BestOfN(temperature=float("nan")),
+        lambda: BestOfN(include_greedy="yes"),  # type: ignore[arg-type]
     ],
 )
 def test_invalid_parameter_values_are_rejected_at_construction(build: object) -> None:

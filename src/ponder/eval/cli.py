@@ -57,6 +57,10 @@ def add_eval_commands(sub: Any) -> None:
     ev.add_argument("--endpoint", action="append", default=[], metavar="NAME=URL",
                     help="also run the grid against an OpenAI-compatible endpoint (comparison mode)")  # fmt: skip
     ev.add_argument("--max-tokens", type=int, default=512)
+    ev.add_argument(
+        "--threads", type=int, default=None,
+        help="embedded engine CPU threads (default: all cores; 1 when sharing the machine)",
+    )  # fmt: skip
     ev.add_argument("--n-ctx", type=int, default=32768, help="embedded engine KV cells (shared)")
     ev.add_argument(
         "--max-sequences", type=int, default=32, help="embedded engine parallel sequences"
@@ -88,7 +92,9 @@ def _backends(args: argparse.Namespace) -> dict[str, Backend]:
     backends: dict[str, Backend] = {}
     for model in args.model or ["qwen2.5-coder-0.5b-instruct"]:
         # A large shared KV cache lets several N-sample requests decode together.
-        backends[model] = LlamaCppBackend(model, n_ctx=args.n_ctx, max_sequences=args.max_sequences)
+        backends[model] = LlamaCppBackend(
+            model, n_ctx=args.n_ctx, max_sequences=args.max_sequences, threads=args.threads
+        )
     for spec in args.endpoint:
         name, _, url = spec.partition("=")
         if not url:

@@ -138,7 +138,10 @@ def summarize(
         cost = sum(_price(r, prices) for r in rows)
         # pass@k needs independent samples: a self-refine run's candidates are
         # revisions of one answer, so its verdicts say nothing about pass@k.
-        independent = SCALING_PARAM.get(first["strategy"]) == "n"
+        # Neither are best-of-N candidates that start with the greedy answer.
+        independent = SCALING_PARAM.get(first["strategy"]) == "n" and not first.get(
+            "params", {}
+        ).get("include_greedy")
         verdict_lists = [
             r["sample_verdicts"] for r in rows if independent and r.get("sample_verdicts")
         ]

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ponder.errors import BudgetExhausted
+from ponder.errors import BudgetExhausted, InvalidRequest
 from ponder.strategies.base import (
     RunContext,
     check_int,
@@ -146,6 +146,13 @@ class BestOfN:
     ``weighted=True`` sums the scores of candidates sharing an answer and keeps
     the best candidate of the answer with the largest sum (weighted best-of-N);
     it expects non-negative scores.
+
+    ``include_greedy=True`` makes the first candidate the greedy (temperature 0)
+    answer and samples the other ``n - 1``: the model's single best guess is
+    always on the table, and sampling only adds alternatives the verifier may
+    prefer. On small models a single sampled answer is often much worse than the
+    greedy one, so without it best-of-N first has to win back what temperature
+    lost. The candidates are then not independent samples (no pass@k over them).
     """
 
     name: str = "best_of_n"
@@ -153,22 +160,33 @@ class BestOfN:
     temperature: float = 0.8
     thinking_budget: int | None = None
     weighted: bool = False
+    include_greedy: bool = False
 
     def __post_init__(self) -> None:
         _check_sampled(self.name, self.n, self.temperature, self.thinking_budget)
+        if not isinstance(self.include_greedy, bool):
+            raise InvalidRequest(
+                f"{self.name}: include_greedy must be true or false, got {self.include_greedy!r}",
+                param="include_greedy",
+            )
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
+        top_logprobs = getattr(ctx.verifier, "top_logprobs", 0)
+        calls: list[tuple[int, float]] = [(self.n, self.temperature)]
+        if self.include_greedy:
+            calls = [(1, 0.0)] + ([(self.n - 1, self.temperature)] if self.n > 1 else [])
         try:
-            req = ctx.request(
-                problem,
-                n=self.n,
-                temperature=self.temperature,
-                thinking=_thinking(self.thinking_budget),
-                logprobs=True,
-                top_logprobs=getattr(ctx.verifier, "top_logprobs", 0),
-            )
-            candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
+            for count, temperature in calls:
+                req = ctx.request(
+                    problem,
+                    n=count,
+                    temperature=temperature,
+                    thinking=_thinking(self.thinking_budget),
+                    logprobs=True,
+                    top_logprobs=top_logprobs,
+                )
+                candidates += [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
             pass
         if not candidates:
