@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ponder.backends import http11
 from ponder.errors import ContextOverflow, InvalidRequest, UpstreamError, UpstreamTimeout
 from ponder.types import (
     Capabilities,
@@ -98,7 +99,7 @@ def _reason(body: bytes) -> str:
     return text[:500]
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def _retry_after(resp: httpx.Response | http11.Response) -> float | None:
     value = resp.headers.get("retry-after")
     if value is None:
         return None
@@ -135,8 +136,21 @@ class HttpUpstream:
             transport=transport,
         )
         self._urls: dict[str, httpx.URL] = {}
+        # Plain-http upstreams (self-hosted servers) get the lean client for JSON calls;
+        # streams, https and proxied setups stay on httpx.
+        self.lean: http11.Http11Pool | None = None
+        if transport is None and http11.usable_for(self.base_url):
+            self.lean = http11.Http11Pool(
+                self.base_url,
+                headers=headers,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
+                max_connections=max_connections,
+            )
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()
         await self.client.aclose()
 
     def _url(self, path: str) -> httpx.URL:
@@ -149,28 +163,28 @@ class HttpUpstream:
 
     def _error(self, exc: Exception) -> UpstreamError:
         where = f"upstream {self.name} ({self.base_url})"
-        if isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, httpx.ConnectTimeout | http11.ConnectTimeout):
             return UpstreamTimeout(
                 f"{where} did not accept a connection in time; check that it is running",
                 upstream=self.name,
                 reason=str(exc) or "connect timeout",
                 retryable=True,
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.TimeoutException | http11.ReadTimeout):
             return UpstreamTimeout(
                 f"{where} stopped sending data (read timeout)",
                 upstream=self.name,
                 reason=str(exc) or "read timeout",
                 retryable=True,
             )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, httpx.ConnectError | http11.ConnectFailed):
             return UpstreamError(
                 f"{where} is unreachable: {exc}; check its address and that it is running",
                 upstream=self.name,
                 reason=str(exc),
                 retryable=True,
             )
-        if isinstance(exc, httpx.TransportError):
+        if isinstance(exc, httpx.TransportError | http11.Dropped):
             return UpstreamError(
                 f"{where} dropped the connection: {exc or type(exc).__name__}",
                 upstream=self.name,
@@ -179,7 +193,7 @@ class HttpUpstream:
             )
         return UpstreamError(f"{where} failed: {exc}", upstream=self.name, reason=str(exc))
 
-    def _status_error(self, resp: httpx.Response, body: bytes) -> UpstreamError:
+    def _status_error(self, resp: httpx.Response | http11.Response, body: bytes) -> UpstreamError:
         reason = _reason(body)
         status = resp.status_code
         low = reason.lower()
@@ -198,10 +212,14 @@ class HttpUpstream:
         )
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp: httpx.Response | http11.Response
         try:
-            resp = await self.client.post(self._url(path), json=body)
+            if self.lean is not None:
+                resp = await self.lean.post(path, json.dumps(body).encode())
+            else:
+                resp = await self.client.post(self._url(path), json=body)
             content = resp.content
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, http11.Http11Error) as exc:
             raise self._error(exc) from exc
         if resp.status_code >= 400:
             raise self._status_error(resp, content)
