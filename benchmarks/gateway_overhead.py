@@ -32,6 +32,9 @@ py-spy``; it is not a dependency).
 
 ``--variants direct,gateway,bare`` adds ``bare``: the same gateway with the ledger off
 (no auth, quotas or ledger), which separates governance cost from the HTTP proxying.
+``floor`` is the least any Python gateway can add here: uvicorn and a bare ASGI callable
+that forwards the body over ponder's keep-alive HTTP client (no framework, parsing or
+governance); it says what part of the overhead the runtime itself sets.
 Processes are not pinned to cores by default: on a 2-core machine with other work
 running, pinning would only decide which neighbour each process queues behind.
 ``--pin`` puts the upstream and the load generator on the last core and the gateway
@@ -142,6 +145,41 @@ async def _serve_upstream(port: int) -> None:
     )
     async with server:
         await server.serve_forever()
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def _serve_floor(port: int, upstream_port: int) -> None:
+    """The least a Python gateway can do: uvicorn + a bare ASGI callable that forwards the
+    body to the upstream over ponder's keep-alive client and returns the answer. No
+    framework, no parsing, no governance: a reference point, not a product."""
+    import uvicorn
+
+    from ponder.backends.http11 import Http11Pool
+
+    pool = Http11Pool(f"http://127.0.0.1:{upstream_port}/v1", max_connections=64)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/health":
+            body, status = b"{}", 200
+        else:
+            chunks = []
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            resp = await pool.post("chat/completions", b"".join(chunks))
+            body, status = resp.content, resp.status_code
+        await send({
+            "type": "http.response.start", "status": status,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
 
 
 # --------------------------------------------------------------------------- gateway
@@ -513,10 +551,10 @@ def _table(summary: dict[str, dict[str, Any]], direct: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - {"direct", "gateway", "bare"}
+    unknown = set(variants) - {"direct", "gateway", "bare", "floor"}
     if unknown or "direct" not in variants or len(variants) < 2:
         raise SystemExit(
-            "--variants is a comma list of direct, gateway, bare that includes direct and "
+            "--variants is a comma list of direct, gateway, bare, floor that includes direct and "
             f"at least one gateway variant; got {args.variants!r}"
         )
     if args.profile:
@@ -554,6 +592,18 @@ def run(args: argparse.Namespace) -> None:
             pids = {"direct": up.pid}
             for name in variants:
                 if name == "direct":
+                    continue
+                if name == "floor":
+                    port = _free_port()
+                    log = tmp / "floor.log"
+                    fl = _spawn(
+                        ["--role", "floor", "--port", str(port), "--upstream-port", str(up_port)],
+                        env, log, main_cores,
+                    )  # fmt: skip
+                    procs.append(fl)
+                    _wait_ready(fl, port, log, "/health")
+                    pids[name] = fl.pid
+                    targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
                     continue
                 governed = name == "gateway"
                 url = ledger_url if governed else None
@@ -664,12 +714,15 @@ def main() -> None:
         help="write a py-spy speedscope profile of each gateway variant's first run here",
     )
     # Internal: the roles of the child processes.
-    p.add_argument("--role", choices=["upstream", "load"], help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["upstream", "load", "floor"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role == "upstream":
         asyncio.run(_serve_upstream(args.port))
+    elif args.role == "floor":
+        _serve_floor(args.port, args.upstream_port)
     elif args.role == "load":
         spec = json.loads(args.spec)
         out = Path(spec.pop("out"))
