@@ -98,6 +98,29 @@ def test_novelty_against_a_bounded_recent_window() -> None:
     assert replay_scores(seq) == replay_scores(seq)
 
 
+def test_novelty_index_equals_brute_force_jaccard() -> None:
+    # The inverted index must give exactly the brute-force answer, evictions included.
+    import random
+
+    from ponder.router.features import ngram_hashes
+
+    rng = random.Random(3)
+    words = ["sort", "list", "python", "what", "is", "1", "+", "99", "dict", "map", "x"]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(300)]
+    tracker, window = NoveltyTracker(window=7), []
+    for i, text in enumerate(texts):
+        grams = ngram_hashes(text)
+        best = max(
+            (len(grams & w) / len(grams | w) for w in window if grams | w), default=0.0
+        )
+        remember = i % 5 != 0  # some lookups only peek
+        assert tracker.score(text, remember=remember) == round(1.0 - best, 4), i
+        if remember:
+            window = [*window, grams][-7:]
+    assert len(tracker._recent) == 7
+    assert sum(len(h) for h in tracker._postings.values()) == sum(len(w) for w in window)
+
+
 def test_heuristic_scorer_is_low_for_trivia_and_higher_for_multi_step() -> None:
     h = HeuristicScorer()
     trivial = h.score("What is 1+9900?", extract("What is 1+9900?"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -271,26 +271,46 @@ def ngram_hashes(text: str, n: int = 3, buckets: int = 1 << 16) -> frozenset[int
 
 @dataclass
 class NoveltyTracker:
-    """Novelty = 1 - the highest Jaccard similarity to the last ``window`` requests."""
+    """Novelty = 1 - the highest Jaccard similarity to the last ``window`` requests.
+
+    Exact, via an inverted index (n-gram -> the recent requests holding it, oldest
+    first): only requests that share a gram are counted, and the counting runs in C
+    (``Counter.update``), instead of one set intersection per remembered request.
+    """
 
     window: int = 256
     _recent: deque[frozenset[int]] = field(default_factory=deque)
+    _postings: dict[int, deque[int]] = field(default_factory=dict)
+    _first: int = 0  # serial number of _recent[0]
 
     def score(self, text: str, remember: bool = True) -> float:
         grams = ngram_hashes(text)
-        best = 0.0
         size = len(grams)
-        for seen in self._recent:
-            # One set operation per entry: |a | b| = |a| + |b| - |a & b|.
-            shared = len(grams & seen)
-            if shared:
-                ratio = shared / (size + len(seen) - shared)
-                if ratio > best:
-                    best = ratio
+        shared: Counter[int] = Counter()
+        postings = self._postings
+        for g in grams:
+            holders = postings.get(g)
+            if holders:
+                shared.update(holders)
+        best = 0.0
+        recent, first = self._recent, self._first
+        for serial, common in shared.items():
+            ratio = common / (size + len(recent[serial - first]) - common)
+            if ratio > best:
+                best = ratio
         if remember:
-            self._recent.append(grams)
-            while len(self._recent) > self.window:
-                self._recent.popleft()
+            serial = first + len(recent)
+            recent.append(grams)
+            for g in grams:
+                postings.setdefault(g, deque()).append(serial)
+            while len(recent) > self.window:
+                old = recent.popleft()
+                for g in old:
+                    holders = postings[g]
+                    holders.popleft()  # FIFO: the oldest serial is at the front
+                    if not holders:
+                        del postings[g]
+                self._first += 1
         return round(1.0 - best, 4)
 
 
