@@ -222,6 +222,15 @@ async def test_best_of_n_include_greedy_puts_the_greedy_answer_first(
     assert out.chosen == 0 and out.answer == "Answer: 7"
 
 
+async def test_best_of_n_include_greedy_stays_greedy_under_a_run_temperature(
+    problem: Problem, make_ctx: MakeCtx
+) -> None:
+    # A request temperature (the run's sampling default) applies to the samples only.
+    fake = FakeBackend(["Answer: 7", "Answer: 6", "Answer: 8"])
+    await BestOfN(n=3, include_greedy=True).run(problem, make_ctx(fake, temperature=0.7))
+    assert [(c.n, c.temperature) for c in fake.calls] == [(1, 0.0), (2, 0.7)]
+
+
 async def test_best_of_n_include_greedy_with_n_1_is_just_greedy(
     problem: Problem, make_ctx: MakeCtx
 ) -> None:

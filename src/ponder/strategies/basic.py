@@ -186,6 +186,10 @@ class BestOfN:
                     logprobs=True,
                     top_logprobs=top_logprobs,
                 )
+                if self.include_greedy and count == 1 and temperature == 0.0 and not candidates:
+                    # The greedy call stays greedy even when the run sets a temperature
+                    # (the request's own temperature applies to the sampled calls).
+                    req = req.model_copy(update={"temperature": 0.0})
                 candidates += [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
             pass
