@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -92,6 +94,9 @@ class ConfigSummary:
     cost_per_correct: float | None
     pass_at_k: dict[int, float] = field(default_factory=dict)
     by_difficulty: dict[int, float] = field(default_factory=dict)
+    # Parameters other than the scaling knob (e.g. "include_greedy=true"): a variant of
+    # the strategy with its own scaling curve.
+    variant: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -114,6 +119,12 @@ def _price(record: dict[str, Any], prices: dict[str, dict[str, float]] | None) -
         )
         / 1e6
     )
+
+
+def _variant(strategy: str, params: dict[str, Any]) -> str:
+    knob = SCALING_PARAM.get(strategy)
+    shown = {k: v for k, v in sorted(params.items()) if k != knob and k != "temperature"}
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in shown.items())
 
 
 def summarize(
@@ -167,6 +178,7 @@ def summarize(
                 strategy=first["strategy"],
                 model=first["model"],
                 n=scale_of(first["strategy"], first.get("params", {})),
+                variant=_variant(first["strategy"], first.get("params", {})),
                 budget=first.get("budget"),
                 items=len(rows),
                 correct=correct,

@@ -21,7 +21,8 @@ __all__ = ["write_report"]
 def _label(s: ConfigSummary) -> str:
     extra = f" n={s.n}" if s.n > 1 else ""
     budget = f" b={s.budget}" if s.budget else ""
-    return f"{s.strategy}{extra}{budget} [{s.model}]"
+    variant = f" ({s.variant})" if s.variant else ""
+    return f"{s.strategy}{variant}{extra}{budget} [{s.model}]"
 
 
 def _plots(summaries: Sequence[ConfigSummary], out: Path) -> dict[str, str]:
@@ -33,7 +34,8 @@ def _plots(summaries: Sequence[ConfigSummary], out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     by_strategy: dict[str, list[ConfigSummary]] = {}
     for s in summaries:
-        by_strategy.setdefault(f"{s.strategy} [{s.model}]", []).append(s)
+        variant = f" ({s.variant})" if s.variant else ""
+        by_strategy.setdefault(f"{s.strategy}{variant} [{s.model}]", []).append(s)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in sorted(by_strategy.items()):
