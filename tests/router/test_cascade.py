@@ -137,6 +137,40 @@ async def test_stronger_tier_is_clipped_to_what_is_left() -> None:
     assert out.truncated and out.stop_reason == "budget"
 
 
+@pytest.mark.parametrize(
+    ("tier_thinking_budget", "expected"),
+    [(None, 256), (0, None), (64, 64)],  # None: the cascade's thinking_budget; 0: direct
+)
+async def test_tier_thinking_budget_sets_the_strong_rung_s_thinking(
+    tier_thinking_budget: int | None, expected: int | None
+) -> None:
+    small = scripted(-3.0, think_lp=-3.0, votes=("1", "2", "3", "4"))
+    big = FunctionBackend(lambda req, i: Reply("Answer: 42", reasoning="a b c", logprob=-0.01))
+    out = await Ponder(small).asolve(
+        PROBLEM,
+        "cascade",
+        threshold=0.99,
+        strong_tier="big",
+        tier_thinking_budget=tier_thinking_budget,
+        tiers={"big": big},
+        seed=7,
+        max_tokens=64,
+    )
+    assert [r["kind"] for r in rungs_of(out)] == ["direct", "think", "search", "tier"]
+    (call,) = big.calls
+    assert (call.thinking.budget_tokens if call.thinking else None) == expected
+    assert rungs_of(out)[3]["thinking_budget"] == expected
+    # The small tier's thinking rung keeps the cascade's own budget either way.
+    assert small.calls[1].thinking is not None and small.calls[1].thinking.budget_tokens == 256
+    if expected is None:
+        # A direct strong rung is exactly the plain `direct` strategy's request on that
+        # model, so a pool recorded with `direct` on the strong tier replays it.
+        plain = FunctionBackend(lambda req, i: "Answer: 42")
+        await Ponder(plain).asolve(PROBLEM, "direct", seed=7, max_tokens=64)
+        assert request_key(call, "big") == request_key(plain.calls[0], "big")
+        assert call.logprobs  # the confidence signal is there when a later rung needs it
+
+
 async def test_unknown_tier_is_a_clear_error() -> None:
     ctx = RunContext(backend=MeteredBackend(scripted(-3.0)))
     with pytest.raises(InvalidRequest, match="strong_tier 'big' is not available"):
@@ -150,6 +184,9 @@ async def test_unknown_tier_is_a_clear_error() -> None:
         ({"search_n": 1}, "search_n must be an integer >= 2"),
         ({"rungs": ("direct", "pray")}, "rungs must be a non-empty subset"),
         ({"signal": "vibes"}, "signal must be one of"),
+        ({"tier_thinking_budget": -1}, "tier_thinking_budget must be null"),
+        ({"tier_thinking_budget": True}, "tier_thinking_budget must be null"),
+        ({"tier_thinking_budget": "0"}, "tier_thinking_budget must be null"),
     ],
 )
 def test_bad_parameters_are_clear_errors(params: dict, message: str) -> None:

@@ -110,9 +110,7 @@ def test_novelty_index_equals_brute_force_jaccard() -> None:
     tracker, window = NoveltyTracker(window=7), []
     for i, text in enumerate(texts):
         grams = ngram_hashes(text)
-        best = max(
-            (len(grams & w) / len(grams | w) for w in window if grams | w), default=0.0
-        )
+        best = max((len(grams & w) / len(grams | w) for w in window if grams | w), default=0.0)
         remember = i % 5 != 0  # some lookups only peek
         assert tracker.score(text, remember=remember) == round(1.0 - best, 4), i
         if remember:

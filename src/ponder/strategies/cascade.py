@@ -5,7 +5,9 @@ Rungs, in order (each one optional):
 1. ``direct``: one greedy answer on the run's own backend (tier 1);
 2. ``think``: one greedy answer after up to ``thinking_budget`` thinking tokens;
 3. ``search``: ``search_n`` samples, majority vote (or the verifier's best);
-4. ``tier``: the thinking rung again on ``strong_tier`` (a bigger model from ``ctx.tiers``).
+4. ``tier``: the thinking rung again on ``strong_tier`` (a bigger model from ``ctx.tiers``),
+   with ``tier_thinking_budget`` thinking tokens (None: ``thinking_budget``; 0: a direct
+   answer, for a strong tier too slow to think on).
 
 After each rung a confidence in [0, 1] is read off the candidates: the verifier's score
 when the run has a verifier, vote agreement when there are several samples, else the
@@ -85,6 +87,8 @@ class Cascade:
     search_n: int = 4
     search_temperature: float = 0.7
     strong_tier: str | None = None
+    # Thinking tokens of the strong-tier rung: None = thinking_budget, 0 = answer directly.
+    tier_thinking_budget: int | None = None
     signal: Signal = "auto"
     # Which rungs run at all; drop "think" or "search" to skip them.
     rungs: tuple[str, ...] = ("direct", "think", "search", "tier")
@@ -100,6 +104,13 @@ class Cascade:
                 param="threshold",
             )
         check_int(self.name, "thinking_budget", self.thinking_budget, 0)
+        t = self.tier_thinking_budget
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise InvalidRequest(
+                f"cascade: tier_thinking_budget must be null (use thinking_budget) or an "
+                f"integer >= 0 (0: a direct answer on the strong tier), got {t!r}",
+                param="tier_thinking_budget",
+            )
         check_int(self.name, "search_n", self.search_n, 2)
         check_temperature(self.name, self.search_temperature, "search_temperature")
         if self.signal not in _SIGNALS:
@@ -129,11 +140,12 @@ class Cascade:
             elif kind == "search":
                 out.append(Rung("search", n=self.search_n, temperature=self.search_temperature))
             elif kind == "tier" and self.strong_tier is not None:
-                out.append(
-                    Rung(
-                        "tier", thinking_budget=self.thinking_budget or None, tier=self.strong_tier
-                    )
+                budget = (
+                    self.thinking_budget
+                    if self.tier_thinking_budget is None
+                    else self.tier_thinking_budget
                 )
+                out.append(Rung("tier", thinking_budget=budget or None, tier=self.strong_tier))
         return out
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
