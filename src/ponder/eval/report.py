@@ -18,10 +18,11 @@ from ponder.eval.metrics import (
 __all__ = ["write_report"]
 
 
-def _label(s: ConfigSummary) -> str:
-    extra = f" n={s.n}" if s.n > 1 else ""
-    budget = f" b={s.budget}" if s.budget else ""
+def _label(s: ConfigSummary, *, curve: bool = False) -> str:
+    """A configuration's name; ``curve=True``: the scaling curve it belongs to (no N, budget)."""
     variant = f" ({s.variant})" if s.variant else ""
+    extra = f" n={s.n}" if s.n > 1 and not curve else ""
+    budget = f" b={s.budget}" if s.budget and not curve else ""
     return f"{s.strategy}{variant}{extra}{budget} [{s.model}]"
 
 
@@ -34,8 +35,7 @@ def _plots(summaries: Sequence[ConfigSummary], out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     by_strategy: dict[str, list[ConfigSummary]] = {}
     for s in summaries:
-        variant = f" ({s.variant})" if s.variant else ""
-        by_strategy.setdefault(f"{s.strategy}{variant} [{s.model}]", []).append(s)
+        by_strategy.setdefault(_label(s, curve=True), []).append(s)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in sorted(by_strategy.items()):

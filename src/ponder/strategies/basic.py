@@ -172,23 +172,22 @@ class BestOfN:
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
-        top_logprobs = getattr(ctx.verifier, "top_logprobs", 0)
-        calls: list[tuple[int, float]] = [(self.n, self.temperature)]
-        if self.include_greedy:
-            calls = [(1, 0.0)] + ([(self.n - 1, self.temperature)] if self.n > 1 else [])
+        # (samples, greedy?) per call.
+        calls = [(1, True), (self.n - 1, False)] if self.include_greedy else [(self.n, False)]
         try:
-            for count, temperature in calls:
+            for count, greedy in calls:
+                if count == 0:
+                    continue
                 req = ctx.request(
                     problem,
                     n=count,
-                    temperature=temperature,
+                    temperature=self.temperature,
                     thinking=_thinking(self.thinking_budget),
                     logprobs=True,
-                    top_logprobs=top_logprobs,
+                    top_logprobs=getattr(ctx.verifier, "top_logprobs", 0),
                 )
-                if self.include_greedy and count == 1 and temperature == 0.0 and not candidates:
-                    # The greedy call stays greedy even when the run sets a temperature
-                    # (the request's own temperature applies to the sampled calls).
+                if greedy:
+                    # Greedy even when the run sets a temperature (that applies to samples).
                     req = req.model_copy(update={"temperature": 0.0})
                 candidates += [to_candidate(g, problem.task) for g in await ctx.generate(req)]
         except BudgetExhausted:
