@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,44 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values) - 1)]
 
 
+@contextlib.asynccontextmanager
+async def _client(
+    kind: str, url: str, headers: dict[str, str], conns: int
+) -> AsyncIterator[Callable[[bytes], Awaitable[tuple[int, bytes]]]]:
+    """A POST function over ``conns`` keep-alive connections: (status, body).
+
+    ``lean`` is ponder's own small HTTP/1.1 client (backends/http11.py), so the
+    generator spends little CPU per request and leaves the cores to the target;
+    ``httpx`` is what the first round used (its CPU competes with the target on 2
+    cores and inflates every variant's tail, the direct baseline's included).
+    """
+    if kind == "lean":
+        from ponder.backends.http11 import Http11Pool
+
+        base, _, path = url.partition("/v1/")
+        pool = Http11Pool(base, headers=headers, read_timeout_s=60.0, max_connections=conns)
+
+        async def post_lean(body: bytes) -> tuple[int, bytes]:
+            resp = await pool.post("v1/" + path, body)
+            return resp.status_code, resp.content
+
+        try:
+            yield post_lean
+        finally:
+            await pool.aclose()
+        return
+    import httpx
+
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+
+        async def post_httpx(body: bytes) -> tuple[int, bytes]:
+            resp = await client.post(url, content=body, headers=headers)
+            return resp.status_code, await resp.aread()
+
+        yield post_httpx
+
+
 async def _drive(
     url: str,
     headers: dict[str, str],
@@ -276,6 +314,7 @@ async def _drive(
     warmup_s: float,
     conns: int,
     grace_s: float,
+    client_kind: str = "lean",
 ) -> dict[str, Any]:
     """Send ``rate`` requests per second for ``warmup_s + duration_s``; measure the rest.
 
@@ -284,10 +323,7 @@ async def _drive(
     waiters would make the client, not the target, the bottleneck). Requests still
     unanswered ``grace_s`` after the last one was due count as errors.
     """
-    import httpx
-
     headers = {**headers, "content-type": "application/json"}
-    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     total = int((warmup_s + duration_s) * rate)
     warm = int(warmup_s * rate)
     # Encoded up front: the generator's own CPU should not compete with the target's.
@@ -303,7 +339,7 @@ async def _drive(
         if i >= warm:
             errors[kind] = errors.get(kind, 0) + 1
 
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+    async with _client(client_kind, url, headers, conns) as post:
 
         async def worker() -> None:
             nonlocal busy, max_busy, answered
@@ -312,24 +348,23 @@ async def _drive(
                 busy += 1
                 max_busy = max(max_busy, busy)
                 try:
-                    resp = await client.post(url, content=bodies[i], headers=headers)
-                    await resp.aread()
+                    status, _ = await post(bodies[i])
                     answered += 1
-                    if resp.status_code == 200:
+                    if status == 200:
                         latencies[i] = time.perf_counter() - due
                     else:
-                        error(f"http_{resp.status_code}", i)
-                except httpx.HTTPError as exc:
+                        error(f"http_{status}", i)
+                except Exception as exc:  # a transport error of either client
                     error(type(exc).__name__, i)
                 finally:
                     busy -= 1
                     due_queue.task_done()
 
         # Open the connections before the clock starts (a user's client is warm too).
-        warmers = [client.post(url, content=bodies[-1 - k], headers=headers) for k in range(conns)]
-        for resp in await asyncio.gather(*warmers):
-            if resp.status_code != 200:
-                raise SystemExit(f"{url} answered {resp.status_code}: {resp.text[:500]}")
+        warmers = [post(bodies[-1 - k]) for k in range(conns)]
+        for status, content in await asyncio.gather(*warmers):
+            if status != 200:
+                raise SystemExit(f"{url} answered {status}: {content[:500]!r}")
         workers = [asyncio.create_task(worker()) for _ in range(conns)]
         t0 = time.perf_counter()
         for i in range(total):
@@ -473,6 +508,7 @@ def _load(
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
         "conns": args.connections,
+        "client_kind": args.client,
         "grace_s": args.grace_s,
         "out": str(out),
     }
@@ -697,6 +733,12 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=3.0, help="seconds dropped per run")
     p.add_argument("--repeats", type=int, default=2, help="runs per variant, order alternating")
     p.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
+    p.add_argument(
+        "--client",
+        choices=["lean", "httpx"],
+        default="lean",
+        help="load generator's HTTP client (lean: ponder's http11 client, little CPU)",
+    )
     p.add_argument(
         "--grace-s",
         type=float,

@@ -249,6 +249,37 @@ async def test_models_and_health() -> None:
     assert health == {"status": "ok", "model": "tiny-model"}
 
 
+async def test_framework_route_answers_like_the_fast_path() -> None:
+    # The chat path is served before FastAPI's stack; mounted under a prefix the
+    # framework's own route answers. Same body, headers and errors either way.
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    def outer(app: Any) -> httpx.AsyncClient:
+        parent = Starlette(routes=[Mount("/api", app=app)])
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=parent), base_url="http://t")
+
+    answers = []
+    for prefix in ("", "/api"):
+        app = create_app(FakeBackend([ANSWER]), ServerSettings())
+        client = (
+            outer(app)
+            if prefix
+            else httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        )
+        async with client:
+            r = await client.post(f"{prefix}/v1/chat/completions", json=body(seed=1))
+            bad = await client.post(f"{prefix}/v1/chat/completions", content=b"{not json")
+            wrong_method = await client.get(f"{prefix}/v1/chat/completions")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+        reply = r.json()
+        answers.append((reply["choices"], reply["usage"], r.headers["x-ponder-strategy"]))
+    assert answers[0] == answers[1]
+    assert answers[0][0][0]["message"]["content"] == "The answer is 4"
+
+
 async def test_unknown_route_gets_an_openai_error_body() -> None:
     async with client_for(FakeBackend([ANSWER])) as client:
         r = await client.get("/v1/nope")

@@ -300,7 +300,7 @@ async def test_enqueue_validates_the_route_without_counting_the_prompt_as_seen(
         r = await client.post("/v1/jobs", json=body(), headers={"x-ponder-preset": "math"})
         assert r.status_code == 202
     # Queueing routed the prompt without remembering it...
-    assert len(router.novelty._recent) == 0
+    assert len(router.novelty) == 0
     (row,) = job_rows(store)
     assert json.loads(row.headers) == {"x-ponder-preset": "math"}
     worker = Jobs(gateway, concurrency=1)
@@ -313,7 +313,7 @@ async def test_enqueue_validates_the_route_without_counting_the_prompt_as_seen(
     finally:
         await worker.stop()
     # ...the run remembered it, once, and planned with the kept preset header.
-    assert job.status == "succeeded" and len(router.novelty._recent) == 1
+    assert job.status == "succeeded" and len(router.novelty) == 1
     (ledger_row,) = store.rows()
     assert ledger_row.task_class == "math"
 

@@ -521,7 +521,7 @@ def error_result(exc: PonderError) -> ErrorResult:
     return ErrorResult(status=exc.status, body=exc.to_openai(), headers=exc.headers())
 
 
-def _internal_error(exc: BaseException) -> ErrorResult:
+def internal_error(exc: BaseException) -> ErrorResult:
     logger.exception("unexpected error while handling a request")
     detail = f"{type(exc).__name__}: {exc}"[:300]
     return ErrorResult(
@@ -976,11 +976,15 @@ class Gateway:
         )
         return p, demand
 
-    async def _reserve(self, caller: Caller, demand: Demand, p: Plan) -> Reservation | None:
+    async def _reserve(
+        self, caller: Caller, demand: Demand, p: Plan, limits: list[Limit] | None = None
+    ) -> Reservation | None:
         if self.store is None:
             return None
         ttl = (p.budget.deadline_s or self.settings.request_timeout_s) + 60.0
-        result = await self._blocking(self.store.reserve, caller.subjects(), demand, ttl_s=ttl)
+        result = await self._blocking(
+            self.store.reserve, caller.subjects(), demand, ttl_s=ttl, limits=limits
+        )
         if isinstance(result, Refusal):
             raise _quota_error(result)
         return result
@@ -1025,12 +1029,12 @@ class Gateway:
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             p.include_reasoning = p.include_reasoning and caller.may("reasoning")
             p, demand = await self._bound(p, caller, limits)
-            reservation = await self._reserve(caller, demand, p)
+            reservation = await self._reserve(caller, demand, p, limits)
         except PonderError as exc:
             self.metrics.refuse(caller.label, exc.code or exc.type)
             return error_result(exc)
         except Exception as exc:
-            return _internal_error(exc)
+            return internal_error(exc)
         # From here the request holds a reservation: every path below settles it.
         allowance = demand.tokens if reservation is not None and reservation.items else None
         tier = p.tier or self.tier
@@ -1345,7 +1349,7 @@ class Gateway:
 
     async def _fail(self, run: _Run, exc: BaseException) -> ErrorResult:
         """A request that failed while running: settle what it spent, then report the error."""
-        result = error_result(exc) if isinstance(exc, PonderError) else _internal_error(exc)
+        result = error_result(exc) if isinstance(exc, PonderError) else internal_error(exc)
         if run.on_settle is not None:
             hook = run.on_settle
             run.also = lambda conn: hook(conn, result)
