@@ -32,6 +32,11 @@ ledger. JSON lines, then tables.
     .venv/bin/python benchmarks/routing.py pool --deadline-min 65   # generate (resumable)
     .venv/bin/python benchmarks/routing.py replay                   # compare policies
     .venv/bin/python benchmarks/routing.py live --live-items 30     # confirm the winner
+    .venv/bin/python benchmarks/routing.py pack                     # commit-ready pool
+
+The pool is committed, compressed, under ``benchmarks/data/routing/``: every stage
+first copies it into ``--dir`` where that lacks it, so a replay on a new machine
+needs no model run, and ``pool`` only generates the items the pool lacks.
 """
 
 from __future__ import annotations
@@ -999,11 +1004,54 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
     return summary
 
 
+# The pool as committed to the repository: generating it costs hours on 2 cores, and
+# runs/ is not versioned, so a new machine starts from here and a later session grows it.
+PACKED = Path(__file__).resolve().parent / "data" / "routing"
+POOL_FILES = ("pool.jsonl", "pool-strong.jsonl", "latency.jsonl")
+
+
+def unpack(out: Path, packed: Path = PACKED) -> list[str]:
+    """Copy the committed pool into ``out`` where ``out`` lacks a file; returns those copied."""
+    import gzip
+    import shutil
+
+    copied = []
+    out.mkdir(parents=True, exist_ok=True)
+    for name in POOL_FILES:
+        src, dst = packed / f"{name}.gz", out / name
+        if src.exists() and not dst.exists():
+            with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            copied.append(name)
+    return copied
+
+
+def pack(out: Path, packed: Path = PACKED) -> dict[str, int]:
+    """Compress the pool in ``out`` into ``packed`` (byte-stable: no timestamps in the gzip)."""
+    import gzip
+
+    packed.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for name in POOL_FILES:
+        src = out / name
+        if not src.exists():
+            continue
+        data = src.read_bytes()
+        target = packed / f"{name}.gz"
+        with (
+            open(target, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as fh,
+        ):
+            fh.write(data)
+        sizes[name] = target.stat().st_size
+    return sizes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("stage", choices=["pool", "replay", "live", "all"])
+    ap.add_argument("stage", choices=["pool", "replay", "live", "all", "pack"])
     ap.add_argument("--dir", default="runs/routing", help="where the pool lives")
     ap.add_argument(
         "--per-level", type=int, default=3, help="reasoning-gym items per task and level"
@@ -1028,6 +1076,12 @@ def main() -> None:
     ap.add_argument("--live-concurrency", type=int, default=2)
     ap.add_argument("--live-policy", default=None, help="live: a policy name (default: winner)")
     args = ap.parse_args()
+    if args.stage == "pack":
+        print(json.dumps({"packed": str(PACKED), "bytes": pack(Path(args.dir))}))
+        return
+    copied = unpack(Path(args.dir))
+    if copied:
+        print(json.dumps({"unpacked": copied, "from": str(PACKED), "into": args.dir}), flush=True)
     items = workload(args)
     if args.limit is not None:
         items = items[: args.limit]

@@ -147,3 +147,24 @@ async def test_a_partial_pool_replays_exactly_the_covered_items(
         "direct@strong",
     }
     assert len(records) == 4 * 10
+
+
+def test_the_committed_pool_unpacks_where_missing_and_packs_byte_stably(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    run, packed = tmp_path / "run", tmp_path / "packed"
+    run.mkdir()
+    (run / "pool.jsonl").write_text('{"key": "a", "generations": []}\n')
+    (run / "latency.jsonl").write_text('{"key": "a", "n": 1, "s": 0.5}\n')
+    sizes = bench.pack(run, packed)
+    assert set(sizes) == {"pool.jsonl", "latency.jsonl"}  # no strong pool yet: none packed
+    first = (packed / "pool.jsonl.gz").read_bytes()
+    bench.pack(run, packed)
+    assert (packed / "pool.jsonl.gz").read_bytes() == first  # no timestamp: same bytes
+    fresh = tmp_path / "fresh"
+    assert sorted(bench.unpack(fresh, packed)) == ["latency.jsonl", "pool.jsonl"]
+    assert (fresh / "pool.jsonl").read_text() == (run / "pool.jsonl").read_text()
+    # A local pool (perhaps grown since) is never overwritten by the committed one.
+    (fresh / "pool.jsonl").write_text("local\n")
+    assert bench.unpack(fresh, packed) == []
+    assert (fresh / "pool.jsonl").read_text() == "local\n"
