@@ -11,8 +11,10 @@ Three processes (plus this one, which only orchestrates):
             (a real API key), quota limits that bind that key (so every request
             reserves and settles counters) and the ledger on: a SQLite WAL file in a
             temp dir by default, or ``--ledger-url postgresql://...``.
-  load      one open-loop generator (``httpx.AsyncClient``, ``--connections`` keep-alive
-            connections): request ``i`` is due at ``t0 + i / rate`` whether or not
+  load      one open-loop generator (``--connections`` keep-alive connections over
+            ponder's lean HTTP/1.1 client, or ``--client httpx``, which the first
+            round used and which costs the shared cores ~1-2 ms per request, enough
+            to give even the direct baseline a p99 of ~0.7 s at 200/s): request ``i`` is due at ``t0 + i / rate`` whether or not
             earlier ones have answered, and its latency is measured from that due time
             (``time.perf_counter``), so a stall shows up as latency instead of lowering
             the rate (no coordinated omission). Prompts differ per request. The same
