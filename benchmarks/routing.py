@@ -725,10 +725,10 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
         "test_ids": [it.id for it in test],
         "per_item": {
             name: {
-                it.id: {"correct": pick(it).correct, "reasoning": pick(it).reasoning,
-                        "output": pick(it).output, "strong": pick(it).strong_generated,
-                        "latency_s": round(pick(it).latency_s, 3)}
+                it.id: {"correct": r.correct, "reasoning": r.reasoning, "output": r.output,
+                        "strong": r.strong_generated, "latency_s": round(r.latency_s, 3)}
                 for it in items
+                for r in (pick(it),)  # once per item: a router's pick plans the prompt
             }
             for name, pick in policies.items()
         },
@@ -943,29 +943,24 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
     strong_ledger = sum(
         (r.plan.get("tiers") or {}).get(STRONG_TIER, {}).get("completion_tokens", 0) for r in found
     )
-    live_lat = [r["latency_s"] for r in rows]
-    rep = [replayed[it.id] for it in chosen]
-    rep_lat = [r["latency_s"] for r in rep]
+
+    def totals(runs: Sequence[dict[str, Any]], strong_key: str) -> dict[str, Any]:
+        lat = [r["latency_s"] for r in runs]
+        return {
+            "accuracy": round(sum(r["correct"] for r in runs) / len(runs), 4),
+            "reasoning_tokens": sum(r["reasoning"] for r in runs),
+            "output_tokens": sum(r["output"] for r in runs),
+            "strong_generated_tokens": sum(r[strong_key] for r in runs),
+            "latency_p50_s": round(percentile(lat, 50), 2),
+            "latency_p95_s": round(percentile(lat, 95), 2),
+        }
+
     summary = {
         "policy": name,
         "items": len(rows),
         "wall_min": round(wall / 60, 2),
-        "live": {
-            "accuracy": round(sum(r["correct"] for r in rows) / len(rows), 4),
-            "reasoning_tokens": sum(r["reasoning"] for r in rows),
-            "output_tokens": sum(r["output"] for r in rows),
-            "strong_generated_tokens": sum(r["strong_live"] for r in rows),
-            "latency_p50_s": round(percentile(live_lat, 50), 2),
-            "latency_p95_s": round(percentile(live_lat, 95), 2),
-        },
-        "replayed": {
-            "accuracy": round(sum(r["correct"] for r in rep) / len(rep), 4),
-            "reasoning_tokens": sum(r["reasoning"] for r in rep),
-            "output_tokens": sum(r["output"] for r in rep),
-            "strong_generated_tokens": sum(r["strong"] for r in rep),
-            "latency_p50_s": round(percentile(rep_lat, 50), 2),
-            "latency_p95_s": round(percentile(rep_lat, 95), 2),
-        },
+        "live": totals(rows, "strong_live"),
+        "replayed": totals([replayed[it.id] for it in chosen], "strong"),
         "verdict_agreement": round(sum(r["same_answer_verdict"] for r in rows) / len(rows), 4),
         # Whether the 1.5B was called for an item, live and in the replay.
         "strong_calls": {
@@ -990,8 +985,9 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
         == sum(r["reasoning"] + r["output"] for r in rows),
     }
     print(json.dumps(summary))
-    (workdir / "live.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    (out / "live.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    record = json.dumps({"summary": summary, "rows": rows}, indent=1)
+    (workdir / "live.json").write_text(record)  # beside this run's gateway log and ledger
+    (out / "live.json").write_text(record)  # the latest, where replay.json is
     lv, rp = summary["live"], summary["replayed"]
     print(f"\nlive vs replay, policy {name}, {len(rows)} test items")
     print("| run | accuracy | reasoning tok | output tok | of which 1.5B | p50 s | p95 s |")

@@ -201,10 +201,17 @@ def _record(row: Mapping[str, Any]) -> KeyRecord:
     )
 
 
-def _limit(row: Any) -> Limit:
-    return Limit(
-        scope=row.scope, subject=row.subject, metric=row.metric, window=row.window, limit=row.limit
-    )
+def _counter_key(
+    scope: Scope, subject: str, metric: Metric, window: Window, start: int
+) -> dict[str, Any]:
+    """The bind parameters that name one counter row (see :class:`_Statements`)."""
+    return {
+        "k_scope": scope,
+        "k_subject": subject,
+        "k_metric": metric,
+        "k_window": window,
+        "k_start": start,
+    }
 
 
 # How long a thread waits for this process's SQLite writer (as busy_timeout across processes).
@@ -579,44 +586,23 @@ class Store:
         now = time.time() if now is None else now
         out: list[QuotaStatus] = []
         with self._tx() as conn:
-            binding = applicable([_limit(r) for r in conn.execute(sa.select(s.limits))], subjects)
-            for lim in binding:
+            limits = [Limit(*r) for r in self._st.limits.all(conn, {})]
+            for lim in applicable(limits, subjects):
                 subject = subjects[lim.scope] or ""
                 start, end = window_bounds(lim.window, now)
                 used = reserved = 0
                 if lim.window != "request":
-                    row = conn.execute(
-                        sa.select(s.counters.c.used, s.counters.c.reserved).where(
-                            *self._counter_key(lim, subject, start)
-                        )
-                    ).first()
+                    row = self._st.counter.first(conn, self._counter_params(lim, subject, start))
                     if row is not None:
-                        used, reserved = row.used, row.reserved
+                        used, reserved = int(row[0]), int(row[1])
                 out.append(QuotaStatus(lim, subject, used, reserved, end))
         return out
 
     # ---- reservation and settlement
 
     @staticmethod
-    def _counter_key(lim: Limit, subject: str, start: int) -> list[sa.ColumnElement[bool]]:
-        c = s.counters.c
-        return [
-            c.scope == lim.scope,
-            c.subject == subject,
-            c.metric == lim.metric,
-            c.window == lim.window,
-            c.window_start == start,
-        ]
-
-    @staticmethod
     def _counter_params(lim: Limit, subject: str, start: int) -> dict[str, Any]:
-        return {
-            "k_scope": lim.scope,
-            "k_subject": subject,
-            "k_metric": lim.metric,
-            "k_window": lim.window,
-            "k_start": start,
-        }
+        return _counter_key(lim.scope, subject, lim.metric, lim.window, start)
 
     def _hold(
         self, conn: sa.Connection, lim: Limit, subject: str, start: int, amount: int
@@ -800,18 +786,9 @@ class Store:
     ) -> tuple[int, int]:
         """(used, reserved) of one counter in the window containing ``now``."""
         start, _ = window_bounds(window, time.time() if now is None else now)
-        c = s.counters.c
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(c.used, c.reserved).where(
-                    c.scope == scope,
-                    c.subject == subject,
-                    c.metric == metric,
-                    c.window == window,
-                    c.window_start == start,
-                )
-            ).first()
-        return (0, 0) if row is None else (int(row.used), int(row.reserved))
+            row = self._st.counter.first(conn, _counter_key(scope, subject, metric, window, start))
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     # ---- ledger
 
