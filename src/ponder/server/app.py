@@ -186,6 +186,7 @@ def create_app(
             released = gateway.store.release_stale()
             if released:
                 logger.warning("released %d reservations left by a previous process", released)
+            gateway.store.checkpoint_in_background()
         await jobs.start()
         sweeper = asyncio.create_task(_sweep_stale_holds(gateway)) if gateway.store else None
         yield
@@ -196,6 +197,8 @@ def create_app(
         # Running jobs get a grace period; the rest go back to the queue.
         await jobs.stop()
         await gateway.alerts.drain()
+        if gateway.store is not None:
+            gateway.store.stop_background_checkpoint()
         # The engine holds a model in memory (and maybe threads): free it on shutdown.
         await _close(backend)
         await gateway.aclose()
