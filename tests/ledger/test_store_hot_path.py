@@ -55,6 +55,34 @@ def test_first_request_of_a_window_creates_the_counter_or_is_refused(store: Stor
     assert isinstance(again, Refusal) and (again.used, again.reserved) == (0, 60)
 
 
+def test_a_counter_created_concurrently_is_held_on_not_refused(store: Store) -> None:
+    # The race of a window's first requests: ours finds no counter to hold on, then a
+    # concurrent request creates it, holds and commits before ours reads it back.
+    # Seeing the counter now proves nothing about the limit: ours must hold, not refuse.
+    if store.dialect == "sqlite":
+        pytest.skip("SQLite's BEGIN IMMEDIATE runs writers one at a time: no such race")
+    store.set_limit(Limit("user", "alice", "tokens", "minute", 1_000))
+    other = Store(store.url)
+    statements = store._st  # noqa: SLF001
+    real, raced = statements.counter, []
+
+    class CounterAfterARace:
+        def first(self, db: object, params: dict[str, object]) -> object:
+            if not raced:
+                raced.append(other.reserve(SUBJECTS, Demand(tokens=1), ttl_s=60, now=600.0))
+            return real.first(db, params)
+
+    statements.counter = CounterAfterARace()  # type: ignore[assignment]
+    try:
+        mine = store.reserve(SUBJECTS, Demand(tokens=1), ttl_s=60, now=600.0)
+    finally:
+        statements.counter = real
+        other.close()
+    assert isinstance(raced[0], Reservation)
+    assert isinstance(mine, Reservation), mine
+    assert store.counter("user", "alice", "tokens", "minute", now=600.0) == (0, 2)
+
+
 @pytest.mark.parametrize("returning", [True, False], ids=["returning", "read-back"])
 def test_threshold_crossings_with_and_without_update_returning(
     store: Store, returning: bool

@@ -765,23 +765,24 @@ class Store:
         hold = {**key, "k_amount": amount, "k_limit": lim.limit}
         if st.hold.rowcount(db, hold) == 1:
             return None
-        found = st.counter.first(db, key)
-        if found is not None:
-            return int(found[0]), int(found[1])
-        # The first request of this window creates its counter (a concurrent creator's
-        # row wins the conflict), then the conditional increment decides.
-        st.create_counter.rowcount(
-            db,
-            {
-                "scope": lim.scope,
-                "subject": subject,
-                "metric": lim.metric,
-                "window": lim.window,
-                "window_start": start,
-                "used": 0,
-                "reserved": 0,
-            },
-        )
+        # No row matched: over the limit, or no counter yet, when this window's first
+        # request (ours or a concurrent one, still uncommitted then) had not created it.
+        # Only a hold on a counter known to exist can refuse: a concurrent creator may
+        # have committed it since (PostgreSQL), so the row found now proves nothing.
+        if st.counter.first(db, key) is None:
+            # A concurrent creator's row wins the conflict (waiting for its commit).
+            st.create_counter.rowcount(
+                db,
+                {
+                    "scope": lim.scope,
+                    "subject": subject,
+                    "metric": lim.metric,
+                    "window": lim.window,
+                    "window_start": start,
+                    "used": 0,
+                    "reserved": 0,
+                },
+            )
         if st.hold.rowcount(db, hold) == 1:
             return None
         found = st.counter.first(db, key)
