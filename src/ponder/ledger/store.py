@@ -825,37 +825,42 @@ class Store:
             for lim in binding:
                 if lim.window == "request" and demand.get(lim.metric) > lim.limit:
                     return Refusal(lim, subjects[lim.scope] or "", 0, 0, demand.get(lim.metric), 0)
-            items: list[tuple[Limit, str, int, int]] = []
             ordered = sorted(
                 (lim for lim in binding if lim.window != "request"),
                 key=lambda lim: (lim.scope, subjects[lim.scope] or "", lim.metric, lim.window),
             )
+            items: list[tuple[Limit, str, int, int]] = []
+            ends: list[int] = []
             for lim in ordered:
-                subject = subjects[lim.scope] or ""
                 start, end = window_bounds(lim.window, now)
-                amount = demand.get(lim.metric)
+                items.append((lim, subjects[lim.scope] or "", start, demand.get(lim.metric)))
+                ends.append(end)
+            res = Reservation(id=uuid.uuid4().hex, items=tuple(items), demand=demand)
+            if not items:
+                return res
+            # The reservation row first, the holds last: a hold locks its counter row
+            # (PostgreSQL) until the commit, and every request of a key or team queues
+            # on that lock, so nothing else may run while it is held.
+            self._st.add_reservation.rowcount(
+                db,
+                {
+                    "id": res.id,
+                    "created_at": now,
+                    "expires_at": now + ttl_s,
+                    "items": json.dumps(
+                        [
+                            [lim.scope, subj, lim.metric, lim.window, start, amt]
+                            for lim, subj, start, amt in items
+                        ]
+                    ),
+                },
+            )
+            for (lim, subject, start, amount), end in zip(items, ends, strict=True):
                 refused = self._hold(db, lim, subject, start, amount)
                 if refused is not None:
                     used, reserved = refused
-                    # Raising rolls back the holds taken so far in this transaction.
+                    # Raising rolls back the holds taken so far and the reservation row.
                     raise _Refused(Refusal(lim, subject, used, reserved, amount, end))
-                items.append((lim, subject, start, amount))
-            res = Reservation(id=uuid.uuid4().hex, items=tuple(items), demand=demand)
-            if items:
-                self._st.add_reservation.rowcount(
-                    db,
-                    {
-                        "id": res.id,
-                        "created_at": now,
-                        "expires_at": now + ttl_s,
-                        "items": json.dumps(
-                            [
-                                [lim.scope, subj, lim.metric, lim.window, start, amt]
-                                for lim, subj, start, amt in items
-                            ]
-                        ),
-                    },
-                )
         return res
 
     def settle(
@@ -895,6 +900,9 @@ class Store:
             held = st.drop_reservation.rowcount(db, {"k_id": reservation.id}) == 1
         else:
             held = False
+        # The row before the charges: they lock counter rows until the commit (see _reserve).
+        if row is not None:
+            st.add_row.rowcount(db, row.values())
         for lim, subject, start, amount in reservation.items:
             used = actual.get(lim.metric)
             key = self._counter_params(lim, subject, start)
@@ -915,8 +923,6 @@ class Store:
                 mark = t * lim.limit
                 if before < mark <= after:
                     crossings.append(Crossing(lim, subject, t, after))
-        if row is not None:
-            st.add_row.rowcount(db, row.values())
         return crossings
 
     def release(self, reservation: Reservation) -> None:
