@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -54,6 +54,8 @@ from ponder.errors import InvalidRequest, StoreUnavailable
 from ponder.ledger import schema as s
 
 logger = logging.getLogger("ponder.ledger")
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Crossing",
@@ -434,21 +436,30 @@ class Store:
         )
 
     @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
+    def _writer(self) -> Iterator[None]:
+        """This process's SQLite write lock (nothing on PostgreSQL), or StoreUnavailable."""
         lock = self._write_lock
-        if lock is not None and not lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
             raise StoreUnavailable(
                 f"the ponder store (sqlite) stayed locked by this process's writers for "
                 f"{_WRITE_LOCK_TIMEOUT_S:g} s; requests are refused until it is free again"
             )
         try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (SQLAlchemyError, self._driver_error) as exc:
-            raise self._unavailable(exc) from exc
+            yield
         finally:
-            if lock is not None:
-                lock.release()
+            lock.release()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self._writer():
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except (SQLAlchemyError, self._driver_error) as exc:
+                raise self._unavailable(exc) from exc
 
     @contextmanager
     def _db(self, *, read: bool = False) -> Iterator[Any]:
@@ -512,29 +523,18 @@ class Store:
             except sqlite3.Error as exc:
                 raise self._unavailable(exc) from exc
             return
-        lock = self._write_lock
-        assert lock is not None
-        if not lock.acquire(timeout=_WRITE_LOCK_TIMEOUT_S):
-            raise StoreUnavailable(
-                f"the ponder store (sqlite) stayed locked by this process's writers for "
-                f"{_WRITE_LOCK_TIMEOUT_S:g} s; requests are refused until it is free again"
-            )
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._writer():
             try:
+                db.execute("BEGIN IMMEDIATE")
                 yield db
-            except BaseException:
+                db.execute("COMMIT")
+            except BaseException as exc:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._unavailable(exc) from exc
                 raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise self._unavailable(exc) from exc
-        finally:
-            lock.release()
 
     def transaction(self) -> AbstractContextManager[sa.Connection]:
         """One transaction (SQLite: holding the write lock); errors become StoreUnavailable."""
@@ -829,12 +829,11 @@ class Store:
                 (lim for lim in binding if lim.window != "request"),
                 key=lambda lim: (lim.scope, subjects[lim.scope] or "", lim.metric, lim.window),
             )
-            items: list[tuple[Limit, str, int, int]] = []
-            ends: list[int] = []
-            for lim in ordered:
-                start, end = window_bounds(lim.window, now)
-                items.append((lim, subjects[lim.scope] or "", start, demand.get(lim.metric)))
-                ends.append(end)
+            items = [
+                (lim, subjects[lim.scope] or "", window_bounds(lim.window, now)[0],
+                 demand.get(lim.metric))
+                for lim in ordered
+            ]  # fmt: skip
             res = Reservation(id=uuid.uuid4().hex, items=tuple(items), demand=demand)
             if not items:
                 return res
@@ -855,10 +854,11 @@ class Store:
                     ),
                 },
             )
-            for (lim, subject, start, amount), end in zip(items, ends, strict=True):
+            for lim, subject, start, amount in items:
                 refused = self._hold(db, lim, subject, start, amount)
                 if refused is not None:
                     used, reserved = refused
+                    _, end = window_bounds(lim.window, now)
                     # Raising rolls back the holds taken so far and the reservation row.
                     raise _Refused(Refusal(lim, subject, used, reserved, amount, end))
         return res
@@ -878,13 +878,18 @@ class Store:
         ``also(conn)`` runs in the same transaction after the row is written (a job
         saves its result there); if it raises, nothing is committed.
         """
+        return self._write(lambda db: self._settle(db, reservation, actual, row, thresholds), also)
+
+    def _write(self, body: Callable[[Any], _T], also: Callable[[sa.Connection], None] | None) -> _T:
+        """``body(db)`` in one transaction; with ``also``, which writes through SQLAlchemy,
+        on the DB-API connection under a SQLAlchemy transaction that ``also(conn)`` shares."""
         if also is None:
             with self._db() as db:
-                return self._settle(db, reservation, actual, row, thresholds)
-        with self._tx() as conn:  # ``also`` writes through SQLAlchemy, in this transaction
-            crossings = self._settle(_dbapi(conn), reservation, actual, row, thresholds)
+                return body(db)
+        with self._tx() as conn:
+            result = body(_dbapi(conn))
             also(conn)
-        return crossings
+        return result
 
     def _settle(
         self,
@@ -967,13 +972,7 @@ class Store:
     def insert_row(
         self, row: LedgerRow, *, also: Callable[[sa.Connection], None] | None = None
     ) -> None:
-        if also is None:
-            with self._db() as db:
-                self._st.add_row.rowcount(db, row.values())
-            return
-        with self._tx() as conn:
-            self._st.add_row.rowcount(_dbapi(conn), row.values())
-            also(conn)
+        self._write(lambda db: self._st.add_row.rowcount(db, row.values()), also)
 
     def row(self, request_id: str) -> LedgerRow | None:
         """The ledger row of one request, or None."""
