@@ -36,7 +36,10 @@ def test_json_object_and_json_schema():
     [
         ({"type": "xml"}, "response_format.type"),
         ({"type": "json_schema"}, "response_format.json_schema"),
-        ({"type": "json_schema", "json_schema": {"schema": SCHEMA}}, "response_format.json_schema.name"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+            "response_format.json_schema.name",
+        ),
         (
             {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "bogus"}}},
             "response_format.json_schema.schema",

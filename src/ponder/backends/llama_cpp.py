@@ -36,6 +36,7 @@ import numpy as np
 
 from ponder.backends.catalog import CATALOG, resolve_model
 from ponder.errors import BackendError, ContextOverflow, InvalidRequest
+from ponder.tools import prompt_tools, template_messages, with_tool_calls
 from ponder.types import (
     Capabilities,
     Delta,
@@ -96,6 +97,8 @@ class _Seq:
     extensions: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
+    # The answer's grammar state (ponder.structured.TokenConstraint) when constrained.
+    constraint: Any = None
 
     @property
     def n_generated(self) -> int:
@@ -188,7 +191,10 @@ class LlamaCppBackend:
             continue_final=True,
             prefix_cache=False,
             max_context=self.n_ctx,
+            constrained_decoding=True,
+            tools=True,
         )
+        self._grammars: Any = None  # a GrammarCompiler for this vocabulary, built on first use
         self._seed_counter = itertools.count(seed)
         self._free_ids = list(range(max_sequences))
         self._cells_in_use = 0
@@ -205,6 +211,7 @@ class LlamaCppBackend:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         source = self._model.metadata().get("tokenizer.chat_template")
+        self._template_source = source or ""
         if not source:
             return None
 
@@ -248,15 +255,22 @@ class LlamaCppBackend:
         if req.thinking is not None and req.thinking.prompted and not req.continue_final:
             messages = scratchpad_messages(messages, req.thinking)
             opened = req.thinking.open_tag + "\n"
+        messages, tools = prompt_tools(messages, req, self._template_source)
         contents = [m.content for m in messages]
         # Render with placeholders, then put each content back as plain text.
-        marks = [f"\x00ponder{secrets.token_hex(8)}:{i}\x00" for i in range(len(contents))]
-        dicts = [{"role": m.role, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        marks = [
+            f"\x00ponder{secrets.token_hex(8)}:{i}\x00" if c else "" for i, c in enumerate(contents)
+        ]
+        dicts = [
+            {**d, "content": mark}
+            for d, mark in zip(template_messages(messages), marks, strict=True)
+        ]
         if self._template is None:
             body = "".join(f"{m['role']}: {m['content']}\n" for m in dicts) + "assistant: "
         else:
             body = self._template.render(
                 messages=dicts,
+                tools=tools,
                 add_generation_prompt=True,
                 bos_token=self._token_text(self._model.token_bos()),
                 eos_token=self._token_text(self._model.token_eos()),
@@ -264,6 +278,8 @@ class LlamaCppBackend:
         parts: list[tuple[str, bool]] = []
         rest = body
         for mark, content in zip(marks, contents, strict=True):
+            if not mark:
+                continue
             head, found, rest_after = rest.partition(mark)
             if not found or mark in rest_after:
                 # The template rewrote or repeated the content (rare): fall back.
@@ -285,8 +301,10 @@ class LlamaCppBackend:
                     param="messages",
                 )
         assert self._template is not None
+        messages, tools = prompt_tools(messages, req, self._template_source)
         body = self._template.render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
+            messages=template_messages(messages),
+            tools=tools,
             add_generation_prompt=True,
             bos_token=self._token_text(self._model.token_bos()),
             eos_token=self._token_text(self._model.token_eos()),
@@ -379,6 +397,8 @@ class LlamaCppBackend:
             if req.thinking.budget_tokens <= close_len or req.max_tokens <= 4 * close_len:
                 # Too small a budget to open and close a thought: no thinking at all.
                 req = req.model_copy(update={"thinking": None})
+        if req.constraint is not None:
+            self._grammar_compiler().grammar(req.constraint)
         prompt = self.prompt_tokens(req)
         room = self.n_ctx - len(prompt)
         if room < req.n:
@@ -440,6 +460,9 @@ class LlamaCppBackend:
                     pos=len(job.prompt),
                     rng=np.random.default_rng([base, i]),
                     thinking=thinking,
+                    constraint=self._grammar_compiler().matcher(job.req.constraint)
+                    if job.req.constraint is not None
+                    else None,
                 )
             )
         # Evaluate the prompt once, on the first sequence, in chunks.
@@ -539,11 +562,13 @@ class LlamaCppBackend:
 
     def _sample(self, req: GenRequest, seq: _Seq, raw: np.ndarray) -> tuple[int, np.ndarray | None]:
         logits = raw
+        if seq.constraint is not None and not seq.thinking:
+            logits = seq.constraint.apply(raw)  # disallowed tokens at -inf
         # An answer must follow a thought: ending right after the delimiter would
         # leave the caller with hidden reasoning and an empty reply.
         answer_start = req.thinking is not None and not seq.thinking and not seq.out_tokens
         if (req.ignore_eos or answer_start) and self._eog.size:
-            logits = raw.copy()
+            logits = logits.copy()
             logits[self._eog] = -np.inf
         logp = None
         if req.logprobs:
@@ -613,6 +638,8 @@ class LlamaCppBackend:
                 seq.logprobs.append(entry)
         seq.next_token = token
         is_eog = token in self._eog_set
+        if seq.constraint is not None and not in_thought and not is_eog:
+            seq.constraint.advance(token)
         if not is_eog:
             piece = self._piece(token)
             if in_thought:
@@ -766,7 +793,7 @@ class LlamaCppBackend:
         reasoning = self._visible_reasoning(seq.think_text, cfg).strip() if cfg else ""
         text = seq.out_text.lstrip() if cfg is not None else seq.out_text
         finish = seq.finish or "length"
-        return Generation(
+        gen = Generation(
             text=text,
             reasoning=reasoning,
             finish_reason=finish,  # type: ignore[arg-type]
@@ -777,6 +804,16 @@ class LlamaCppBackend:
             ),
             logprobs=seq.logprobs if job.req.logprobs else None,
         )
+        return with_tool_calls(gen, job.req.tools, job.req.tool_choice)
+
+    def _grammar_compiler(self) -> Any:
+        if self._grammars is None:
+            from ponder.structured import GrammarCompiler
+
+            self._grammars = GrammarCompiler.for_llama_vocab(
+                self._vocab, lambda data: list(self._model.tokenize(data, False, False))
+            )
+        return self._grammars
 
     def _finish_if_done(self, job: _Job) -> None:
         if job in self._active and all(s.finish is not None for s in job.seqs):

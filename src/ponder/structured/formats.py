@@ -26,7 +26,9 @@ def constraint_from_response_format(
     if response_format is None:
         return None
     if not isinstance(response_format, dict):
-        raise InvalidRequest(f"{param} must be an object like {{'type': 'json_object'}}", param=param)
+        raise InvalidRequest(
+            f"{param} must be an object like {{'type': 'json_object'}}", param=param
+        )
     kind = response_format.get("type")
     if kind == "text":
         return None

@@ -118,7 +118,7 @@ class GrammarCompiler:
             tokens.append(buf.raw[: max(size, 0)])
             # Only control tokens are special: user-defined ones such as Qwen's
             # <tool_call> are text the grammar may spell out.
-            if llama_cpp.llama_token_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+            if llama_cpp.llama_vocab_get_attr(vocab, t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
                 control.append(t)
             if llama_cpp.llama_vocab_is_eog(vocab, t):
                 eos.append(t)
