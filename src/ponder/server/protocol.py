@@ -150,8 +150,9 @@ class ChatMessage(BaseModel):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in _UNSUPPORTED_PARTS:
                 raise ValueError(
-                    f"part {i} is {kind!r}: this gateway's models read text only, so "
-                    f"{_UNSUPPORTED_PARTS[kind]} are not supported; send the content as text parts"
+                    f"part {i} is {kind!r}: {_UNSUPPORTED_PARTS[kind]} are not supported "
+                    "(this gateway's models read text); send only text parts "
+                    '({"type": "text", "text": "..."})'
                 )
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
