@@ -114,7 +114,7 @@ def _spec(fn: dict[str, Any], *, where: str) -> ToolSpec:
     check_schema(parameters, param=f"{where}.parameters")
     try:
         return ToolSpec(
-            name=fn.get("name"),
+            name=fn.get("name"),  # type: ignore[arg-type]  # pydantic reports a missing name
             description=fn.get("description") or "",
             parameters=parameters,
             strict=bool(fn.get("strict") or False),

@@ -22,7 +22,7 @@ __all__ = ["GrammarCompiler", "TokenConstraint", "grammar_source"]
 
 # The JSON the model writes: the separators models are trained on (Python json.dumps),
 # and no free whitespace (a small model can loop on newlines forever).
-_JSON_OPTIONS: dict[str, Any] = {
+_JSON_OPTIONS: Any = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",

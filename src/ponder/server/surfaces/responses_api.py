@@ -457,7 +457,7 @@ class ResponsesStream:
         self._open = None
         at = {"item_id": item["id"], "output_index": self._index}
         if item["type"] == "reasoning":
-            part = {"type": "summary_text", "text": self._text}
+            part: dict[str, Any] = {"type": "summary_text", "text": self._text}
             yield self._event(
                 "response.reasoning_summary_text.done", **at, summary_index=0, text=self._text
             )
