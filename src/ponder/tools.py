@@ -44,6 +44,7 @@ __all__ = [
     "ParsedToolCalls",
     "ToolCallStreamParser",
     "argument_errors",
+    "bare_tool_call",
     "call_errors",
     "hermes_messages",
     "hermes_system_prompt",
@@ -334,8 +335,40 @@ def parse_tool_calls(text: str, tools: Sequence[ToolSpec] | None = None) -> Pars
         last = match.end()
         calls.append(call)
     prose.append(text[last:])
+    if not calls and not errors and tools:
+        bare = bare_tool_call(text, tools)
+        if bare is not None:
+            return ParsedToolCalls(content="", calls=[bare])
     content = "".join(prose).strip() if calls else text
     return ParsedToolCalls(content=content, calls=calls, errors=errors)
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def bare_tool_call(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
+    """A call written without the ``<tool_call>`` tags (small models often do this).
+
+    Only a whole answer that is one JSON object (optionally in a code fence) with
+    a ``name`` among ``tools`` and object ``arguments`` counts, so an ordinary
+    JSON answer is not mistaken for a call.
+    """
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1)
+    if not body.startswith("{"):
+        return None
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"name", "arguments"}:
+        return None
+    try:
+        return _call_from_json(body, tools)
+    except ValueError:
+        return None
 
 
 class ToolCallStreamParser:
@@ -343,18 +376,34 @@ class ToolCallStreamParser:
 
     ``feed`` returns the prose that is certainly not part of a tool call (text
     that might be the start of ``<tool_call>`` is held back) and the calls that
-    completed; ``finish`` flushes what is left.
+    completed; ``finish`` flushes what is left. With ``tools``, an answer that
+    starts like a bare JSON call (``{`` or a code fence) is held until the end
+    and checked with :func:`bare_tool_call`.
     """
 
     def __init__(self, tools: Sequence[ToolSpec] | None = None) -> None:
         self._tools = tools
         self._buffer = ""
         self._in_call = False
+        self._emitted = False
+        self._holding_bare = False
         self.calls: list[ToolCall] = []
         self.errors: list[str] = []
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         self._buffer += text
+        if self._tools and not self._emitted and not self._in_call:
+            head = self._buffer.lstrip()
+            if not head:
+                return "", []
+            if head[0] == "{" or head.startswith("`"):
+                self._holding_bare = True
+                return "", []
+        prose, done = self._feed()
+        self._emitted = self._emitted or bool(prose) or bool(done)
+        return prose, done
+
+    def _feed(self) -> tuple[str, list[ToolCall]]:
         prose: list[str] = []
         done: list[ToolCall] = []
         while True:
@@ -381,6 +430,20 @@ class ToolCallStreamParser:
         return "".join(prose), done
 
     def finish(self) -> tuple[str, list[ToolCall]]:
+        if self._holding_bare and self._tools:
+            self._holding_bare = False
+            if TOOL_CALL_OPEN not in self._buffer:
+                bare = bare_tool_call(self._buffer, self._tools)
+                if bare is not None:
+                    self._buffer = ""
+                    self.calls.append(bare)
+                    return "", [bare]
+            prose, done = self._feed()
+            rest, more = self._finish_rest()
+            return prose + rest, done + more
+        return self._finish_rest()
+
+    def _finish_rest(self) -> tuple[str, list[ToolCall]]:
         rest, self._buffer = self._buffer, ""
         if not self._in_call:
             return rest, []
@@ -502,7 +565,7 @@ def with_tool_calls(gen: Generation, tools: Sequence[ToolSpec], choice: ToolChoi
     The finish reason becomes ``tool_calls`` when at least one call parsed;
     without tools (or with ``tool_choice: "none"``) the generation is unchanged.
     """
-    if not tools or choice == "none" or TOOL_CALL_OPEN not in gen.text:
+    if not tools or choice == "none":
         return gen
     parsed = parse_tool_calls(gen.text, tools_for_prompt(tools, choice))
     if not parsed.calls:

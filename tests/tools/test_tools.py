@@ -142,6 +142,30 @@ def test_stream_parser_flushes_an_unclosed_call_and_a_lone_angle_bracket(tools):
     assert prose == "" and [c.name for c in calls] == ["get_time"]
 
 
+def test_a_bare_json_call_without_tags_is_a_call_but_other_json_is_not(tools):
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```'
+    for text in (fenced, '{"name": "get_time", "arguments": {}}'):
+        parsed = parse_tool_calls(text, tools)
+        assert len(parsed.calls) == 1 and parsed.content == ""
+    for text in ('{"name": "Ada", "age": 3}', '{"name": "rm", "arguments": {}}', "{not json"):
+        parsed = parse_tool_calls(text, tools)
+        assert parsed.calls == [] and parsed.content == text
+    assert parse_tool_calls('{"name": "get_time", "arguments": {}}').calls == []  # no tools given
+
+
+def test_stream_parser_holds_an_answer_that_starts_like_a_bare_call(tools):
+    parser = ToolCallStreamParser(tools)
+    assert parser.feed('{"name": "get_weather", ') == ("", [])
+    assert parser.feed('"arguments": {"city": "Oslo"}}') == ("", [])
+    prose, calls = parser.finish()
+    assert prose == "" and [c.name for c in calls] == ["get_weather"]
+    other = ToolCallStreamParser(tools)
+    assert other.feed('{"answer": 4}') == ("", [])
+    assert other.finish() == ('{"answer": 4}', [])
+    prose_first = ToolCallStreamParser(tools)
+    assert prose_first.feed("The answer is {4}") == ("The answer is {4}", [])
+
+
 def test_arguments_are_checked_against_the_schema(tools):
     weather = tools[0]
     assert argument_errors(weather, '{"city": "Oslo", "unit": "c"}') == []
