@@ -46,6 +46,8 @@ __all__ = [
     "argument_errors",
     "bare_tool_call",
     "call_errors",
+    "generation_is_valid",
+    "generation_vote_key",
     "hermes_messages",
     "hermes_system_prompt",
     "new_call_id",
@@ -574,3 +576,36 @@ def with_tool_calls(gen: Generation, tools: Sequence[ToolSpec], choice: ToolChoi
     return gen.model_copy(
         update={"text": parsed.content, "tool_calls": parsed.calls, "finish_reason": finish}
     )
+
+
+def generation_vote_key(gen: Generation) -> tuple[tuple[str, str], ...] | None:
+    """What a multi-sample strategy votes on for a generation that called tools.
+
+    The ordered (name, canonical arguments) of its calls; ``None`` for a prose
+    answer (vote on the answer text as before).
+    """
+    if not gen.tool_calls:
+        return None
+    return tuple(tool_call_key(c) for c in gen.tool_calls)
+
+
+def generation_is_valid(
+    gen: Generation,
+    tools: Sequence[ToolSpec],
+    choice: ToolChoice = "auto",
+    constraint: OutputConstraint | None = None,
+) -> bool:
+    """Schema validity as a verifier signal: calls fit their tools, JSON fits its schema.
+
+    A required call that is missing, a call with invalid arguments, or a
+    structured answer that does not validate makes the sample invalid.
+    """
+    from ponder.structured.formats import validation_errors
+
+    if gen.tool_calls:
+        return not call_errors(gen.tool_calls, tools_for_prompt(tools, choice))
+    if tools and choice not in ("auto", "none"):
+        return False
+    if constraint is not None and constraint.kind != "lark":
+        return not validation_errors(gen.text, constraint)
+    return True

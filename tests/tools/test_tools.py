@@ -11,6 +11,8 @@ from ponder.tools import (
     ToolCallStreamParser,
     argument_errors,
     call_errors,
+    generation_is_valid,
+    generation_vote_key,
     hermes_messages,
     parse_tool_calls,
     template_messages,
@@ -19,8 +21,9 @@ from ponder.tools import (
     tool_choice_from_openai,
     tools_for_prompt,
     tools_from_openai,
+    with_tool_calls,
 )
-from ponder.types import Message, ToolCall, ToolSpec
+from ponder.types import Generation, Message, OutputConstraint, ToolCall, ToolSpec
 
 WEATHER = {
     "type": "function",
@@ -254,3 +257,29 @@ class _ByteTokenizer:
 
     def __call__(self, data: bytes) -> list[int]:
         return list(data)
+
+
+def test_with_tool_calls_moves_calls_out_of_the_text(tools):
+    text = 'Checking.<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    gen = with_tool_calls(Generation(text=text), tools, "auto")
+    assert gen.finish_reason == "tool_calls" and gen.text == "Checking."
+    assert [c.name for c in gen.tool_calls] == ["get_time"]
+    assert with_tool_calls(Generation(text=text), tools, "none").tool_calls is None
+    cut = with_tool_calls(Generation(text=text, finish_reason="length"), tools, "auto")
+    assert cut.finish_reason == "length"  # a cut-off answer stays marked as cut off
+
+
+def test_samples_vote_on_calls_and_validity_is_a_verifier_signal(tools):
+    def sample(arguments: str) -> Generation:
+        block = f'<tool_call>{{"name": "get_weather", "arguments": {arguments}}}</tool_call>'
+        return with_tool_calls(Generation(text=block), tools, "required")
+
+    a, b, c = sample('{"city": "Oslo"}'), sample('{ "city":"Oslo" }'), sample('{"city": "Rome"}')
+    assert generation_vote_key(a) == generation_vote_key(b) != generation_vote_key(c)
+    assert generation_vote_key(Generation(text="prose")) is None
+    assert generation_is_valid(a, tools, "required")
+    assert not generation_is_valid(sample('{"town": "Oslo"}'), tools, "required")
+    assert not generation_is_valid(Generation(text="no call"), tools, "required")
+    schema = OutputConstraint(kind="json_schema", json_schema={"type": "object", "required": ["n"]})
+    assert generation_is_valid(Generation(text='{"n": 1}'), [], constraint=schema)
+    assert not generation_is_valid(Generation(text="{}"), [], constraint=schema)
