@@ -30,6 +30,7 @@ from ponder.server.surfaces.anthropic_messages import (
     MessagesStream,
     auth_headers,
     error_body,
+    error_from_openai,
     from_chat_completion,
     parse_messages_request,
     sse,
@@ -153,6 +154,7 @@ def test_create_with_thinking_system_and_tools():
     assert [m.role for m in chat.messages] == ["system", "user"]
     assert chat.messages[0].content == "Be brief."
     assert chat.thinking.type == "enabled" and chat.thinking.budget_tokens == 1024
+    assert chat.ponder.include_reasoning  # asked for; the gateway applies the scope rule
     assert chat.max_tokens == 512 and chat.stop == ["END"] and chat.user == "u-7"
     assert chat.tool_choice_value() == "required" and chat.parallel_tool_calls is False
     assert chat.tool_specs()[0].parameters == WEATHER["input_schema"]
@@ -226,6 +228,11 @@ def test_adaptive_thinking_leaves_the_choice_to_the_router():
         messages=[{"role": "user", "content": "hi"}],
     )
     assert gw.seen[0].thinking is None and gw.seen[0].reasoning_effort is None
+    plain = FakeGateway()
+    client(plain).messages.create(
+        model="ponder", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert not plain.seen[0].ponder.include_reasoning
 
 
 def test_stream_events_rebuild_the_message_in_the_sdk():
@@ -333,3 +340,9 @@ def test_bad_requests_are_400s(body, fragment):
     with pytest.raises(InvalidRequest) as info:
         to_chat_request(parse_messages_request(body))
     assert fragment in info.value.message
+
+
+def test_gateway_error_values_convert_to_anthropic_bodies():
+    exc = InvalidRequest("messages[0].content: bad", param="messages")
+    assert error_from_openai(400, exc.to_openai()) == error_body(exc)[1]
+    assert error_from_openai(503, {"error": {"message": "down"}})["error"]["type"] == "api_error"

@@ -35,6 +35,7 @@ __all__ = [
     "MessagesStream",
     "auth_headers",
     "error_body",
+    "error_from_openai",
     "from_chat_completion",
     "parse_messages_request",
     "sse",
@@ -233,6 +234,10 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     if req.thinking is not None and req.thinking.type != "adaptive":
         # "adaptive" leaves the thinking to the router, as a request that sets nothing.
         body["thinking"] = req.thinking.model_dump(exclude_none=True)
+    if req.thinking is not None and req.thinking.type != "disabled":
+        # Anthropic clients expect thinking blocks back; the gateway still returns them
+        # only to callers with the reasoning scope (and allow_reasoning).
+        body["ponder"] = {**(body["ponder"] or {}), "include_reasoning": True}
     if req.tools:
         body["tools"] = [
             {
@@ -314,6 +319,14 @@ def error_body(exc: PonderError) -> tuple[int, dict[str, Any]]:
         exc.status, "api_error" if exc.status >= 500 else "invalid_request_error"
     )
     return exc.status, {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def error_from_openai(status: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic's error body for an error the gateway already shaped the OpenAI way."""
+    error = body.get("error") or {}
+    message = error.get("message") if isinstance(error, Mapping) else None
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message or "request failed"}}
 
 
 def auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
