@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ponder.backends.tiers import Tiers
     from ponder.config import TierSettings
     from ponder.ledger import Store
-    from ponder.server.handlers import Gateway
+    from ponder.server.gateway import Gateway
 
 __all__ = ["main"]
 
@@ -266,7 +266,7 @@ def build_gateway(
     from ponder.backends.tiers import Tiers
     from ponder.budget.pricing import Price, PriceTable
     from ponder.router.policy import Router
-    from ponder.server.handlers import Gateway
+    from ponder.server.gateway import Gateway
     from ponder.telemetry.alerts import Alerts, webhook_sender
 
     pricing = dict(settings.pricing)

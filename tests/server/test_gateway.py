@@ -13,7 +13,7 @@ from ponder.backends.fake import FakeBackend, FunctionBackend, Reply
 from ponder.config import ServerSettings
 from ponder.errors import ContextOverflow
 from ponder.server.app import create_app
-from ponder.server.handlers import REASONING_EFFORT
+from ponder.server.planning import REASONING_EFFORT
 from ponder.types import GenRequest
 
 QUESTION = "What is 2+2?"  # 3 words = 3 prompt tokens for the fakes
