@@ -35,10 +35,10 @@ from ponder.strategies import available_strategies, get_strategy
 from ponder.types import Outcome
 
 if TYPE_CHECKING:
-    from ponder.backends.tiers import Tiers
     from ponder.config import TierSettings
+    from ponder.guard import Tiers
     from ponder.ledger import Store
-    from ponder.server.handlers import Gateway
+    from ponder.server.gateway import Gateway
 
 __all__ = ["main"]
 
@@ -263,10 +263,10 @@ def build_gateway(
     With ``[tiers.*]`` configured the gateway serves every tier (``tiers``, else built
     here from the settings); ``backend`` is the default tier's (``server.tier``).
     """
-    from ponder.backends.tiers import Tiers
     from ponder.budget.pricing import Price, PriceTable
+    from ponder.guard import Tiers
     from ponder.router.policy import Router
-    from ponder.server.handlers import Gateway
+    from ponder.server.gateway import Gateway
     from ponder.telemetry.alerts import Alerts, webhook_sender
 
     pricing = dict(settings.pricing)
@@ -333,7 +333,7 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     elif settings.tiers and not args.model:
         # Every [tiers.*] is served; the default one (server.tier, else the first) answers
         # requests whose plan names no tier.
-        from ponder.backends.tiers import Tiers
+        from ponder.guard import Tiers
 
         default = settings.server.tier or next(iter(settings.tiers))
         if default not in settings.tiers:

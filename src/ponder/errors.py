@@ -17,7 +17,15 @@ __all__ = [
     "UnknownStrategy",
     "UpstreamError",
     "UpstreamTimeout",
+    "openai_error_body",
 ]
+
+
+def openai_error_body(
+    message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    """The OpenAI error object every error response carries (the one place it is built)."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 class PonderError(Exception):
@@ -33,14 +41,7 @@ class PonderError(Exception):
         self.param = param
 
     def to_openai(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error_body(self.message, type=self.type, param=self.param, code=self.code)
 
     def headers(self) -> dict[str, str]:
         """HTTP headers that go with this error (e.g. ``retry-after``)."""

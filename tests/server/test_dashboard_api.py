@@ -26,7 +26,7 @@ from ponder.ledger import LedgerRow, Store, schema
 from ponder.ledger.stats import percentile
 from ponder.server.app import create_app
 from ponder.server.dashboard import LedgerQueries, bucket_size, latest_eval
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.types import GenRequest
 
 ENDPOINTS = ("summary", "series", "requests", "quotas", "eval")

@@ -29,7 +29,7 @@ from ponder.ledger import schema as s
 from ponder.ledger.stats import class_stats
 from ponder.server.app import create_app
 from ponder.server.auth import Caller
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.server.jobs import Job, JobQueue, Jobs, dead_on_this_host
 from ponder.strategies import RunContext, finish, to_candidate
 from ponder.types import GenRequest, Outcome, Problem

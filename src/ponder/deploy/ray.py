@@ -48,9 +48,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ponder.backends.base import Backend
-from ponder.backends.tiers import Tiers, build_backend
+from ponder.backends.tiers import build_backend
 from ponder.config import EngineSettings, Settings, TierSettings, load_settings
 from ponder.errors import InvalidRequest, PonderError, UpstreamError
+from ponder.guard import Tiers
 from ponder.types import Capabilities, Delta, Generation, GenRequest
 
 __all__ = [

@@ -42,7 +42,8 @@ from ponder.errors import InvalidRequest, PonderError, StoreUnavailable
 from ponder.ledger import schema as s
 from ponder.ledger.stats import percentile
 from ponder.ledger.store import Store
-from ponder.server.handlers import Gateway, error_result
+from ponder.server.gateway import Gateway
+from ponder.server.protocol import error_result
 
 __all__ = [
     "STATIC_DIR",

@@ -45,15 +45,16 @@ from ponder.errors import InvalidRequest, PonderError, StoreUnavailable, Unautho
 from ponder.ledger import schema as s
 from ponder.ledger.store import Store
 from ponder.server.auth import Caller
-from ponder.server.handlers import (
+from ponder.server.gateway import Gateway
+from ponder.server.parsing import parse_request
+from ponder.server.planning import plan
+from ponder.server.protocol import (
+    ChatCompletion,
     ErrorResult,
-    Gateway,
     StreamResult,
+    completion_id,
     error_result,
-    parse_request,
-    plan,
 )
-from ponder.server.protocol import ChatCompletion, completion_id
 
 __all__ = [
     "JOB_STATUSES",
