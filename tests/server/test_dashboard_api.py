@@ -425,15 +425,12 @@ def test_reading_the_dashboard_never_waits_for_the_gateways_writes(store: Store)
         http_status=200,
         output_tokens=7,
     )
-    try:
-        # A settlement in progress holds the write lock (SQLite) until it commits.
-        with store.engine.begin() as conn:
-            conn.execute(sa.insert(schema.requests).values(**row.values()))
-            started = time.monotonic()
-            summary = queries.summary()
-            # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
-            assert time.monotonic() - started < 5
-            assert summary["totals"]["requests"] == 0
-        assert queries.summary()["totals"]["output_tokens"] == 7
-    finally:
-        queries.close()
+    # A settlement in progress holds the write lock (SQLite) until it commits.
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(schema.requests).values(**row.values()))
+        started = time.monotonic()
+        summary = queries.summary()
+        # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
+        assert time.monotonic() - started < 5
+        assert summary["totals"]["requests"] == 0
+    assert queries.summary()["totals"]["output_tokens"] == 7
