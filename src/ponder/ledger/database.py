@@ -36,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 from ponder.errors import InvalidRequest, StoreUnavailable
 from ponder.ledger import schema as s
 
-__all__ = ["Database", "Mode", "Transaction"]
+__all__ = ["Database", "Mode", "Transaction", "redacted_url", "url_backend"]
 
 logger = logging.getLogger("ponder.ledger")
 
@@ -47,6 +47,22 @@ _MODES = ("write", "read", "autocommit")
 _WRITE_LOCK_TIMEOUT_S = 30.0
 _SQLITE_AUTOCHECKPOINT = 1000  # pages, SQLite's default
 _SQLITE_BACKSTOP_AUTOCHECKPOINT = 20_000  # ~80 MB of WAL, with a checkpoint thread
+
+
+def url_backend(url: str) -> str:
+    """The database kind a store URL names (``sqlite``, ``postgresql``...); ValueError if none."""
+    try:
+        return sa.make_url(url).get_backend_name()
+    except Exception as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable>"
 
 
 def _sqlite_setup(dbapi_conn: Any) -> None:

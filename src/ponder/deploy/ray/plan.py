@@ -19,6 +19,7 @@ from ponder.config import (
     TierSettings,
 )
 from ponder.errors import InvalidRequest
+from ponder.ledger.database import redacted_url, url_backend
 
 __all__ = [
     "IMPLICIT_TIER",
@@ -115,14 +116,7 @@ class DeployPlan:
 
 
 def _redacted(url: str | None) -> str | None:
-    if url is None:
-        return None
-    import sqlalchemy as sa
-
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable>"
+    return None if url is None else redacted_url(url)
 
 
 def _replicas(count: int, autoscaling: AutoscalingSettings | None) -> dict[str, Any]:
@@ -160,11 +154,9 @@ def _check_shared_state(settings: Settings, replicas: int) -> None:
             f"a file local to each replica's node, so quotas would not hold across replicas; "
             f"{advice}"
         )
-    import sqlalchemy as sa
-
     try:
-        backend = sa.make_url(url).get_backend_name()
-    except Exception as exc:
+        backend = url_backend(url)
+    except ValueError as exc:
         raise DeployConfigError(f"ledger.url is not a database URL ({exc}); {advice}") from exc
     if backend != "postgresql":
         raise DeployConfigError(
