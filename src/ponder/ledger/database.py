@@ -233,8 +233,9 @@ class Database:
                 local.db, local.autocheckpoint = db, _SQLITE_AUTOCHECKPOINT
                 # Core statements reach this connection through a pool of its own that
                 # never closes or resets it (the transaction ends with our COMMIT).
+                connection: Any = db
                 local.pool = StaticPool(
-                    lambda: db, reset_on_return=None, dialect=self.engine.dialect
+                    lambda: connection, reset_on_return=None, dialect=self.engine.dialect
                 )
                 with self._own_lock:
                     self._own.add(db)

@@ -147,7 +147,7 @@ class LedgerRow:
         return cls(**data)
 
 
-def key_record(row: Mapping[str, Any]) -> KeyRecord:
+def key_record(row: Mapping[Any, Any]) -> KeyRecord:
     return KeyRecord(
         id=row["id"],
         prefix=row["prefix"],
