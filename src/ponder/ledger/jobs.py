@@ -117,18 +117,6 @@ class JobEnd:
         return done
 
 
-def _interrupted(attempts: int) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": f"the job was interrupted {attempts} times (the server running it "
-            "stopped) and is not retried again; submit it again if it is safe to",
-            "type": "server_error",
-            "param": None,
-            "code": "job_interrupted",
-        }
-    }
-
-
 def _held(job: Job) -> list[sa.ColumnElement[bool]]:
     t = s.jobs.c
     return [
@@ -278,12 +266,13 @@ class JobTable:
         now: float,
         lease_s: float,
         max_attempts: int,
+        interrupted: Callable[[int], dict[str, Any]],
     ) -> tuple[int, int]:
         """Renew ``worker``'s leases; requeue running jobs whose claim is stale.
 
         A claim is stale when its lease ran out or ``dead(worker)`` says its process
-        is gone. A job already run ``max_attempts`` times fails instead. Returns
-        (requeued, failed).
+        is gone. A job already run ``max_attempts`` times fails instead, with the error
+        body ``interrupted(attempts)``. Returns (requeued, failed).
         """
         t = s.jobs
         requeued = failed = 0
@@ -309,7 +298,7 @@ class JobTable:
                     values: dict[str, Any] = {
                         "status": "failed",
                         "http_status": 500,
-                        "error": json.dumps(_interrupted(r.attempts)),
+                        "error": json.dumps(interrupted(r.attempts)),
                         "finished_at": now,
                         "lease_until": None,
                     }

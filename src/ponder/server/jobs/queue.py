@@ -51,6 +51,18 @@ def _end(response: ChatCompletion | ErrorResult) -> JobEnd:
     return JobEnd("succeeded", 200, result=response.model_dump(mode="json"))
 
 
+def _interrupted(attempts: int) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": f"the job was interrupted {attempts} times (the server running it "
+            "stopped) and is not retried again; submit it again if it is safe to",
+            "type": "server_error",
+            "param": None,
+            "code": "job_interrupted",
+        }
+    }
+
+
 class JobQueue:
     """Queued chat completions of one store: blocking calls (run them in a worker thread)."""
 
@@ -153,6 +165,7 @@ class JobQueue:
             now=time.time() if now is None else now,
             lease_s=self.lease_s,
             max_attempts=self.max_attempts,
+            interrupted=_interrupted,
         )
 
     def caller_for(self, job: Job) -> Caller:
