@@ -23,9 +23,10 @@ from ponder.budget.quota import Demand, Limit, Refusal
 from ponder.config import ServerSettings
 from ponder.errors import BackendError
 from ponder.ledger import LedgerRow, Store, schema
+from ponder.ledger.queries import LedgerQueries, bucket_size
 from ponder.ledger.stats import percentile
 from ponder.server.app import create_app
-from ponder.server.dashboard import LedgerQueries, bucket_size, latest_eval
+from ponder.server.dashboard import latest_eval
 from ponder.server.handlers import Gateway
 from ponder.types import GenRequest
 

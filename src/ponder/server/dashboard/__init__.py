@@ -18,14 +18,11 @@ absent). The aggregates are :class:`ponder.ledger.queries.LedgerQueries`; this
 package holds the routes (``routes``) and the eval results (``evals``).
 """
 
-from ponder.ledger.queries import LedgerQueries, bucket_size
 from ponder.server.dashboard.evals import latest_eval
 from ponder.server.dashboard.routes import STATIC_DIR, dashboard_router, parse_window
 
 __all__ = [
     "STATIC_DIR",
-    "LedgerQueries",
-    "bucket_size",
     "dashboard_router",
     "latest_eval",
     "parse_window",
