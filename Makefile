@@ -39,9 +39,11 @@ browser:
 test: model browser
 	$(PY) -m pytest
 
+# Style, then the layer contracts of [tool.importlinter] in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: model
 	$(PY) benchmarks/engine.py

@@ -23,9 +23,10 @@ from ponder.budget.quota import Demand, Limit, Refusal
 from ponder.config import ServerSettings
 from ponder.errors import BackendError
 from ponder.ledger import LedgerRow, Store, schema
+from ponder.ledger.queries import LedgerQueries, bucket_size
 from ponder.ledger.stats import percentile
 from ponder.server.app import create_app
-from ponder.server.dashboard import LedgerQueries, bucket_size, latest_eval
+from ponder.server.dashboard import latest_eval
 from ponder.server.gateway import Gateway
 from ponder.types import GenRequest
 
@@ -425,15 +426,12 @@ def test_reading_the_dashboard_never_waits_for_the_gateways_writes(store: Store)
         http_status=200,
         output_tokens=7,
     )
-    try:
-        # A settlement in progress holds the write lock (SQLite) until it commits.
-        with store.engine.begin() as conn:
-            conn.execute(sa.insert(schema.requests).values(**row.values()))
-            started = time.monotonic()
-            summary = queries.summary()
-            # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
-            assert time.monotonic() - started < 5
-            assert summary["totals"]["requests"] == 0
-        assert queries.summary()["totals"]["output_tokens"] == 7
-    finally:
-        queries.close()
+    # A settlement in progress holds the write lock (SQLite) until it commits.
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(schema.requests).values(**row.values()))
+        started = time.monotonic()
+        summary = queries.summary()
+        # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
+        assert time.monotonic() - started < 5
+        assert summary["totals"]["requests"] == 0
+    assert queries.summary()["totals"]["output_tokens"] == 7
