@@ -26,7 +26,7 @@ from ponder.backends.openai_compat import (
     render_chat,
     split_think,
 )
-from ponder.errors import ContextOverflow, InvalidRequest, UpstreamError
+from ponder.errors import ContextOverflow, InvalidRequest, UpstreamAnswerLost, UpstreamError
 from ponder.types import GenRequest, Message, ThinkingConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -291,12 +291,13 @@ async def test_stream_parses_reasoning_deltas_and_the_usage_chunk():
     assert rec.bodies[0]["stream_options"] == {"include_usage": True}
 
 
-async def test_truncated_stream_is_a_retryable_error():
+async def test_a_truncated_stream_is_an_answer_lost_never_resent():
     sse = b'data: {"choices":[{"index":0,"delta":{"content":"17"},"finish_reason":null}]}\n\n'
     rec = Recorder(lambda body, i: httpx.Response(200, content=sse))
-    with pytest.raises(UpstreamError, match="truncated") as info:
+    with pytest.raises(UpstreamAnswerLost, match="truncated") as info:
         [d async for d in rec.backend().stream(GenRequest(messages=Q))]
-    assert info.value.retryable
+    # The upstream ran the request: sending it again could charge for it twice.
+    assert not info.value.retryable and info.value.status == 502
 
 
 # ---------------------------------------------------------------- errors
@@ -322,11 +323,25 @@ async def test_upstream_errors_keep_the_upstreams_reason():
     assert not info.value.retryable and info.value.status == 400
 
 
-async def test_malformed_json_is_a_retryable_error():
+async def test_malformed_json_is_an_answer_lost_never_resent():
     b = Recorder(lambda body, i: httpx.Response(200, content=b"{not json")).backend()
-    with pytest.raises(UpstreamError, match="not JSON") as info:
+    with pytest.raises(UpstreamAnswerLost, match="not JSON") as info:
         await b.generate(GenRequest(messages=Q))
-    assert info.value.retryable
+    assert not info.value.retryable and info.value.reason == "malformed JSON"
+
+
+async def test_the_upstreams_own_retry_advice_wins():
+    err = {"error": {"message": "try later"}}
+    hdrs = {"x-should-retry": "false", "retry-after-ms": "1500"}
+    b = Recorder(lambda body, i: httpx.Response(503, json=err, headers=hdrs)).backend()
+    with pytest.raises(UpstreamError) as info:
+        await b.generate(GenRequest(messages=Q))
+    assert not info.value.retryable and info.value.retry_after_s == 1.5
+    hdrs = {"x-should-retry": "true", "retry-after": "2"}
+    b = Recorder(lambda body, i: httpx.Response(400, json=err, headers=hdrs)).backend()
+    with pytest.raises(UpstreamError) as info:
+        await b.generate(GenRequest(messages=Q))
+    assert info.value.retryable and info.value.retry_after_s == 2.0
 
 
 # ---------------------------------------------------------------- real server
