@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ponder.backends.base import Backend
-from ponder.errors import BudgetExhausted, CircuitOpen, UpstreamError, UpstreamTimeout
+from ponder.errors import (
+    BudgetExhausted,
+    CircuitOpen,
+    UpstreamAnswerLost,
+    UpstreamError,
+    UpstreamReadTimeout,
+    UpstreamTimeout,
+)
 from ponder.types import Capabilities, Delta, Generation, GenRequest
 
 __all__ = [
@@ -40,8 +47,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad."""
-    return isinstance(exc, UpstreamError) and (exc.retryable or isinstance(exc, CircuitOpen))
+    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad.
+
+    An answer lost after the upstream read the request is an outage too, though it is
+    never resent to the same upstream (see :class:`~ponder.errors.UpstreamAnswerLost`)."""
+    return isinstance(exc, UpstreamError) and (
+        exc.retryable or isinstance(exc, CircuitOpen | UpstreamAnswerLost)
+    )
 
 
 @dataclass(frozen=True)
@@ -203,11 +215,11 @@ class GuardedBackend:
         return left, False
 
     def _timed_out(self, what: str, limit: float | None) -> UpstreamTimeout:
-        return UpstreamTimeout(
+        # The request was sent: the upstream may be running it, so it is not sent again.
+        return UpstreamReadTimeout(
             f"upstream {self.name}: no answer within {limit} s ({what} timeout)",
             upstream=self.name,
             reason=f"{what} timeout",
-            retryable=True,
         )
 
     async def _backoff(self, err: UpstreamError, attempt: int, end: float | None) -> None:
@@ -220,7 +232,7 @@ class GuardedBackend:
         await self._sleep(wait)
 
     def _failed(self, err: UpstreamError) -> None:
-        if self.breaker is not None and err.retryable and not isinstance(err, CircuitOpen):
+        if self.breaker is not None and is_outage(err) and not isinstance(err, CircuitOpen):
             self.breaker.record_failure()
 
     def _ok(self) -> None:

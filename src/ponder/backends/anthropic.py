@@ -22,6 +22,7 @@ recorded as an anomaly, as for every HTTP backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -296,8 +297,10 @@ class AnthropicBackend:
         thought = False
         stop_reason: object = None
         finished = False
-        async with self._sem:
-            async for event in self.http.post_sse("/v1/messages", body, deadline=req.deadline):
+        events = self.http.post_sse("/v1/messages", body, deadline=req.deadline)
+        # Closed here, in this task, however the loop ends (not later by the collector).
+        async with self._sem, contextlib.aclosing(events):
+            async for event in events:
                 kind = event.get("type")
                 if kind == "error":
                     err = event.get("error") or {}

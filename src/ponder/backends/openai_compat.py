@@ -29,6 +29,7 @@ whether it is safe to send again (see :mod:`~ponder.backends.upstream_http`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -424,8 +425,10 @@ class OpenAICompatBackend(ClientThinkingCap):
         finish: FinishReason | None = None
         usage: ServerUsage | None = None
         done = False
-        async with self._sem:
-            async for event in self.http.post_sse(path, body, deadline=req.deadline):
+        events = self.http.post_sse(path, body, deadline=req.deadline)
+        # Closed here, in this task, however the loop ends (not later by the collector).
+        async with self._sem, contextlib.aclosing(events):
+            async for event in events:
                 if event.get("[DONE]"):
                     done = True
                     break

@@ -1,11 +1,21 @@
 """One upstream model server over HTTP: a pooled client whose every failure is an error value.
 
-The client is aiohttp's where it is installed (``ponder[server]``), httpx's otherwise
-and whenever an httpx transport is given (tests' ``httpx.MockTransport``, in-process
-transports such as Ray Serve handles). Both are used the same way here:
+Which client carries a call (``client=None`` chooses):
 
-- **A request is never sent twice by this client.** Neither client resends a POST on
-  its own (aiohttp retries only idempotent methods; httpx not at all). Whether a failed
+- plain-``http://`` JSON calls (the gateway's hot path to self-hosted servers) go over
+  ponder's small HTTP/1.1 client (:mod:`~ponder.backends.http11`): measured side by side
+  with aiohttp in one run of ``benchmarks/gateway_overhead.py``, aiohttp costs about
+  0.2 ms more CPU per request (docs/results/upstream_client.md);
+- streams, https and proxied setups go over aiohttp where it is installed
+  (``ponder[server]``), else httpx;
+- an httpx transport (tests' ``httpx.MockTransport``, in-process transports such as Ray
+  Serve handles) means httpx for everything.
+
+``client="aiohttp"`` / ``"httpx"`` pins one client for every call. All are used the
+same way here:
+
+- **A request is never sent twice by this client.** No client resends a POST on
+  its own (aiohttp retries only idempotent methods; httpx and http11 never). Whether a failed
   call may be sent again is decided by whoever retries (the guard), from the error:
   ``retryable`` is True only where the upstream cannot have done the work, i.e. the
   connection could not be made, or the upstream answered with a status that says
@@ -37,6 +47,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ponder.backends import http11
 from ponder.backends.upstream_log import UpstreamAttempt, current_upstream_report
 from ponder.errors import (
     ContextOverflow,
@@ -55,7 +66,7 @@ __all__ = [
     "HttpUpstream",
 ]
 
-ClientKind = Literal["aiohttp", "httpx"]
+ClientKind = Literal["aiohttp", "httpx", "http11"]
 
 # Statuses after which the same request may succeed (529: Anthropic "overloaded").
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -150,18 +161,36 @@ class HttpUpstream:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_connections = max(max_connections, 1)
-        if client not in (None, "aiohttp", "httpx"):
+        if client not in (None, "aiohttp", "httpx", "http11"):
             raise InvalidRequest(
-                f"unknown HTTP client {client!r}; choose aiohttp or httpx", param="client"
+                f"unknown HTTP client {client!r}; choose http11, aiohttp or httpx",
+                param="client",
             )
-        if transport is not None and client == "aiohttp":
+        if transport is not None and client not in (None, "httpx"):
             raise InvalidRequest("an httpx transport needs client='httpx'", param="client")
-        if client is None:
+        if client in (None, "http11") and transport is None and http11.usable_for(base_url):
+            self.lean: http11.Http11Pool | None = http11.Http11Pool(
+                self.base_url,
+                headers=self.headers,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
+                max_connections=self.max_connections,
+                keepalive_s=KEEPALIVE_S,
+            )
+        elif client == "http11":
+            raise InvalidRequest(
+                "client='http11' needs a plain http:// URL, no proxy and no transport",
+                param="client",
+            )
+        else:
+            self.lean = None
+        if client in (None, "http11"):
             client = "httpx" if transport is not None or _aiohttp() is None else "aiohttp"
         if client == "aiohttp" and _aiohttp() is None:
             raise InvalidRequest(
                 "client='aiohttp' needs aiohttp: pip install 'ponder[server]'", param="client"
             )
+        # The client of streams (and of JSON calls when there is no lean pool).
         self.client_kind: ClientKind = client
         # httpx serves the httpx mode and the auxiliary calls (tokenize) in both modes.
         self.client = httpx.AsyncClient(
@@ -180,6 +209,8 @@ class HttpUpstream:
         self.sent = 0  # requests sent (or tried) to the upstream: attempts, for telemetry
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()
         if self._session is not None and self._session_loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = None
@@ -238,7 +269,7 @@ class HttpUpstream:
     def _transport_error(self, exc: BaseException) -> UpstreamError:
         where = f"upstream {self.name} ({self.base_url})"
         aiohttp = _aiohttp()
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) or (
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | http11.ConnectTimeout) or (
             aiohttp is not None and isinstance(exc, aiohttp.ConnectionTimeoutError)
         ):
             return UpstreamTimeout(
@@ -247,7 +278,7 @@ class HttpUpstream:
                 reason=str(exc) or "connect timeout",
                 retryable=True,  # nothing was sent
             )
-        if isinstance(exc, httpx.ConnectError) or (
+        if isinstance(exc, httpx.ConnectError | http11.ConnectFailed) or (
             aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError)
         ):
             return UpstreamError(
@@ -256,7 +287,7 @@ class HttpUpstream:
                 reason=str(exc),
                 retryable=True,  # nothing was sent
             )
-        if isinstance(exc, httpx.ReadTimeout) or (
+        if isinstance(exc, httpx.ReadTimeout | http11.ReadTimeout) or (
             aiohttp is not None and isinstance(exc, aiohttp.SocketTimeoutError)
         ):
             return UpstreamReadTimeout(
@@ -275,7 +306,7 @@ class HttpUpstream:
 
     def _transport_errors(self) -> tuple[type[BaseException], ...]:
         aiohttp = _aiohttp()
-        errors: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+        errors: tuple[type[BaseException], ...] = (httpx.HTTPError, http11.Http11Error, OSError)
         return errors + ((aiohttp.ClientError,) if aiohttp is not None else ())
 
     def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
@@ -361,9 +392,7 @@ class HttpUpstream:
             try:
                 async with timer:
                     try:
-                        async with self._open(path, payload) as resp:
-                            status = resp.status
-                            content = await resp.read()
+                        status, headers, content = await self._exchange(path, payload)
                     except self._transport_errors() as exc:
                         raise self._transport_error(exc) from exc
             except TimeoutError as exc:
@@ -371,13 +400,20 @@ class HttpUpstream:
                     raise
                 raise self._deadline_error() from exc
             if status >= 400:
-                raise self._status_error(status, resp.headers, content)
+                raise self._status_error(status, headers, content)
             data = self._json_object(content, "a body")
         except UpstreamError as err:
             self._end(attempt, t0, status, err)
             raise
         self._end(attempt, t0, status)
         return data
+
+    async def _exchange(self, path: str, payload: bytes) -> tuple[int, Mapping[str, str], bytes]:
+        if self.lean is not None:
+            resp = await self.lean.post(path, payload)
+            return resp.status_code, resp.headers, resp.content
+        async with self._open(path, payload) as opened:
+            return opened.status, opened.headers, await opened.read()
 
     async def post_sse(
         self, path: str, body: dict[str, Any], *, deadline: float | None = None
