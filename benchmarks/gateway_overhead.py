@@ -35,8 +35,20 @@ py-spy``; it is not a dependency).
 ``--variants direct,gateway,bare`` adds ``bare``: the same gateway with the ledger off
 (no auth, quotas or ledger), which separates governance cost from the HTTP proxying.
 ``floor`` is the least any Python gateway can add here: uvicorn and a bare ASGI callable
-that forwards the body over ponder's keep-alive HTTP client (no framework, parsing or
+that forwards the body over a keep-alive HTTP client (no framework, parsing or
 governance); it says what part of the overhead the runtime itself sets.
+
+Upstream clients side by side: ``floor-http11,floor-aiohttp,floor-httpx`` are the same
+floor over each client, and ``gateway-<client>`` / ``bare-<client>`` pin the tier's
+upstream client (``options.http_client``; plain ``gateway`` lets the backend choose).
+The summary line then carries ``client_comparison``: server CPU per request of each
+client variant, its difference and ratio to the first one listed. ``--client-cpu
+http11,aiohttp,httpx`` measures the clients alone, in one process, against the same
+upstream (CPU per request, best of ``--repeats`` rounds):
+
+    .venv/bin/python benchmarks/gateway_overhead.py --rate 200 --duration-s 10 --repeats 3 \
+        --variants direct,floor-http11,floor-aiohttp,gateway-http11,gateway-aiohttp
+    .venv/bin/python benchmarks/gateway_overhead.py --client-cpu http11,aiohttp,httpx
 Processes are not pinned to cores by default: on a 2-core machine with other work
 running, pinning would only decide which neighbour each process queues behind.
 ``--pin`` puts the upstream and the load generator on the last core and the gateway
@@ -712,8 +724,6 @@ def run(args: argparse.Namespace) -> None:
             f"three optionally -{'/-'.join(FLOOR_CLIENTS)} for its upstream client) that "
             f"includes direct and at least one gateway variant; got {args.variants!r}"
         )
-    if any(v in ("gateway-http11", "bare-http11") for v in variants):
-        raise SystemExit("the gateway's upstream client is aiohttp or httpx; http11 is floor-only")
     if args.profile:
         _py_spy()  # fail before starting anything
     ncpu = os.cpu_count() or 1

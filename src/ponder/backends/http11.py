@@ -30,8 +30,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "usable_for",
 ]
 
+_T = TypeVar("_T")
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 _MAX_HEAD = 64 * 1024
 
@@ -164,19 +166,19 @@ class Http11Pool:
         if loop is not self._loop:
             # Connections belong to the loop that opened them (a client reused across
             # asyncio.run calls must not touch the old loop's sockets).
-            for conn in self._idle:
-                conn.close()
+            for stale in self._idle:
+                stale.close()
             self._idle.clear()
             self._slots = asyncio.Semaphore(self.max_connections)
             self._loop = loop
         async with self._slots:
             conn = None
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.alive(self.keepalive_s):
-                    break
-                conn.close()
-                conn = None
+            while self._idle and conn is None:
+                idle = self._idle.pop()
+                if idle.alive(self.keepalive_s):
+                    conn = idle
+                else:
+                    idle.close()
             if conn is None:
                 conn = await self._connect()
             # Sent once: a connection that fails now, pooled or new, may have delivered the
@@ -219,7 +221,7 @@ class Http11Pool:
             else:
                 conn.close()
 
-    async def _read(self, op):  # type: ignore[no-untyped-def]
+    async def _read(self, op: Awaitable[_T]) -> _T:
         if self.read_timeout_s is None:
             return await op
         try:
@@ -232,7 +234,7 @@ class Http11Pool:
         self, reader: asyncio.StreamReader, headers: dict[str, str]
     ) -> tuple[bytes, bool]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 line = await self._read(reader.readuntil(b"\r\n"))
                 try:

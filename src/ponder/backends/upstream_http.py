@@ -40,7 +40,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -417,7 +417,7 @@ class HttpUpstream:
 
     async def post_sse(
         self, path: str, body: dict[str, Any], *, deadline: float | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the JSON payload of each server-sent event; ``{"[DONE]": True}`` at ``[DONE]``."""
         left = self._left(deadline)
         if left is not None and left <= 0:
