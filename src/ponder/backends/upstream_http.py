@@ -237,6 +237,9 @@ class HttpUpstream:
                     total=None, sock_connect=self.connect_timeout_s, sock_read=self.read_timeout_s
                 ),
                 trust_env=True,  # proxies from the environment, as httpx does
+                # One session serves every caller: no cookie an upstream sets for one
+                # request may ride along with another caller's.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._session_loop = loop
         return self._session
