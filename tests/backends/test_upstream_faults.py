@@ -385,17 +385,28 @@ async def test_inflated_usage_is_clamped_to_what_was_asked_and_recorded(client):
 # ---------------------------------------------------------------- through the gateway
 
 
+QUOTA = 2_000  # tokens a day for the caller's team
+
+
 def gateway_client(url: str, tmp_path: Path, **options: Any) -> tuple[httpx.AsyncClient, Any]:
-    """The real app in-process, its one tier an openai_compat backend on the fault server."""
+    """The real app in-process, its one tier an openai_compat backend on the fault server,
+    auth on and a team quota that every request reserves against."""
+    from ponder.budget.quota import Limit
     from ponder.ledger import Store
     from ponder.server.app import create_app
     from ponder.server.handlers import Gateway
 
     backend = guarded(url, None, **options)
     store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
+    _, secret = store.create_key("alice", team="ml")
+    store.set_limit(Limit("team", "ml", "tokens", "day", QUOTA))
     gateway = Gateway(backend, ServerSettings(tier="up"), store=store, tiers={"up": backend})
     app = create_app(backend, gateway=gateway)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://t",
+        headers={"authorization": f"Bearer {secret}"},
+    )
     return client, store
 
 
@@ -427,6 +438,9 @@ async def test_the_gateway_answers_an_upstream_fault_with_its_status_and_a_ledge
     (row,) = store.rows()
     assert row.http_status == status and row.status != "ok"
     assert row.output_tokens == row.reasoning_tokens == 0
+    used, held = store.counter("team", "ml", "tokens", "day")
+    assert held == 0  # the reservation was released
+    assert used == row.input_tokens + row.cached_input_tokens  # nothing generated was charged
 
 
 async def test_the_gateway_never_charges_inflated_usage(tmp_path):
@@ -439,6 +453,8 @@ async def test_the_gateway_never_charges_inflated_usage(tmp_path):
     assert usage["completion_tokens"] <= 16 and usage["prompt_tokens"] < 1_000
     (row,) = store.rows()
     assert row.output_tokens + row.reasoning_tokens <= 16 and row.input_tokens < 1_000
+    used, held = store.counter("team", "ml", "tokens", "day")
+    assert held == 0 and used < QUOTA  # 150,000 reported tokens did not blow a 2,000 quota
 
 
 @pytest.mark.xfail(
