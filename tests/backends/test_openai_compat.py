@@ -26,6 +26,7 @@ from ponder.backends.openai_compat import (
     render_chat,
     split_think,
 )
+from ponder.backends.upstream_log import record_upstream
 from ponder.errors import ContextOverflow, InvalidRequest, UpstreamAnswerLost, UpstreamError
 from ponder.types import GenRequest, Message, ThinkingConfig
 
@@ -472,3 +473,29 @@ async def test_every_strategy_runs_through_the_real_server(llama_server):
     finally:
         await b.aclose()
     assert {"direct", "cot", "self_consistency", "best_of_n"} <= set(ran)
+
+
+# ---------------------------------------------------------------- usage checks
+
+
+async def test_text_longer_than_max_tokens_without_usage_is_clamped_as_an_anomaly():
+    # No usage reported, and a thousand words for max_tokens 8: counted, then clamped.
+    long = " ".join(["word"] * 1000)
+    rec = Recorder(lambda body, i: httpx.Response(200, json=chat(long, completion=None)))
+    with record_upstream() as report:
+        (gen,) = await rec.backend(token_counter=words).generate(
+            GenRequest(messages=Q, max_tokens=8)
+        )
+    assert gen.usage.completion_tokens == 8 and gen.usage.clamped == 1000 - 8
+    assert report.clamped_tokens == 1000 - 8
+
+
+async def test_honest_usage_is_kept_exactly_and_attempts_of_concurrent_samples_add_up():
+    rec = Recorder(lambda body, i: httpx.Response(200, json=chat("x", completion=3)))
+    backend = rec.backend(native_n=False)
+    with record_upstream() as report:
+        gens = await backend.generate(GenRequest(messages=Q, n=3, max_tokens=8))
+    assert [g.usage.completion_tokens for g in gens] == [3, 3, 3]
+    assert all(g.usage.clamped == 0 for g in gens) and report.anomalies == []
+    # Three concurrent calls, one report: each attempt is in it.
+    assert report.summary() == {"attempts": 3, "errors": [], "usage_clamped": 0}
