@@ -89,7 +89,7 @@ async def test_a_hostile_candidate_scores_zero() -> None:
     (score,) = await CodeExecutionVerifier(timeout_s=2).score(problem(), [Candidate(text=evil)])
 
     assert score.value == 0.0
-    assert "os.kill" in score.detail["feedback"]
+    assert "killed by signal SIGKILL" in score.detail["feedback"]
 
 
 def test_assemble_adds_prompt_imports_to_a_full_function_and_completes_a_body() -> None:

@@ -367,7 +367,9 @@ def run_python(
             info_w = -1
             timed_out = False
             try:
-                proc.communicate(json.dumps(cfg).encode(), timeout=lim.timeout_s + STARTUP_ALLOWANCE_S)
+                proc.communicate(
+                    json.dumps(cfg).encode(), timeout=lim.timeout_s + STARTUP_ALLOWANCE_S
+                )
             except subprocess.TimeoutExpired:
                 timed_out = True
             except BrokenPipeError:
@@ -478,7 +480,7 @@ def _parse(
     if timed_out:
         error = f"timed out after {lim.timeout_s:g}s"
     elif not done and error is None:
-        error = _exit_reason(returncode, stderr)
+        error = _exit_reason(returncode, stderr, sandboxed=sandboxed)
     all_tests = [
         results.get(i, TestResult(t, False, error or "did not run")) for i, t in enumerate(tests)
     ]
@@ -494,13 +496,17 @@ def _parse(
     )
 
 
-def _exit_reason(returncode: int | None, stderr: str) -> str:
-    if returncode is not None and returncode < 0:
+def _exit_reason(returncode: int | None, stderr: str, *, sandboxed: bool) -> str:
+    # bwrap reports a child killed by signal N as status 128 + N.
+    signum = -returncode if returncode is not None and returncode < 0 else None
+    if sandboxed and returncode is not None and 128 < returncode < 128 + 65:
+        signum = returncode - 128
+    if signum is not None:
         try:
-            name = signal.Signals(-returncode).name
+            name = signal.Signals(signum).name
         except ValueError:
-            name = str(-returncode)
-        return f"killed by signal {name}"
+            name = str(signum)
+        return f"the run was killed by signal {name} before its tests finished"
     last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     return f"exited early (status {returncode}){': ' + last if last else ''}"
 

@@ -22,6 +22,7 @@ compatible with any Python 3.8+ the host offers for sandboxing.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import json
 import os
@@ -53,7 +54,11 @@ def encode(value, refs=None, depth=0):
     if kind is int:
         return value if abs(value) < 2**53 else {"$": "int", "v": str(value)}
     if kind is float:
-        return value if value == value and abs(value) != float("inf") else {"$": "float", "v": repr(value)}
+        return (
+            value
+            if value == value and abs(value) != float("inf")
+            else {"$": "float", "v": repr(value)}
+        )
     nxt = depth + 1
     if isinstance(value, bool):
         return bool(value)
@@ -86,11 +91,11 @@ def encode(value, refs=None, depth=0):
         out = []
         for item in value:
             if len(out) >= MAX_ITEMS:
-                raise ValueError("an iterator returned more than %d items" % MAX_ITEMS)
+                raise ValueError(f"an iterator returned more than {MAX_ITEMS} items")
             out.append(encode(item, refs, nxt))
         return {"$": "iter", "v": out}
     if refs is None:
-        raise TypeError("%s values cannot be passed into the sandboxed program" % kind.__name__)
+        raise TypeError(f"{kind.__name__} values cannot be passed into the sandboxed program")
     refs.append(value)
     return {"$": "obj", "v": len(refs) - 1, "type": kind.__name__, "repr": _safe_repr(value)}
 
@@ -106,7 +111,7 @@ def _safe_repr(value):
     try:
         return repr(value)[:200]
     except BaseException:
-        return "<%s object>" % type(value).__name__
+        return f"<{type(value).__name__} object>"
 
 
 _SCALAR_TAGS = {"int", "float", "bytes", "complex", "range"}
@@ -155,11 +160,13 @@ def decode(data, remote=None, depth=0, resolve=None):
         if tag == "ref" and resolve is not None:
             return resolve(v)
         if tag == "obj" and remote is not None:
-            return RemoteObject(remote, {"id": int(v)}, str(data.get("type"))[:100], str(data.get("repr"))[:200])
+            return RemoteObject(
+                remote, {"id": int(v)}, str(data.get("type"))[:100], str(data.get("repr"))[:200]
+            )
     except ProtocolError:
         raise
     except Exception as exc:  # unhashable keys, bad hex, wrong shapes: all the sender's fault
-        raise ProtocolError("malformed %s value: %s" % (tag, type(exc).__name__)) from None
+        raise ProtocolError(f"malformed {tag} value: {type(exc).__name__}") from None
     raise ProtocolError("unknown value tag")
 
 
@@ -200,7 +207,9 @@ class Channel:
         except (OSError, ValueError, UnicodeDecodeError):
             line = ""
         if not line.endswith("\n"):
-            self.gone = "the program's process ended" if not line else "the program sent a malformed reply"
+            self.gone = (
+                "the program's process ended" if not line else "the program sent a malformed reply"
+            )
             raise ProgramGone(self.gone)
         try:
             msg = json.loads(line)
@@ -223,7 +232,7 @@ class Channel:
         try:
             return decode(reply["ok"], self)
         except (ProtocolError, RecursionError) as exc:
-            self.gone = "the program sent a malformed value (%s)" % exc
+            self.gone = f"the program sent a malformed value ({exc})"
             raise ProgramGone(self.gone) from None
 
 
@@ -236,7 +245,7 @@ def _exception(info):
             return cls(message)
         except Exception:
             pass
-    return CandidateError("%s: %s" % (name[:100], message))
+    return CandidateError(f"{name[:100]}: {message}")
 
 
 class _Remote:
@@ -263,7 +272,9 @@ class _Remote:
         return self._channel.request({"op": "getattr", "target": self._target, "attr": attr})
 
     def _op(self, op, *args):
-        return self._channel.request({"op": op, "target": self._target, "args": [encode(a) for a in args]})
+        return self._channel.request(
+            {"op": op, "target": self._target, "args": [encode(a) for a in args]}
+        )
 
     def __iter__(self):
         return iter(self._op("list"))
@@ -303,7 +314,7 @@ class RemoteObject(_Remote):
     __slots__ = ()
 
     def __init__(self, channel, target, type_name, shown):
-        super().__init__(channel, target, "<%s from the program: %s>" % (type_name, shown))
+        super().__init__(channel, target, f"<{type_name} from the program: {shown}>")
 
 
 def _expect(value, expected, call):
@@ -315,7 +326,9 @@ def _expect(value, expected, call):
             pass
     elif value == expected:
         return
-    raise AssertionError(call + " returned " + repr(value)[:200] + ", expected " + repr(expected)[:200])
+    raise AssertionError(
+        call + " returned " + repr(value)[:200] + ", expected " + repr(expected)[:200]
+    )
 
 
 def _why(exc):
@@ -348,29 +361,30 @@ def _non_dumpable():
 def _exported(name):
     # The program's names must never stand in for a builtin or the judge's helpers:
     # a program-defined ``sorted`` or ``__ponder_expect`` would decide the asserts.
-    return type(name) is str and name.isidentifier() and not name.startswith("__") and not hasattr(builtins, name)
+    return (
+        type(name) is str
+        and name.isidentifier()
+        and not name.startswith("__")
+        and not hasattr(builtins, name)
+    )
 
 
 def _test_space(channel, loaded):
     space = {}
     values = loaded.get("values")
-    for name, data in (values.items() if type(values) is dict else ()):
+    for name, data in values.items() if type(values) is dict else ():
         if _exported(name):
-            try:
+            with contextlib.suppress(ProtocolError, RecursionError):
                 space[name] = decode(data)
-            except (ProtocolError, RecursionError):
-                pass
     for name in loaded["names"]:
         if _exported(name):
-            space[name] = RemoteFunction(channel, {"name": name}, "<%s from the program>" % name)
+            space[name] = RemoteFunction(channel, {"name": name}, f"<{name} from the program>")
     stdlib = getattr(sys, "stdlib_module_names", ())
     modules = loaded.get("modules")
     for pair in modules if type(modules) is list else ():
         if type(pair) is list and len(pair) == 2 and _exported(pair[0]) and pair[1] in stdlib:
-            try:
+            with contextlib.suppress(ImportError):
                 space[pair[0]] = __import__(pair[1])
-            except ImportError:
-                pass
     space.update({"__builtins__": builtins, "__name__": "__test__", "__ponder_expect": _expect})
     return space
 
@@ -385,10 +399,10 @@ def _exit_status(proc):
         return ""
     if code < 0:
         try:
-            return " (killed by signal %s)" % signal.Signals(-code).name
+            return f" (killed by signal {signal.Signals(-code).name})"
         except ValueError:
-            return " (killed by signal %d)" % -code
-    return " (status %d)" % code
+            return f" (killed by signal {-code})"
+    return f" (status {code})"
 
 
 def judge():
@@ -408,7 +422,17 @@ def judge():
     from_worker_r, from_worker_w = os.pipe()
     source = cfg["harness"]
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", "-c", source, "worker", str(to_worker_r), str(from_worker_w)],
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-B",
+            "-c",
+            source,
+            "worker",
+            str(to_worker_r),
+            str(from_worker_w),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=cfg["stdout_fd"],
         stderr=cfg["stderr_fd"],
@@ -434,21 +458,23 @@ def judge():
     except ProgramGone as exc:
         loaded = {"load_error": str(exc) + _exit_status(proc)}
     if "load_error" in loaded or "names" not in loaded or type(loaded["names"]) is not list:
-        emit({"load_error": str(loaded.get("load_error", "the program did not load"))[:500],
-              "trace": str(loaded.get("trace", ""))[-1500:]})
+        emit(
+            {
+                "load_error": str(loaded.get("load_error", "the program did not load"))[:500],
+                "trace": str(loaded.get("trace", ""))[-1500:],
+            }
+        )
         return
     space = _test_space(channel, loaded)
     for i, test in enumerate(tests):
         try:
-            exec(compile(test, "test_%d" % i, "exec"), dict(space))
+            exec(compile(test, f"test_{i}", "exec"), dict(space))
             emit({"test": i, "passed": True})
         except BaseException as exc:
             emit({"test": i, "passed": False, "error": _why(exc)})
     emit({"done": True})
-    try:
+    with contextlib.suppress(OSError):
         channel.writer.close()
-    except OSError:
-        pass
     try:
         proc.wait(timeout=1.0)
     except subprocess.TimeoutExpired:
@@ -466,7 +492,9 @@ def worker(read_fd, write_fd):
         try:
             text = json.dumps(msg)
         except (ValueError, TypeError, RecursionError) as exc:
-            text = json.dumps({"raised": {"type": "TypeError", "message": "cannot return value: %s" % exc}})
+            text = json.dumps(
+                {"raised": {"type": "TypeError", "message": f"cannot return value: {exc}"}}
+            )
         writer.write(text + "\n")
         writer.flush()
 
@@ -496,10 +524,8 @@ def worker(read_fd, write_fd):
         elif callable(value):
             names.append(name)
         else:
-            try:
+            with contextlib.suppress(Exception):
                 values[name] = encode(value)
-            except Exception:
-                pass
     reply({"loaded": True, "names": names, "values": values, "modules": modules})
     refs = []
 
