@@ -275,6 +275,29 @@ def test_forged_replies_on_the_programs_own_channel_cannot_pass_assert_false() -
     assert [t.passed for t in result.tests] == [False, True, False]
 
 
+def test_the_program_cannot_read_the_tests_it_is_judged_on() -> None:
+    token = f"hidden-test-{time.monotonic_ns()}"
+    code = (
+        "import gc, os, sys\n"
+        "found = [o for o in gc.get_objects() if isinstance(o, str) and 'hidden-test-' in o]\n"
+        "for p in os.listdir('/proc'):\n"
+        "    for name in ('cmdline', 'environ', 'fd/0', 'mem'):\n"
+        "        try:\n"
+        "            data = open('/proc/%s/%s' % (p, name), 'rb').read(1 << 20)\n"
+        "            found += [data.decode(errors='replace')] if b'hidden-test-' in data else []\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(found)\n"
+        "def f():\n"
+        "    return 1\n"
+    )
+
+    result = run_python(code, tests=[f"assert f() == 1, {token!r}"], limits=LIMITS)
+
+    assert result.tests[0].passed
+    assert token not in result.stdout
+
+
 def test_a_value_that_equals_everything_does_not_pass_a_test() -> None:
     code = (
         "class Anything:\n"

@@ -319,7 +319,6 @@ def run_python(
             raise SandboxUnavailable(_unavailable_message(iso))
         log.warning("running model-written code WITHOUT a sandbox (%s)", iso)
     cfg: dict[str, Any] = {
-        "harness": _HARNESS,
         "program": code,
         "tests": list(tests),
         "stdin": stdin,
@@ -338,19 +337,17 @@ def run_python(
         info_r, info_w = os.pipe()
         try:
             out_fd, err_fd = handles["stdout"].fileno(), handles["stderr"].fileno()
-            cfg.update(stdout_fd=out_fd, stderr_fd=err_fd)
-            judge = ["-I", "-S", "-B", "-c", _HARNESS, "judge"]
             popen: dict[str, Any] = {}
             if isinstance(iso, _Isolation):
-                cfg["workdir"] = WORKDIR
-                argv = [*_bwrap_argv(iso.bwrap, iso.python, lim, info_w), iso.python, *judge]
+                workdir = WORKDIR
+                argv = [*_bwrap_argv(iso.bwrap, iso.python, lim, info_w), iso.python]
                 popen = _drop_to_nobody()
                 cwd = "/"
             else:
-                cwd = os.path.join(tmp, "work")
+                workdir = cwd = os.path.join(tmp, "work")
                 os.mkdir(cwd, 0o700)
-                cfg["workdir"] = cwd
-                argv = [sys.executable, *judge]
+                argv = [sys.executable]
+            argv += ["-I", "-S", "-B", "-c", _HARNESS, "judge", str(out_fd), str(err_fd), workdir]
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,

@@ -4,10 +4,11 @@ This file is executed by a bare interpreter inside the sandbox (``python -I -S -
 -c <this source> judge``), so it imports only the standard library and must stay
 compatible with any Python 3.8+ the host offers for sandboxing.
 
-- The **judge** reads its job (program, tests, limits) from stdin, makes itself
-  non-dumpable (so a same-uid process can neither ptrace it nor open its
-  ``/proc/<pid>/mem``, ``environ`` or ``fd``), starts the worker as a fresh
-  interpreter (exec, not fork: the worker never holds a copy of the tests), and
+- The **judge** forks the worker *before* it reads its job, so the worker never
+  holds a copy of the tests, and the child drops every descriptor but its pipes and
+  the program's output files. The judge then makes itself non-dumpable (so a
+  same-uid process can neither ptrace it nor open its ``/proc/<pid>/mem``,
+  ``environ`` or ``fd``), reads its job (program, tests, limits) from stdin, and
   runs every test snippet in its *own* process. Names the tests use that the
   program defines are proxies: calling one sends the arguments to the worker and
   decodes the reply into plain builtin values (``None``, numbers, strings, bytes,
@@ -28,7 +29,6 @@ import json
 import os
 import resource
 import sys
-import traceback
 
 __all__ = ["decode", "encode", "main"]
 
@@ -389,25 +389,65 @@ def _test_space(channel, loaded):
     return space
 
 
-def _exit_status(proc):
-    import signal
-    import subprocess
+def _wait(pid, timeout_s):
+    """The worker's wait status within ``timeout_s``, else None."""
+    import time
 
-    try:
-        code = proc.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+
+
+def _exit_status(pid):
+    status = _wait(pid, 1.0)
+    if status is None:
         return ""
-    if code < 0:
+    if os.WIFSIGNALED(status):
+        import signal
+
         try:
-            return f" (killed by signal {signal.Signals(-code).name})"
+            return f" (killed by signal {signal.Signals(os.WTERMSIG(status)).name})"
         except ValueError:
-            return f" (killed by signal {-code})"
-    return f" (status {code})"
+            return f" (killed by signal {os.WTERMSIG(status)})"
+    return f" (status {os.WEXITSTATUS(status)})"
 
 
-def judge():
-    import subprocess
+def _start_worker(stdout_fd, stderr_fd, workdir):
+    """Fork the worker *before* the judge has read its job, so it never holds the tests.
 
+    The child swaps stdin for /dev/null and stdout/stderr for the program's own output
+    files before anything else, so it has no descriptor for the job or the verdict.
+    """
+    to_worker_r, to_worker_w = os.pipe()
+    from_worker_r, from_worker_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(to_worker_w)
+            os.close(from_worker_r)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(stdout_fd, 1)
+            os.dup2(stderr_fd, 2)
+            for fd in (devnull, stdout_fd, stderr_fd):
+                os.close(fd)
+            os.chdir(workdir)
+            worker(to_worker_r, from_worker_w)
+        finally:
+            os._exit(70)
+    for fd in (to_worker_r, from_worker_w, stdout_fd, stderr_fd):
+        os.close(fd)
+    return pid, Channel(to_worker_w, from_worker_r)
+
+
+def judge(stdout_fd, stderr_fd, workdir):
+    pid, channel = _start_worker(stdout_fd, stderr_fd, workdir)
+    _non_dumpable()
     cfg = json.loads(sys.stdin.read())
     out = sys.stdout
 
@@ -415,34 +455,8 @@ def judge():
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
-    _non_dumpable()
     limits = cfg["limits"]
     _set_limits(dict(limits, memory_mb=max(limits["memory_mb"], 256)), None)
-    to_worker_r, to_worker_w = os.pipe()
-    from_worker_r, from_worker_w = os.pipe()
-    source = cfg["harness"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-I",
-            "-S",
-            "-B",
-            "-c",
-            source,
-            "worker",
-            str(to_worker_r),
-            str(from_worker_w),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=cfg["stdout_fd"],
-        stderr=cfg["stderr_fd"],
-        pass_fds=(to_worker_r, from_worker_w),
-        cwd=cfg["workdir"],
-        close_fds=True,
-    )
-    for fd in (to_worker_r, from_worker_w, cfg["stdout_fd"], cfg["stderr_fd"]):
-        os.close(fd)
-    channel = Channel(to_worker_w, from_worker_r)
     tests = cfg["tests"]
     try:
         channel.send(
@@ -456,7 +470,7 @@ def judge():
         )
         loaded = channel.receive()
     except ProgramGone as exc:
-        loaded = {"load_error": str(exc) + _exit_status(proc)}
+        loaded = {"load_error": str(exc) + _exit_status(pid)}
     if "load_error" in loaded or "names" not in loaded or type(loaded["names"]) is not list:
         emit(
             {
@@ -475,10 +489,10 @@ def judge():
     emit({"done": True})
     with contextlib.suppress(OSError):
         channel.writer.close()
-    try:
-        proc.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    if _wait(pid, 1.0) is None:
+        import signal
+
+        os.kill(pid, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -512,6 +526,8 @@ def worker(read_fd, write_fd):
         exec(compile(job["program"], "main.py", "exec"), g)
     except BaseException as exc:
         sys.stdout.flush()
+        import traceback
+
         reply({"load_error": _why(exc), "trace": traceback.format_exc()[-1500:]})
         os._exit(0)
     sys.stdout.flush()
@@ -572,12 +588,10 @@ def worker(read_fd, write_fd):
 
 
 def main(argv):
-    if argv[1:2] == ["judge"]:
-        judge()
-    elif argv[1:2] == ["worker"]:
-        worker(int(argv[2]), int(argv[3]))
+    if argv[1:2] == ["judge"] and len(argv) == 5:
+        judge(int(argv[2]), int(argv[3]), argv[4])
     else:
-        raise SystemExit("usage: judge | worker READ_FD WRITE_FD")
+        raise SystemExit("usage: judge STDOUT_FD STDERR_FD WORKDIR")
 
 
 if __name__ == "__main__":
