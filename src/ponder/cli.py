@@ -33,6 +33,7 @@ from ponder.config import Settings, load_settings
 from ponder.errors import InvalidRequest, PonderError
 from ponder.strategies import available_strategies, get_strategy
 from ponder.types import Outcome
+from ponder.verifiers.sandbox import configure as configure_sandbox
 
 if TYPE_CHECKING:
     from ponder.backends.tiers import Tiers
@@ -157,6 +158,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def _cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
     settings = load_settings()
+    configure_sandbox(settings.sandbox)
     params = _parse_params(args.param)
     if args.thinking_budget is not None:
         params["thinking_budget"] = args.thinking_budget
@@ -318,6 +320,7 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ponder.server.app import create_app
 
     settings = load_settings()
+    configure_sandbox(settings.sandbox)
     model = args.model or settings.engine.model
     host = args.host or settings.server.host
     port = args.port or settings.server.port

@@ -29,6 +29,7 @@ def _sandbox_for_scoring(request: pytest.FixtureRequest) -> None:
             pytest.fail(f"PONDER_REQUIRE_SANDBOX=1 but {reason}")
         pytest.skip(f"no sandbox on this host: {reason}")
 
+
 PROMPT = '''from typing import List
 
 

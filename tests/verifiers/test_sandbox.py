@@ -8,7 +8,9 @@ Tests that need bubblewrap skip when it is missing, unless ``PONDER_REQUIRE_SAND
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -496,6 +498,31 @@ def test_check_sandbox_refuses_up_front_and_the_unsafe_option_lets_code_run(
     assert result.tests[0].passed
 
 
+@pytest.fixture
+def bwrap_without_user_namespaces() -> Iterator[str]:
+    """A bwrap that fails as it does where user namespaces are disabled."""
+    folder = tempfile.mkdtemp(prefix="ponder-fake-bwrap-")
+    os.chmod(folder, 0o755)  # the probe runs it as nobody when the tests run as root
+    path = os.path.join(folder, "bwrap")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(folder)
+
+
+def test_without_user_namespaces_code_is_refused_with_the_reason(
+    bwrap_without_user_namespaces: str, tmp_path: Path, runs_without_sandbox: None
+) -> None:
+    settings = SandboxSettings(bwrap=bwrap_without_user_namespaces)
+    ran = tmp_path / "ran"
+
+    assert "No permissions to create new namespace" in (sandbox_status(settings) or "")
+    with pytest.raises(SandboxUnavailable, match="code verification unavailable on this host"):
+        run_python(f"open({str(ran)!r}, 'w').write('x')\n" + SHADOW_VIA_BASH, settings=settings)
+    assert not ran.exists()
+
+
 # ----------------------------------------------------------------------------- program_aided
 
 SHADOW_PROGRAMS = [
@@ -533,8 +560,12 @@ def host_without_sandbox() -> Iterator[None]:
 async def test_program_aided_on_a_host_without_isolation_refuses_clearly(
     host_without_sandbox: None, runs_without_sandbox: None
 ) -> None:
+    backend = FakeBackend(SHADOW_PROGRAMS)
+
     with pytest.raises(SandboxUnavailable, match="code verification unavailable"):
-        await ProgramAided().run(PROBLEM, _ctx(FakeBackend(SHADOW_PROGRAMS)))
+        await ProgramAided().run(PROBLEM, _ctx(backend))
+
+    assert backend.calls == []  # refused before any token was generated
 
 
 # ----------------------------------------------------------------------------- ordinary use
