@@ -413,6 +413,56 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_leaves_nothing_behind() -> N
     assert _processes_with(marker) == []
 
 
+FORK_BOMB_COUNT = (
+    "import os, time\n"
+    "n = 0\n"
+    "try:\n"
+    "    while True:\n"
+    "        if os.fork() == 0:\n"
+    "            time.sleep(30)\n"
+    "            os._exit(0)\n"
+    "        n += 1\n"
+    "except OSError:\n"
+    "    print(n, flush=True)\n"
+    "time.sleep(1.5)\n"  # hold the processes while the other sandbox forks too
+)
+
+
+def test_the_process_limit_is_per_sandbox_so_one_bomb_cannot_starve_another() -> None:
+    counts: list[int] = []
+
+    def bomb() -> None:
+        result = run_python(FORK_BOMB_COUNT, limits=SandboxLimits(timeout_s=5.0, processes=20))
+        counts.append(int(result.stdout.split()[0]))
+
+    threads = [threading.Thread(target=bomb) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(counts) == 2 and all(10 <= c < 20 for c in counts), counts
+
+
+def test_the_work_dir_is_size_capped() -> None:
+    code = (
+        "total = 0\n"
+        "try:\n"
+        "    for i in range(1000):\n"
+        "        with open('fill%d' % i, 'wb') as f:\n"
+        "            for _ in range(4):\n"
+        "                f.write(b'x' * (1 << 20))\n"
+        "                total += 1\n"
+        "except OSError as exc:\n"
+        "    print(total, exc.errno)\n"
+    )
+
+    result = run_python(code, limits=SandboxLimits(timeout_s=10.0, tmpfs_mb=16, file_mb=8))
+
+    total, errno = result.stdout.split()
+    assert int(total) <= 16 and int(errno) == 28  # ENOSPC
+
+
 def test_a_secret_in_the_parents_environment_is_not_visible() -> None:
     code = (
         "import os\n"

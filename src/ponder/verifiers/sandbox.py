@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -222,9 +221,26 @@ def _python_candidates(configured: str | None) -> list[str]:
     return list(dict.fromkeys([own, "/usr/bin/python3"]))
 
 
-@functools.lru_cache(maxsize=16)
+# A working sandbox is remembered for good; a failed probe only briefly, so a probe
+# that timed out on a busy host does not switch code verification off for the process.
+_FAILED_PROBE_TTL_S = 30.0
+_probes: dict[tuple[str, str | None], tuple[float, _Isolation | str]] = {}
+
+
 def _isolation(bwrap: str, python: str | None) -> _Isolation | str:
-    """The sandbox this host can make, or why it cannot (probed once per setting)."""
+    """The sandbox this host can make, or why it cannot."""
+    key = (bwrap, python)
+    cached = _probes.get(key)
+    if cached is not None and (
+        isinstance(cached[1], _Isolation) or time.monotonic() - cached[0] < _FAILED_PROBE_TTL_S
+    ):
+        return cached[1]
+    found = _probe(bwrap, python)
+    _probes[key] = (time.monotonic(), found)
+    return found
+
+
+def _probe(bwrap: str, python: str | None) -> _Isolation | str:
     exe = shutil.which(bwrap)
     if exe is None:
         return f"bubblewrap ({bwrap!r}) is not installed"
