@@ -69,11 +69,37 @@ def _load_old(rev: str) -> Any:
     return module
 
 
+def _humaneval() -> None:
+    from ponder.eval.datasets import humaneval
+
+    items = humaneval()
+    t0 = time.perf_counter()
+
+    def reply(item: Any, body: str) -> str:
+        return f"```python\n{item.metadata['prompt']}{body}\n```"
+
+    reference = [it.id for it in items if not it.grade(reply(it, it.reference))]
+    wrong = [it.id for it in items if it.grade(reply(it, "    return None\n"))]
+    print(
+        json.dumps(
+            {
+                "humaneval": len(items),
+                "references_failed": reference,
+                "return_none_passed": wrong,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--baseline", default="0bcc0a4", help="git revision of the old sandbox")
+    parser.add_argument("--humaneval", action="store_true")
     args = parser.parse_args()
+    if args.humaneval:
+        _humaneval()
 
     old = _load_old(args.baseline)
     if sandbox.sandbox_status() is not None:
