@@ -674,6 +674,14 @@ def test_humaneval_style_checks_with_helpers_exceptions_and_rich_values() -> Non
     assert "AssertionError" in (result.tests[-1].error or "")
 
 
+def test_a_big_global_table_stays_in_the_program_and_small_ones_reach_the_tests() -> None:
+    code = "TABLE = list(range(2_000_000))\nSMALL = [1, 2]\ndef f(i):\n    return TABLE[i]\n"
+
+    result = run_python(code, tests=["assert f(5) == 5 and SMALL == [1, 2]"], limits=LIMITS)
+
+    assert result.ok and result.tests[0].passed, result.tests
+
+
 def test_a_candidate_that_exits_while_tests_run_fails_the_tests_that_call_it() -> None:
     code = "import os, sys\ndef f():\n    sys.exit(0)\ndef g():\n    os._exit(3)\ndef h():\n    return 1\n"
 
