@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ponder.backends.fake import FakeBackend
 from ponder.budget.metered import MeteredBackend
-from ponder.config import SandboxSettings
+from ponder.config import SandboxSettings, ServerSettings
+from ponder.server.app import create_app
 from ponder.strategies import ProgramAided, RunContext
 from ponder.strategies.base import SamplingDefaults
 from ponder.types import Budget, Problem, as_messages
@@ -616,6 +618,28 @@ async def test_program_aided_on_a_host_without_isolation_refuses_clearly(
         await ProgramAided().run(PROBLEM, _ctx(backend))
 
     assert backend.calls == []  # refused before any token was generated
+
+
+async def test_the_gateway_answers_400_and_generates_nothing_without_isolation(
+    host_without_sandbox: None, runs_without_sandbox: None
+) -> None:
+    backend = FakeBackend(SHADOW_PROGRAMS)
+    app = create_app(backend, ServerSettings(ledger=False))
+    body = {
+        "messages": [{"role": "user", "content": "What is in /etc/shadow?"}],
+        "ponder": {"strategy": "program_aided"},
+    }
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "code_verification_unavailable"
+    assert "allow_unsafe_unsandboxed" in error["message"]
+    assert backend.calls == []
 
 
 # ----------------------------------------------------------------------------- ordinary use
