@@ -78,7 +78,7 @@ def _humaneval() -> None:
     def reply(item: Any, body: str) -> str:
         return f"```python\n{item.metadata['prompt']}{body}\n```"
 
-    reference = [it.id for it in items if not it.grade(reply(it, it.reference))]
+    reference = [it.id for it in items if not it.grade(reply(it, str(it.reference)))]
     wrong = [it.id for it in items if it.grade(reply(it, "    return None\n"))]
     print(
         json.dumps(
@@ -118,7 +118,7 @@ def main() -> None:
         return bool(run(FUNCTION, TESTS).all_passed)
 
     def program_run(run: Callable[..., Any]) -> bool:
-        return run(PROGRAM).stdout.strip() == "332833500"
+        return bool(run(PROGRAM).stdout.strip() == "332833500")
 
     def per_test_run(run: Callable[..., Any]) -> bool:
         return all(run(FUNCTION, [t]).all_passed for t in TESTS)

@@ -29,6 +29,8 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 __all__ = ["decode", "encode", "main"]
 
@@ -45,7 +47,7 @@ class ProtocolError(Exception):
 # ----------------------------------------------------------------------------- values
 
 
-def encode(value, refs=None, depth=0):
+def encode(value: Any, refs: list[Any] | None = None, depth: int = 0) -> Any:
     """``value`` as JSON-ready data; objects that are not plain data become handles in ``refs``."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply to leave the sandbox")
@@ -89,7 +91,7 @@ def encode(value, refs=None, depth=0):
     if isinstance(value, (_Remote,)):
         return {"$": "ref", "v": value._target}
     if refs is not None and _is_iterator(value):
-        out = []
+        out: list[Any] = []
         for item in value:
             if len(out) >= MAX_ITEMS:
                 raise ValueError(f"an iterator returned more than {MAX_ITEMS} items")
@@ -101,21 +103,26 @@ def encode(value, refs=None, depth=0):
     return {"$": "obj", "v": len(refs) - 1, "type": kind.__name__, "repr": _safe_repr(value)}
 
 
-def _is_iterator(value):
+def _is_iterator(value: Any) -> bool:
     try:
         return hasattr(type(value), "__next__") and hasattr(type(value), "__iter__")
     except Exception:
         return False
 
 
-def _safe_repr(value):
+def _safe_repr(value: Any) -> str:
     try:
         return repr(value)[:200]
     except BaseException:
         return f"<{type(value).__name__} object>"
 
 
-def decode(data, remote=None, depth=0, resolve=None):
+def decode(
+    data: Any,
+    remote: Channel | None = None,
+    depth: int = 0,
+    resolve: Callable[[Any], Any] | None = None,
+) -> Any:
     """Plain builtin values from :func:`encode`'s output; never runs code chosen by the sender.
 
     ``remote`` (the judge's channel) turns object handles into :class:`RemoteObject`;
@@ -127,7 +134,8 @@ def decode(data, remote=None, depth=0, resolve=None):
         return data
     if type(data) is not dict or "$" not in data:
         raise ProtocolError("malformed value")
-    tag, v = data.get("$"), data.get("v")
+    tag, v = data.get("$"), data.get("v")  # v: whatever the sender put there
+    v = cast(Any, v)
     try:
         if tag == "int":
             if type(v) is not str or len(v) > 5000:
@@ -182,12 +190,12 @@ class ProgramGone(Exception):
 class Channel:
     """The judge's end of the pipes to the worker."""
 
-    def __init__(self, to_worker, from_worker):
+    def __init__(self, to_worker: int, from_worker: int) -> None:
         self.writer = os.fdopen(to_worker, "w", encoding="utf-8")
         self.reader = os.fdopen(from_worker, "r", encoding="utf-8", newline="\n")
-        self.gone = None
+        self.gone: str | None = None
 
-    def send(self, msg):
+    def send(self, msg: dict[str, Any]) -> None:
         if self.gone:
             raise ProgramGone(self.gone)
         try:
@@ -197,7 +205,7 @@ class Channel:
             self.gone = "the program's process is gone"
             raise ProgramGone(self.gone) from None
 
-    def receive(self):
+    def receive(self) -> dict[str, Any]:
         if self.gone:
             raise ProgramGone(self.gone)
         try:
@@ -219,7 +227,7 @@ class Channel:
             raise ProgramGone(self.gone)
         return msg
 
-    def request(self, msg):
+    def request(self, msg: dict[str, Any]) -> Any:
         self.send(msg)
         reply = self.receive()
         if "raised" in reply:
@@ -234,7 +242,7 @@ class Channel:
             raise ProgramGone(self.gone) from None
 
 
-def _exception(info):
+def _exception(info: Any) -> Exception:
     name = str(info.get("type", "Exception")) if type(info) is dict else "Exception"
     message = str(info.get("message", "")) if type(info) is dict else ""
     cls = getattr(builtins, name, None)
@@ -248,13 +256,16 @@ def _exception(info):
 
 class _Remote:
     __slots__ = ("_channel", "_target", "_label")
+    _channel: Channel
+    _target: dict[str, Any]
+    _label: str
 
-    def __init__(self, channel, target, label):
+    def __init__(self, channel: Channel, target: dict[str, Any], label: str) -> None:
         object.__setattr__(self, "_channel", channel)
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_label", label)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._channel.request(
             {
                 "op": "call",
@@ -264,35 +275,35 @@ class _Remote:
             }
         )
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
             raise AttributeError(attr)
         return self._channel.request({"op": "getattr", "target": self._target, "attr": attr})
 
-    def _op(self, op, *args):
+    def _op(self, op: str, *args: Any) -> Any:
         return self._channel.request(
             {"op": op, "target": self._target, "args": [encode(a) for a in args]}
         )
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._op("list"))
 
-    def __len__(self):
-        return self._op("len")
+    def __len__(self) -> int:
+        return int(self._op("len"))
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         return self._op("getitem", key)
 
-    def __contains__(self, item):
-        return self._op("contains", item)
+    def __contains__(self, item: Any) -> bool:
+        return bool(self._op("contains", item))
 
-    def __bool__(self):
-        return self._op("bool")
+    def __bool__(self) -> bool:
+        return bool(self._op("bool"))
 
-    def __str__(self):
-        return self._op("str")
+    def __str__(self) -> str:
+        return str(self._op("str"))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self._label
 
 
@@ -302,8 +313,8 @@ class RemoteFunction(_Remote):
     __slots__ = ()
 
     @property
-    def __name__(self):
-        return self._target["name"]
+    def __name__(self) -> str:
+        return str(self._target["name"])
 
 
 class RemoteObject(_Remote):
@@ -311,11 +322,13 @@ class RemoteObject(_Remote):
 
     __slots__ = ()
 
-    def __init__(self, channel, target, type_name, shown):
+    def __init__(
+        self, channel: Channel, target: dict[str, Any], type_name: str, shown: str
+    ) -> None:
         super().__init__(channel, target, f"<{type_name} from the program: {shown}>")
 
 
-def _expect(value, expected, call):
+def _expect(value: Any, expected: Any, call: str) -> None:
     if isinstance(value, float) or isinstance(expected, float):
         try:
             if abs(value - expected) <= 1e-6 * max(1.0, abs(expected)):
@@ -329,11 +342,11 @@ def _expect(value, expected, call):
     )
 
 
-def _why(exc):
+def _why(exc: BaseException) -> str:
     return (type(exc).__name__ + ": " + str(exc))[:500]
 
 
-def _set_limits(limits, processes):
+def _set_limits(limits: dict[str, Any], processes: int | None) -> None:
     mb = 1024 * 1024
     pairs = [
         (resource.RLIMIT_AS, limits["memory_mb"] * mb),
@@ -348,7 +361,7 @@ def _set_limits(limits, processes):
         resource.setrlimit(which, (value, value))
 
 
-def _non_dumpable():
+def _non_dumpable() -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -356,7 +369,7 @@ def _non_dumpable():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-def _exported(name):
+def _exported(name: object) -> bool:
     # The program's names must never stand in for a builtin or the judge's helpers:
     # a program-defined ``sorted`` or ``__ponder_expect`` would decide the asserts.
     return (
@@ -367,7 +380,7 @@ def _exported(name):
     )
 
 
-def _test_space(channel, loaded):
+def _test_space(channel: Channel, loaded: dict[str, Any]) -> dict[str, Any]:
     space = {}
     values = loaded.get("values")
     for name, data in values.items() if type(values) is dict else ():
@@ -387,7 +400,7 @@ def _test_space(channel, loaded):
     return space
 
 
-def _wait(pid, timeout_s):
+def _wait(pid: int, timeout_s: float) -> int | None:
     """The worker's wait status within ``timeout_s``, else None."""
     import time
 
@@ -401,7 +414,7 @@ def _wait(pid, timeout_s):
         time.sleep(0.002)
 
 
-def _exit_status(pid):
+def _exit_status(pid: int) -> str:
     status = _wait(pid, 1.0)
     if status is None:
         return ""
@@ -415,7 +428,7 @@ def _exit_status(pid):
     return f" (status {os.WEXITSTATUS(status)})"
 
 
-def _start_worker(stdout_fd, stderr_fd, workdir):
+def _start_worker(stdout_fd: int, stderr_fd: int, workdir: str) -> tuple[int, Channel]:
     """Fork the worker *before* the judge has read its job, so it never holds the tests.
 
     The child swaps stdin for /dev/null and stdout/stderr for the program's own output
@@ -443,13 +456,13 @@ def _start_worker(stdout_fd, stderr_fd, workdir):
     return pid, Channel(to_worker_w, from_worker_r)
 
 
-def judge(stdout_fd, stderr_fd, workdir):
+def judge(stdout_fd: int, stderr_fd: int, workdir: str) -> None:
     pid, channel = _start_worker(stdout_fd, stderr_fd, workdir)
     _non_dumpable()
     cfg = json.loads(sys.stdin.read())
     out = sys.stdout
 
-    def emit(obj):
+    def emit(obj: dict[str, Any]) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
@@ -496,11 +509,11 @@ def judge(stdout_fd, stderr_fd, workdir):
 # ----------------------------------------------------------------------------- worker side
 
 
-def worker(read_fd, write_fd):
+def worker(read_fd: int, write_fd: int) -> None:
     reader = os.fdopen(read_fd, "r", encoding="utf-8")
     writer = os.fdopen(write_fd, "w", encoding="utf-8")
 
-    def reply(msg):
+    def reply(msg: dict[str, Any]) -> None:
         try:
             text = json.dumps(msg)
         except (ValueError, TypeError, RecursionError) as exc:
@@ -529,7 +542,9 @@ def worker(read_fd, write_fd):
         reply({"load_error": _why(exc), "trace": traceback.format_exc()[-1500:]})
         os._exit(0)
     sys.stdout.flush()
-    names, values, modules = [], {}, []
+    names: list[str] = []
+    values: dict[str, Any] = {}
+    modules: list[list[str]] = []
     for name, value in list(g.items()):
         if name.startswith("__"):
             continue
@@ -545,9 +560,9 @@ def worker(read_fd, write_fd):
                 if len(json.dumps(data)) <= MAX_GLOBAL:
                     values[name] = data
     reply({"loaded": True, "names": names, "values": values, "modules": modules})
-    refs = []
+    refs: list[Any] = []
 
-    def resolve(target):
+    def resolve(target: Any) -> Any:
         # A proxy the judge passes back as an argument is the program's own object again.
         return g[target["name"]] if "name" in target else refs[target["id"]]
 
@@ -561,24 +576,25 @@ def worker(read_fd, write_fd):
             obj = resolve(target)
             args = [decode(a, resolve=resolve) for a in msg.get("args", [])]
             op = msg["op"]
+            result: Any
             if op == "call":
                 kwargs = {k: decode(v, resolve=resolve) for k, v in msg.get("kwargs", {}).items()}
-                value = obj(*args, **kwargs)
+                result = obj(*args, **kwargs)
             elif op == "getattr":
-                value = getattr(obj, msg["attr"])
+                result = getattr(obj, msg["attr"])
             elif op == "list":
-                value = list(obj)
+                result = list(obj)
             elif op == "len":
-                value = len(obj)
+                result = len(obj)
             elif op == "getitem":
-                value = obj[args[0]]
+                result = obj[args[0]]
             elif op == "contains":
-                value = args[0] in obj
+                result = args[0] in obj
             elif op == "bool":
-                value = bool(obj)
+                result = bool(obj)
             else:
-                value = str(obj)
-            encoded = encode(value, refs)
+                result = str(obj)
+            encoded = encode(result, refs)
         except BaseException as exc:
             sys.stdout.flush()
             reply({"raised": {"type": type(exc).__name__, "message": str(exc)[:500]}})
@@ -589,7 +605,7 @@ def worker(read_fd, write_fd):
     os._exit(0)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if argv[1:2] == ["judge"] and len(argv) == 5:
         judge(int(argv[2]), int(argv[3]), argv[4])
     else:
