@@ -157,7 +157,7 @@ def test_a_setsid_double_fork_survivor_dies_at_the_timeout() -> None:
         "print('forked', flush=True)\n"
         "time.sleep(60)\n"
     )
-    result = run_python(code, limits=SandboxLimits(timeout_s=1.5))
+    result = run_python(code, limits=SandboxLimits(timeout_s=3.0))
 
     assert result.timed_out and result.stdout.strip() == "forked"
     assert _processes_with(marker) == []
@@ -740,7 +740,7 @@ def test_stdin_and_extra_files_reach_the_program() -> None:
 def test_a_timed_out_candidate_reports_what_it_printed() -> None:
     result = run_python(
         "import time\nprint('started', flush=True)\ntime.sleep(60)\n",
-        limits=SandboxLimits(timeout_s=1.0),
+        limits=SandboxLimits(timeout_s=2.0),
     )
 
     assert result.timed_out and not result.ok
