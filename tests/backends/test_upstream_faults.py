@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from ponder.backends.openai_compat import OpenAICompatBackend
-from ponder.backends.tiers import Tiers
+from ponder.guard import Tiers
 from ponder.backends.upstream_log import record_upstream
 from ponder.config import ServerSettings, TierSettings
 from ponder.errors import (
