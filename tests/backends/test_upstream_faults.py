@@ -394,7 +394,7 @@ def gateway_client(url: str, tmp_path: Path, **options: Any) -> tuple[httpx.Asyn
     from ponder.budget.quota import Limit
     from ponder.ledger import Store
     from ponder.server.app import create_app
-    from ponder.server.handlers import Gateway
+    from ponder.server.gateway import Gateway
 
     backend = guarded(url, None, **options)
     store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
