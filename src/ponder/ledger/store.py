@@ -41,6 +41,7 @@ from ponder.budget.quota import (
 from ponder.errors import InvalidRequest, StoreUnavailable
 from ponder.ledger import schema as s
 from ponder.ledger.database import Database, Transaction
+from ponder.ledger.owners import owner_is_dead, process_owner
 from ponder.ledger.records import (
     KEY_PREFIX,
     SCOPE_NAMES,
@@ -322,6 +323,7 @@ class Store(Database):
                             for lim, subj, start, amt in items
                         ]
                     ),
+                    "owner": process_owner(),
                 },
             )
             for lim, subject, start, amount in items:
@@ -401,16 +403,36 @@ class Store(Database):
         """Give back a hold for a request that did not run."""
         self.settle(reservation, Demand(requests=0), None)
 
-    def release_stale(self, now: float | None = None) -> int:
-        """Release holds of requests whose process died; returns how many."""
+    def release_stale(
+        self,
+        now: float | None = None,
+        *,
+        dead: Callable[[str], bool] = owner_is_dead,
+    ) -> int:
+        """Release holds that expired or whose owner process died; returns how many.
+
+        ``dead(owner)`` judges an owner (by default: a process of this host that no
+        longer exists, see :mod:`ponder.ledger.owners`); its holds go at once, whatever
+        their TTL. Each hold is released by whoever deletes its row, this sweep or the
+        request's own settlement, so it is never given back twice.
+        """
         now = time.time() if now is None else now
+        r = s.reservations
+        released = 0
         with self.transaction() as tx:
-            stale = list(
-                tx.execute(sa.select(s.reservations).where(s.reservations.c.expires_at < now))
-            )
+            owners = tx.execute(
+                sa.select(r.c.owner).where(r.c.owner.is_not(None)).distinct()
+            ).scalars()
+            gone = [o for o in owners if dead(o)]
+            stale = r.c.expires_at < now
+            if gone:
+                stale = sa.or_(stale, r.c.owner.in_(gone))
             c = s.counters.c
-            for r in stale:
-                for scope, subject, metric, window, start, amount in json.loads(r.items):
+            for row in list(tx.execute(sa.select(r.c.id, r.c["items"]).where(stale))):
+                if tx.execute(sa.delete(r).where(r.c.id == row.id)).rowcount != 1:
+                    continue  # settled meanwhile: its settlement gave the hold back
+                released += 1
+                for scope, subject, metric, window, start, amount in json.loads(row.items):
                     tx.execute(
                         sa.update(s.counters)
                         .where(
@@ -422,8 +444,7 @@ class Store(Database):
                         )
                         .values(reserved=c.reserved - amount)
                     )
-                tx.execute(sa.delete(s.reservations).where(s.reservations.c.id == r.id))
-        return len(stale)
+        return released
 
     def counter(
         self, scope: Scope, subject: str, metric: Metric, window: Window, now: float | None = None

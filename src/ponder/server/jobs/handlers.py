@@ -13,11 +13,11 @@ from typing import Any
 from ponder.errors import InvalidRequest, PonderError
 from ponder.ledger.jobs import JOB_STATUSES, Job
 from ponder.server.auth import Caller
+from ponder.server.jobs.queue import JobConflict, JobNotFound
+from ponder.server.jobs.worker import JobWorker
 from ponder.server.parsing import parse_request
 from ponder.server.planning import plan
 from ponder.server.protocol import ErrorResult, error_result
-from ponder.server.jobs.queue import JobConflict, JobNotFound
-from ponder.server.jobs.worker import JobWorker
 
 __all__ = ["Jobs"]
 
