@@ -189,6 +189,8 @@ class JobTable:
         return pending
 
     def get(self, job_id: str) -> Job | None:
+        if "\x00" in job_id:
+            return None  # names no job (and PostgreSQL text cannot hold it)
         with self.store.transaction("read") as tx:
             row = tx.execute(sa.select(s.jobs).where(s.jobs.c.id == job_id)).first()
         return None if row is None else Job.from_row(row)
@@ -207,6 +209,8 @@ class JobTable:
 
     def cancel(self, job_id: str, now: float) -> bool:
         """Cancel a queued job; False when it is not queued (any more)."""
+        if "\x00" in job_id:
+            return False
         t = s.jobs
         with self.store.transaction() as tx:
             done = tx.execute(

@@ -57,6 +57,7 @@ from ponder.ledger.records import (
 from ponder.ledger.statements import KEY_COLUMNS, Statements, counter_key
 
 __all__ = [
+    "BIGINT_MAX",
     "KEY_PREFIX",
     "Crossing",
     "KeyRecord",
@@ -65,6 +66,7 @@ __all__ = [
     "Reservation",
     "Store",
     "StoreUnavailable",
+    "check_demand",
     "default_url",
     "hash_key",
 ]
@@ -72,6 +74,40 @@ __all__ = [
 _T = TypeVar("_T")
 # Work done in a store transaction alongside a settlement (a job saves its result there).
 Also = Callable[[Transaction], None]
+
+
+# The largest integer a BIGINT column (and SQLite's INTEGER) holds: a bind value above it
+# is an OverflowError in the driver, so it is refused as a 400 before any statement.
+BIGINT_MAX = 2**63 - 1
+
+
+def _checked_text(value: str | None, param: str) -> None:
+    # PostgreSQL text cannot hold NUL (SQLite would store it): refuse it on both.
+    if value is not None and "\x00" in value:
+        raise InvalidRequest(f"{param} must not contain a NUL byte", param=param)
+
+
+def _checked_amount(value: int, param: str) -> None:
+    if not -BIGINT_MAX <= value <= BIGINT_MAX:
+        raise InvalidRequest(
+            f"{param} must be at most {BIGINT_MAX} (a 64-bit integer), got {value}", param=param
+        )
+
+
+def check_demand(demand: Demand) -> None:
+    """Refuse (400) a worst case no counter could hold, before anything is reserved."""
+    for metric, amount in demand.as_dict().items():
+        if amount > BIGINT_MAX:
+            raise InvalidRequest(
+                f"the request's worst case of {amount} {metric.replace('_', ' ')} is more than "
+                f"a quota counter holds ({BIGINT_MAX}); lower max_tokens or ponder.budget",
+                param="max_tokens",
+            )
+
+
+def _plain_id(value: str) -> bool:
+    """An id that can name a row: one with a NUL byte names none (and PostgreSQL refuses it)."""
+    return "\x00" not in value
 
 
 class _Refused(Exception):
@@ -106,6 +142,8 @@ class Store(Database):
             )
         if not user.strip():
             raise InvalidRequest("a key must belong to a user; give a user name", param="user")
+        for param, text in (("user", user), ("team", team), ("name", name)):
+            _checked_text(text, param)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             id="key_" + secrets.token_hex(8),
@@ -140,6 +178,8 @@ class Store(Database):
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """The key with this id (revoked or not), or None."""
+        if not _plain_id(key_id):
+            return None
         with self.transaction("read") as tx:
             row = tx.execute(sa.select(s.api_keys).where(s.api_keys.c.id == key_id)).first()
         return None if row is None else key_record(row._mapping)
@@ -153,6 +193,8 @@ class Store(Database):
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has this id."""
+        if not _plain_id(key_id):
+            return False
         with self.transaction() as tx:
             done = tx.execute(
                 sa.update(s.api_keys)
@@ -171,6 +213,8 @@ class Store(Database):
     def set_limit(self, limit: Limit) -> None:
         if limit.limit < 0:
             raise InvalidRequest(f"a limit must be >= 0, got {limit.limit}", param="limit")
+        _checked_amount(limit.limit, "limit")
+        _checked_text(limit.subject, "subject")
         key = {
             "scope": limit.scope,
             "subject": limit.subject,
@@ -183,6 +227,8 @@ class Store(Database):
             tx.execute(sa.insert(t).values(**key, limit=limit.limit))
 
     def delete_limit(self, scope: Scope, subject: str, metric: Metric, window: Window) -> bool:
+        if not _plain_id(subject):
+            return False
         t = s.limits
         with self.transaction() as tx:
             done = tx.execute(
@@ -273,6 +319,7 @@ class Store(Database):
         ``limits``: the configured limits when the caller has just read them (the gateway
         reads them with the key), so the transaction need not read them again.
         """
+        check_demand(demand)
         try:
             now = time.time() if now is None else now
             return self._reserve(subjects, demand, ttl_s, now, limits)
