@@ -390,6 +390,10 @@ async def test_a_job_left_running_by_a_dead_server_runs_again_once(store: Store)
     async with serving(store) as (client, _, _):
         done = await wait_done(client, job.id)
     assert done["status"] == "succeeded" and done["attempts"] == 2
+    # The interrupted first attempt is on the job.
+    (earlier,) = done["history"]
+    assert earlier["attempt"] == 1 and earlier["worker"] == "elsewhere:123:dead"
+    assert earlier["reason"] == "its lease ran out"
     assert [r.id for r in store.rows()] == [job.request_id]
 
 
@@ -421,6 +425,33 @@ def test_a_dead_process_on_this_host_is_recognised() -> None:
     assert not dead_on_this_host(f"{host}:{os.getpid()}:abcd")  # this process
     assert not dead_on_this_host(f"{host}:1:abcd")  # init is alive (or not ours: alive)
     assert not dead_on_this_host(f"other-host:{proc.pid}:abcd")  # only its lease can tell
+
+
+def test_worker_ids_name_their_process_and_survive_pid_reuse() -> None:
+    import subprocess
+    import sys
+
+    from ponder.ledger.owners import process_owner, process_start
+    from ponder.server.jobs import worker_id
+
+    mine = worker_id()
+    assert mine.startswith(process_owner() + "/") and not dead_on_this_host(mine)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{socket_host()}:{proc.pid}:{process_start(proc.pid)}"
+        assert not dead_on_this_host(f"{owner}/abcd")
+        # A live process with the recorded pid but another start time reused the pid.
+        assert dead_on_this_host(f"{socket_host()}:{proc.pid}:1/abcd")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert dead_on_this_host(f"{owner}/abcd")
+
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()[:100]
 
 
 async def test_a_run_that_lost_its_claim_records_nothing(store: Store) -> None:
