@@ -634,3 +634,30 @@ def test_job_json_round_trips_through_the_table(store: Store) -> None:
     stored = queue.get(job.id)
     assert isinstance(stored, Job) and stored == job
     assert json.loads(json.dumps(stored.public()))["status"] == "queued"
+
+
+async def test_bad_ids_and_out_of_range_integers_are_4xx_and_store_nothing(store: Store) -> None:
+    _, root = store.create_key("root", scopes=["admin"])
+    _, secret = store.create_key("alice")
+    async with serving(store) as (client, _, _):
+        # A NUL byte names no job and no key (PostgreSQL text cannot even hold one).
+        for method in ("GET", "DELETE"):
+            r = await client.request(method, "/v1/jobs/job_%00x", headers=bearer(secret))
+            assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+        r = await client.delete("/v1/admin/keys/key_%00x", headers=bearer(root))
+        assert r.status_code == 404, r.text
+        r = await client.post("/v1/admin/keys", json={"user": "a\x00b"}, headers=bearer(root))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "user", r.text
+        # Integers past a 64-bit counter: refused before they reach the database.
+        limit = {"scope": "user", "subject": "bob", "metric": "tokens", "window": "day"}
+        for bad in ({**limit, "limit": 2**63}, {**limit, "subject": "b\x00b", "limit": 5}):
+            r = await client.put("/v1/admin/quotas", json=bad, headers=bearer(root))
+            assert r.status_code == 400, r.text
+        assert store.limits() == []
+        # A job whose worst case no counter can hold is refused at enqueue, not run to fail.
+        for extra in ({"max_tokens": 2**63}, {"max_tokens": 1e30}, {"ponder": {"budget": 2**64}}):
+            r = await client.post("/v1/jobs", json=body(**extra), headers=bearer(secret))
+            assert r.status_code == 400, (extra, r.text)
+        listed = await client.get("/v1/jobs", headers=bearer(secret))
+        assert listed.status_code == 200 and listed.json()["data"] == []
+    assert store.rows() == []
