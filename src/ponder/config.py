@@ -29,6 +29,7 @@ __all__ = [
     "RayDeploySettings",
     "RouteClassSettings",
     "RouterSettings",
+    "SandboxSettings",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
@@ -343,6 +344,23 @@ class RayDeploySettings(BaseModel):
     tiers: dict[str, TierDeploySettings] = Field(default_factory=dict)
 
 
+class SandboxSettings(BaseModel):
+    """``[sandbox]``: how model-written code is isolated (see ponder.verifiers.sandbox).
+
+    ``bwrap``: the bubblewrap binary (a name on PATH or a path). ``python``: the
+    interpreter that runs inside it (default: this one, else ``/usr/bin/python3`` when
+    this one is not readable by the sandbox's unprivileged user). Where the host
+    cannot isolate, code is refused unless ``allow_unsafe_unsandboxed`` is set, which
+    runs it as a plain subprocess of this server, with this server's privileges.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bwrap: str = "bwrap"
+    python: str | None = None
+    allow_unsafe_unsandboxed: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -366,6 +384,7 @@ class Settings(BaseSettings):
     tiers: dict[str, TierSettings] = Field(default_factory=dict)
     router: RouterSettings = Field(default_factory=RouterSettings)
     guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
 
     @classmethod
     def settings_customise_sources(

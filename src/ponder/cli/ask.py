@@ -15,6 +15,7 @@ from ponder.cli.common import close, parse_params, tokens
 from ponder.config import load_settings
 from ponder.strategies import available_strategies, get_strategy
 from ponder.types import Outcome
+from ponder.verifiers.sandbox import configure as configure_sandbox
 
 __all__ = ["add_ask_command"]
 
@@ -26,6 +27,7 @@ def _build_ponder(model: str) -> Ponder:
 
 def _cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
     settings = load_settings()
+    configure_sandbox(settings.sandbox)
     params = parse_params(args.param)
     if args.thinking_budget is not None:
         params["thinking_budget"] = args.thinking_budget

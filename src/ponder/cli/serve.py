@@ -15,6 +15,7 @@ from ponder.backends.base import Backend
 from ponder.cli.common import DB_HELP, progress
 from ponder.config import Settings, load_settings
 from ponder.errors import InvalidRequest
+from ponder.verifiers.sandbox import configure as configure_sandbox
 from ponder.wiring import build_gateway, embedded_backend, tier_builder
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ponder.server.app import create_app
 
     settings = load_settings()
+    configure_sandbox(settings.sandbox)
     model = args.model or settings.engine.model
     host = args.host or settings.server.host
     port = args.port or settings.server.port
