@@ -660,4 +660,9 @@ async def test_bad_ids_and_out_of_range_integers_are_4xx_and_store_nothing(store
             assert r.status_code == 400, (extra, r.text)
         listed = await client.get("/v1/jobs", headers=bearer(secret))
         assert listed.status_code == 200 and listed.json()["data"] == []
+        # The chat path refuses the same worst case before anything is reserved.
+        r = await client.post(
+            "/v1/chat/completions", json=body(max_tokens=2**63), headers=bearer(secret)
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
     assert store.rows() == []
