@@ -154,7 +154,8 @@ class JobWorker:
         while not self._stopping:
             if time.monotonic() >= next_sweep:
                 try:
-                    await asyncio.to_thread(queue.sweep, self.worker_id)
+                    # Also requeues jobs of a sibling on this host that died meanwhile.
+                    await asyncio.to_thread(queue.sweep, self.worker_id, dead=dead_on_this_host)
                 except Exception as exc:  # the store may be down: keep the worker alive
                     logger.warning("job lease renewal failed: %s: %s", type(exc).__name__, exc)
                 next_sweep = time.monotonic() + queue.lease_s / 3
