@@ -666,3 +666,34 @@ async def test_bad_ids_and_out_of_range_integers_are_4xx_and_store_nothing(store
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
     assert store.rows() == []
+
+
+async def test_a_running_worker_requeues_the_jobs_of_a_sibling_that_died(store: Store) -> None:
+    import subprocess
+    import sys
+
+    from ponder.ledger.owners import process_start
+
+    gateway = Gateway(FakeBackend([ANSWER]), ServerSettings(), store=store)
+    jobs = Jobs(gateway, lease_s=0.6, idle_poll_s=0.1)
+    assert jobs.queue is not None
+    # A live sibling on this host holds a job for an hour...
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = f"{socket_host()}:{sibling.pid}:{process_start(sibling.pid)}"
+    job = jobs.queue.enqueue(Caller(), body(), {})
+    (held,) = JobQueue(store, lease_s=3600).claim(f"{owner}/abcd", 1)
+    assert held.id == job.id
+    await jobs.start()  # it is alive: its job stays with it
+    try:
+        assert (now := jobs.queue.get(job.id)) is not None and now.status == "running"
+        # ...and is killed while this worker keeps running.
+        sibling.kill()
+        sibling.wait()
+        deadline = time.monotonic() + 30
+        while (found := jobs.queue.get(job.id)) is None or found.status not in TERMINAL:
+            assert time.monotonic() < deadline, "the dead sibling's job was not requeued"
+            await asyncio.sleep(0.05)
+    finally:
+        await jobs.stop()
+    assert found.status == "succeeded" and found.attempts == 2
+    assert [h["reason"] for h in found.history] == ["its server process died"]
