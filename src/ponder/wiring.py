@@ -93,8 +93,8 @@ def build_gateway(
     With ``[tiers.*]`` configured the gateway serves every tier (``tiers``, else built
     here from the settings); ``backend`` is the default tier's (``server.tier``).
     """
-    from ponder.guard import Tiers
     from ponder.budget.pricing import Price, PriceTable
+    from ponder.guard import Tiers
     from ponder.router.policy import Router
     from ponder.server.gateway import Gateway
     from ponder.telemetry.alerts import Alerts, webhook_sender

@@ -48,6 +48,8 @@ class Job:
     http_status: int | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    # The earlier attempts that did not finish: attempt, worker, started_at, ended_at, reason.
+    history: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -71,6 +73,7 @@ class Job:
             http_status=row.http_status,
             result=None if row.result is None else json.loads(row.result),
             error=None if row.error is None else json.loads(row.error),
+            history=tuple(json.loads(row.history)) if row.history else (),
         )
 
     def public(self, *, with_result: bool = True) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "attempts": self.attempts,
+            # Earlier attempts that were interrupted (a killed server) and run again.
+            "history": list(self.history),
             # The id of the run's ledger row and chat.completion (for POST /v1/feedback).
             "request_id": self.request_id,
             "http_status": self.http_status,
@@ -115,6 +120,22 @@ class JobEnd:
         if self.error is not None:
             done["error"] = json.dumps(self.error)
         return done
+
+
+def _attempt(
+    attempt: int, worker: str | None, started_at: float | None, now: float, reason: str
+) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "worker": worker,
+        "started_at": started_at,
+        "ended_at": now,
+        "reason": reason,
+    }
+
+
+def _with(history: str | None, entry: dict[str, Any]) -> str:
+    return json.dumps([*(json.loads(history) if history else []), entry])
 
 
 def _held(job: Job) -> list[sa.ColumnElement[bool]]:
@@ -168,6 +189,8 @@ class JobTable:
         return pending
 
     def get(self, job_id: str) -> Job | None:
+        if "\x00" in job_id:
+            return None  # names no job (and PostgreSQL text cannot hold it)
         with self.store.transaction("read") as tx:
             row = tx.execute(sa.select(s.jobs).where(s.jobs.c.id == job_id)).first()
         return None if row is None else Job.from_row(row)
@@ -186,6 +209,8 @@ class JobTable:
 
     def cancel(self, job_id: str, now: float) -> bool:
         """Cancel a queued job; False when it is not queued (any more)."""
+        if "\x00" in job_id:
+            return False
         t = s.jobs
         with self.store.transaction() as tx:
             done = tx.execute(
@@ -242,20 +267,25 @@ class JobTable:
         with self.store.transaction() as tx:
             return self.finish_in(tx, job, end)
 
-    def release(self, job: Job, *, count_attempt: bool = False) -> bool:
-        """Put a claimed job back in the queue (a clean shutdown does not count an attempt)."""
+    def release(
+        self, job: Job, *, count_attempt: bool = False, reason: str = "store unavailable"
+    ) -> bool:
+        """Put a claimed job back in the queue (a clean shutdown does not count an attempt).
+
+        A counted attempt is recorded in the job's history with ``reason``.
+        """
         t = s.jobs
+        values: dict[str, Any] = {
+            "status": "queued",
+            "worker": None,
+            "lease_until": None,
+            "attempts": t.c.attempts if count_attempt else t.c.attempts - 1,
+        }
+        if count_attempt:
+            entry = _attempt(job.attempts, job.worker, job.started_at, time.time(), reason)
+            values["history"] = json.dumps([*job.history, entry])
         with self.store.transaction() as tx:
-            done = tx.execute(
-                sa.update(t)
-                .where(*_held(job))
-                .values(
-                    status="queued",
-                    worker=None,
-                    lease_until=None,
-                    attempts=t.c.attempts if count_attempt else t.c.attempts - 1,
-                )
-            )
+            done = tx.execute(sa.update(t).where(*_held(job)).values(**values))
         return done.rowcount == 1
 
     def sweep(
@@ -284,16 +314,26 @@ class JobTable:
                     .values(lease_until=now + lease_s)
                 )
             running = tx.execute(
-                sa.select(t.c.id, t.c.worker, t.c.attempts, t.c.lease_until).where(
-                    t.c.status == "running"
-                )
+                sa.select(
+                    t.c.id,
+                    t.c.worker,
+                    t.c.attempts,
+                    t.c.lease_until,
+                    t.c.started_at,
+                    t.c.history,
+                ).where(t.c.status == "running")
             ).all()
             for r in running:
                 if r.worker == worker:
                     continue
-                if r.lease_until is not None and r.lease_until >= now and not dead(r.worker):
+                if dead(r.worker):
+                    reason = "its server process died"
+                elif r.lease_until is None or r.lease_until < now:
+                    reason = "its lease ran out"
+                else:
                     continue
                 held = [t.c.id == r.id, t.c.status == "running", t.c.attempts == r.attempts]
+                entry = _attempt(r.attempts, r.worker, r.started_at, now, reason)
                 if r.attempts >= max_attempts:
                     values: dict[str, Any] = {
                         "status": "failed",
@@ -304,6 +344,7 @@ class JobTable:
                     }
                 else:
                     values = {"status": "queued", "worker": None, "lease_until": None}
+                values["history"] = _with(r.history, entry)
                 if tx.execute(sa.update(t).where(*held).values(**values)).rowcount == 1:
                     if values["status"] == "queued":
                         requeued += 1

@@ -149,7 +149,9 @@ class Statements:
             Compiled(charge.returning(c.used), dialect) if dialect.update_returning else None
         )
         self.add_reservation = Compiled(
-            sa.insert(s.reservations), dialect, ("id", "created_at", "expires_at", "items")
+            sa.insert(s.reservations),
+            dialect,
+            ("id", "created_at", "expires_at", "items", "owner"),
         )
         self.drop_reservation = Compiled(
             sa.delete(s.reservations).where(s.reservations.c.id == sa.bindparam("k_id")),

@@ -41,6 +41,7 @@ from ponder.budget.quota import (
 from ponder.errors import InvalidRequest, StoreUnavailable
 from ponder.ledger import schema as s
 from ponder.ledger.database import Database, Transaction
+from ponder.ledger.owners import owner_is_dead, process_owner
 from ponder.ledger.records import (
     KEY_PREFIX,
     SCOPE_NAMES,
@@ -56,6 +57,7 @@ from ponder.ledger.records import (
 from ponder.ledger.statements import KEY_COLUMNS, Statements, counter_key
 
 __all__ = [
+    "BIGINT_MAX",
     "KEY_PREFIX",
     "Crossing",
     "KeyRecord",
@@ -64,6 +66,7 @@ __all__ = [
     "Reservation",
     "Store",
     "StoreUnavailable",
+    "check_demand",
     "default_url",
     "hash_key",
 ]
@@ -71,6 +74,40 @@ __all__ = [
 _T = TypeVar("_T")
 # Work done in a store transaction alongside a settlement (a job saves its result there).
 Also = Callable[[Transaction], None]
+
+
+# The largest integer a BIGINT column (and SQLite's INTEGER) holds: a bind value above it
+# is an OverflowError in the driver, so it is refused as a 400 before any statement.
+BIGINT_MAX = 2**63 - 1
+
+
+def _checked_text(value: str | None, param: str) -> None:
+    # PostgreSQL text cannot hold NUL (SQLite would store it): refuse it on both.
+    if value is not None and "\x00" in value:
+        raise InvalidRequest(f"{param} must not contain a NUL byte", param=param)
+
+
+def _checked_amount(value: int, param: str) -> None:
+    if not -BIGINT_MAX <= value <= BIGINT_MAX:
+        raise InvalidRequest(
+            f"{param} must be at most {BIGINT_MAX} (a 64-bit integer), got {value}", param=param
+        )
+
+
+def check_demand(demand: Demand) -> None:
+    """Refuse (400) a worst case no counter could hold, before anything is reserved."""
+    for metric, amount in demand.as_dict().items():
+        if amount > BIGINT_MAX:
+            raise InvalidRequest(
+                f"the request's worst case of {amount} {metric.replace('_', ' ')} is more than "
+                f"a quota counter holds ({BIGINT_MAX}); lower max_tokens or ponder.budget",
+                param="max_tokens",
+            )
+
+
+def _plain_id(value: str) -> bool:
+    """An id that can name a row: one with a NUL byte names none (and PostgreSQL refuses it)."""
+    return "\x00" not in value
 
 
 class _Refused(Exception):
@@ -105,6 +142,8 @@ class Store(Database):
             )
         if not user.strip():
             raise InvalidRequest("a key must belong to a user; give a user name", param="user")
+        for param, text in (("user", user), ("team", team), ("name", name)):
+            _checked_text(text, param)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             id="key_" + secrets.token_hex(8),
@@ -139,6 +178,8 @@ class Store(Database):
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """The key with this id (revoked or not), or None."""
+        if not _plain_id(key_id):
+            return None
         with self.transaction("read") as tx:
             row = tx.execute(sa.select(s.api_keys).where(s.api_keys.c.id == key_id)).first()
         return None if row is None else key_record(row._mapping)
@@ -152,6 +193,8 @@ class Store(Database):
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has this id."""
+        if not _plain_id(key_id):
+            return False
         with self.transaction() as tx:
             done = tx.execute(
                 sa.update(s.api_keys)
@@ -170,6 +213,8 @@ class Store(Database):
     def set_limit(self, limit: Limit) -> None:
         if limit.limit < 0:
             raise InvalidRequest(f"a limit must be >= 0, got {limit.limit}", param="limit")
+        _checked_amount(limit.limit, "limit")
+        _checked_text(limit.subject, "subject")
         key = {
             "scope": limit.scope,
             "subject": limit.subject,
@@ -182,6 +227,8 @@ class Store(Database):
             tx.execute(sa.insert(t).values(**key, limit=limit.limit))
 
     def delete_limit(self, scope: Scope, subject: str, metric: Metric, window: Window) -> bool:
+        if not _plain_id(subject):
+            return False
         t = s.limits
         with self.transaction() as tx:
             done = tx.execute(
@@ -272,6 +319,7 @@ class Store(Database):
         ``limits``: the configured limits when the caller has just read them (the gateway
         reads them with the key), so the transaction need not read them again.
         """
+        check_demand(demand)
         try:
             now = time.time() if now is None else now
             return self._reserve(subjects, demand, ttl_s, now, limits)
@@ -322,6 +370,7 @@ class Store(Database):
                             for lim, subj, start, amt in items
                         ]
                     ),
+                    "owner": process_owner(),
                 },
             )
             for lim, subject, start, amount in items:
@@ -401,16 +450,36 @@ class Store(Database):
         """Give back a hold for a request that did not run."""
         self.settle(reservation, Demand(requests=0), None)
 
-    def release_stale(self, now: float | None = None) -> int:
-        """Release holds of requests whose process died; returns how many."""
+    def release_stale(
+        self,
+        now: float | None = None,
+        *,
+        dead: Callable[[str], bool] = owner_is_dead,
+    ) -> int:
+        """Release holds that expired or whose owner process died; returns how many.
+
+        ``dead(owner)`` judges an owner (by default: a process of this host that no
+        longer exists, see :mod:`ponder.ledger.owners`); its holds go at once, whatever
+        their TTL. Each hold is released by whoever deletes its row, this sweep or the
+        request's own settlement, so it is never given back twice.
+        """
         now = time.time() if now is None else now
+        r = s.reservations
+        released = 0
         with self.transaction() as tx:
-            stale = list(
-                tx.execute(sa.select(s.reservations).where(s.reservations.c.expires_at < now))
-            )
+            owners = tx.execute(
+                sa.select(r.c.owner).where(r.c.owner.is_not(None)).distinct()
+            ).scalars()
+            gone = [o for o in owners if dead(o)]
+            stale = r.c.expires_at < now
+            if gone:
+                stale = sa.or_(stale, r.c.owner.in_(gone))
             c = s.counters.c
-            for r in stale:
-                for scope, subject, metric, window, start, amount in json.loads(r.items):
+            for row in list(tx.execute(sa.select(r.c.id, r.c["items"]).where(stale))):
+                if tx.execute(sa.delete(r).where(r.c.id == row.id)).rowcount != 1:
+                    continue  # settled meanwhile: its settlement gave the hold back
+                released += 1
+                for scope, subject, metric, window, start, amount in json.loads(row.items):
                     tx.execute(
                         sa.update(s.counters)
                         .where(
@@ -422,8 +491,7 @@ class Store(Database):
                         )
                         .values(reserved=c.reserved - amount)
                     )
-                tx.execute(sa.delete(s.reservations).where(s.reservations.c.id == r.id))
-        return len(stale)
+        return released
 
     def counter(
         self, scope: Scope, subject: str, metric: Metric, window: Window, now: float | None = None

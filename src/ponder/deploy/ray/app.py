@@ -9,11 +9,11 @@ from typing import Any
 
 from ponder.backends.base import Backend
 from ponder.backends.tiers import build_backend
-from ponder.guard import Tiers
 from ponder.config import RayDeploySettings, Settings, TierSettings
 from ponder.deploy.ray.plan import llm_config, plan_deployment
 from ponder.deploy.ray.serve_llm import vllm_tier_backend
 from ponder.deploy.ray.tier_server import ServeTierBackend, TierServer
+from ponder.guard import Tiers
 from ponder.wiring import build_gateway
 
 __all__ = [

@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ponder.guard import Tiers
 from ponder.config import (
     AutoscalingSettings,
     RayDeploySettings,
@@ -19,6 +18,7 @@ from ponder.config import (
     TierSettings,
 )
 from ponder.errors import InvalidRequest
+from ponder.guard import Tiers
 from ponder.ledger.database import redacted_url, url_backend
 
 __all__ = [

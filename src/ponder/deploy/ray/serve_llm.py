@@ -10,12 +10,9 @@ import httpx
 
 from ponder.backends.base import Backend
 from ponder.config import TierSettings
+from ponder.errors import openai_error_body
 
 __all__ = ["ServeLLMTransport", "vllm_tier_backend"]
-
-
-def _error_body(message: str, *, type_: str, code: Any = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
 def _as_error(item: Any) -> tuple[int, dict[str, Any]] | None:
@@ -27,7 +24,13 @@ def _as_error(item: Any) -> tuple[int, dict[str, Any]] | None:
     code = getattr(err, "code", None)
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
     message = str(getattr(err, "message", item))
-    return status, _error_body(message, type_=str(getattr(err, "type", "server_error")), code=code)
+    body = openai_error_body(
+        message,
+        type=str(getattr(err, "type", "server_error")),
+        # OpenAI's code is a string (vLLM puts the HTTP status there).
+        code=None if code is None else str(code),
+    )
+    return status, body
 
 
 def _dump(item: Any) -> Any:
@@ -119,10 +122,10 @@ class ServeLLMTransport(httpx.AsyncBaseTransport):
         if method is None or request.method != "POST":
             return self._json(
                 404,
-                _error_body(
+                openai_error_body(
                     f"{request.method} {path} is not served by a ray.serve.llm deployment "
                     "(only POST chat/completions and completions)",
-                    type_="invalid_request_error",
+                    type="invalid_request_error",
                     code="not_found",
                 ),
                 request,
@@ -132,7 +135,9 @@ class ServeLLMTransport(httpx.AsyncBaseTransport):
             payload = self._request_type(method)(**body)
         except Exception as exc:  # bad JSON or a request vLLM's protocol refuses
             return self._json(
-                400, _error_body(f"invalid request: {exc}", type_="invalid_request_error"), request
+                400,
+                openai_error_body(f"invalid request: {exc}", type="invalid_request_error"),
+                request,
             )
         results = getattr(self.handle.options(stream=True), method).remote(payload)
         try:
@@ -140,7 +145,7 @@ class ServeLLMTransport(httpx.AsyncBaseTransport):
         except StopAsyncIteration:
             return self._json(
                 502,
-                _error_body("ray.serve.llm returned no response", type_="server_error"),
+                openai_error_body("ray.serve.llm returned no response", type="server_error"),
                 request,
             )
         except Exception as exc:
@@ -153,7 +158,7 @@ class ServeLLMTransport(httpx.AsyncBaseTransport):
                 engine_failed = False
             if engine_failed:
                 return self._json(
-                    500, _error_body(f"vLLM failed: {cause}", type_="server_error"), request
+                    500, openai_error_body(f"vLLM failed: {cause}", type="server_error"), request
                 )
             # The deployment is unreachable (replica died, no replicas): like a refused connection.
             raise httpx.ConnectError(f"ray.serve.llm deployment unavailable: {exc}") from exc

@@ -12,17 +12,20 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ponder.errors import InvalidRequest, PonderError
+from ponder.errors import InvalidRequest, PonderError, openai_error_body
 from ponder.ledger.queries import LedgerQueries
 from ponder.server.dashboard.evals import eval_stamp, latest_eval
 from ponder.server.gateway import Gateway
 from ponder.server.protocol import error_result
 
-__all__ = ["STATIC_DIR", "dashboard_router", "parse_window"]
+__all__ = ["MAX_WINDOW_S", "STATIC_DIR", "dashboard_router", "parse_window"]
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 _T = TypeVar("_T")
 _MAX_FEED = 500
+# Ten years: any longer window is "all" in practice, and a huge one (1e308) would make
+# ``now - window`` overflow the database's float or time bounds.
+MAX_WINDOW_S = 10 * 365.25 * 86400
 
 
 def parse_window(raw: str | None) -> float | None:
@@ -33,9 +36,10 @@ def parse_window(raw: str | None) -> float | None:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or not 0 < value <= MAX_WINDOW_S:
         raise InvalidRequest(
-            f"window_s must be a positive number of seconds (or 'all'), got {raw!r}",
+            f"window_s must be a number of seconds from 0 to {MAX_WINDOW_S:.0f} (ten years), "
+            f"or 'all', got {raw!r}",
             param="window_s",
         )
     return value
@@ -109,14 +113,9 @@ def dashboard_router(gateway: Gateway) -> APIRouter:
         found = files.get(name)
         if found is None:
             return JSONResponse(
-                {
-                    "error": {
-                        "message": f"no dashboard file {name!r}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
+                openai_error_body(
+                    f"no dashboard file {name!r}", type="invalid_request_error", code="not_found"
+                ),
                 status_code=404,
             )
         body, kind = found

@@ -12,12 +12,13 @@ from typing import Any
 
 from ponder.errors import InvalidRequest, PonderError
 from ponder.ledger.jobs import JOB_STATUSES, Job
+from ponder.ledger.store import check_demand
 from ponder.server.auth import Caller
+from ponder.server.jobs.queue import JobConflict, JobNotFound
+from ponder.server.jobs.worker import JobWorker
 from ponder.server.parsing import parse_request
 from ponder.server.planning import plan
 from ponder.server.protocol import ErrorResult, error_result
-from ponder.server.jobs.queue import JobConflict, JobNotFound
-from ponder.server.jobs.worker import JobWorker
 
 __all__ = ["Jobs"]
 
@@ -82,7 +83,7 @@ class Jobs(JobWorker):
                     param="stream",
                 )
             gw.admission.check_scopes(caller, request)
-            plan(
+            planned = plan(
                 request,
                 gw.settings,
                 router=_previewing(gw.router),
@@ -90,6 +91,10 @@ class Jobs(JobWorker):
                 headers=headers,
                 tiers=gw.tier_models,
             )
+            # Its worst case too: a job the quota store could never hold is refused now,
+            # not accepted and then failed when it runs.
+            _, demand = await gw.admission.bound(planned, caller)
+            check_demand(demand)
             job = await asyncio.to_thread(
                 queue.enqueue, caller, body, _kept_headers(headers), max_pending=self.max_pending
             )

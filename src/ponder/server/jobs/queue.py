@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ponder.errors import InvalidRequest, PonderError, Unauthorized
+from ponder.errors import InvalidRequest, PonderError, Unauthorized, openai_error_body
 from ponder.ledger.database import Transaction
 from ponder.ledger.jobs import Job, JobEnd, JobTable
 from ponder.ledger.store import Store
 from ponder.server.auth import Caller
-from ponder.server.protocol import ErrorResult
-from ponder.server.protocol import ChatCompletion, completion_id
+from ponder.server.protocol import ChatCompletion, ErrorResult, completion_id
 
 __all__ = ["JobConflict", "JobLost", "JobNotFound", "JobQueue", "TooManyJobs"]
 
@@ -52,15 +51,12 @@ def _end(response: ChatCompletion | ErrorResult) -> JobEnd:
 
 
 def _interrupted(attempts: int) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": f"the job was interrupted {attempts} times (the server running it "
-            "stopped) and is not retried again; submit it again if it is safe to",
-            "type": "server_error",
-            "param": None,
-            "code": "job_interrupted",
-        }
-    }
+    return openai_error_body(
+        f"the job was interrupted {attempts} times (the server running it stopped) and is "
+        "not retried again; submit it again if it is safe to",
+        type="server_error",
+        code="job_interrupted",
+    )
 
 
 class JobQueue:

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import time
 
-from ponder.errors import InvalidRequest, PonderError, StoreUnavailable
+from ponder.errors import InvalidRequest, PonderError, StoreUnavailable, openai_error_body
 from ponder.ledger.jobs import Job
+from ponder.ledger.owners import owner_is_dead, process_owner
 from ponder.server.gateway import Gateway
-from ponder.server.protocol import ErrorResult, StreamResult, error_result
 from ponder.server.jobs.queue import JobLost, JobQueue
-from ponder.server.protocol import ChatCompletion
+from ponder.server.protocol import ChatCompletion, ErrorResult, StreamResult, error_result
 
 __all__ = ["JobWorker", "dead_on_this_host", "worker_id"]
 
@@ -26,30 +24,24 @@ _MIN_POLL_S = 0.05
 
 
 def worker_id() -> str:
-    """``host:pid:random``: unique per worker, and says where its process ran."""
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"
+    """``host:pid:start/random``: unique per worker; its owner part says where it ran."""
+    return f"{process_owner()}/{secrets.token_hex(4)}"
 
 
 def dead_on_this_host(worker: str | None) -> bool:
-    """True when ``worker`` ran on this host in a process that no longer exists."""
+    """True when ``worker`` ran on this host in a process that no longer exists.
+
+    A pid reused by a newer process does not keep a dead worker alive (the start
+    time differs). Ids of older versions (``host:pid:random``) are judged by pid.
+    """
     if not worker:
         return True
-    parts = worker.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname()[:100]:
-        return False  # another host: only its lease can say it is gone
-    try:
-        pid = int(parts[1])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists but belongs to someone else (EPERM): alive
-    return False
+    owner, slash, _ = worker.rpartition("/")
+    if slash:
+        return owner_is_dead(owner)
+    host, _, _ = worker.rpartition(":")
+    # pid-only: an owner without a recorded start time ("0").
+    return owner_is_dead(f"{host}:0")
 
 
 class JobWorker:
@@ -162,7 +154,8 @@ class JobWorker:
         while not self._stopping:
             if time.monotonic() >= next_sweep:
                 try:
-                    await asyncio.to_thread(queue.sweep, self.worker_id)
+                    # Also requeues jobs of a sibling on this host that died meanwhile.
+                    await asyncio.to_thread(queue.sweep, self.worker_id, dead=dead_on_this_host)
                 except Exception as exc:  # the store may be down: keep the worker alive
                     logger.warning("job lease renewal failed: %s: %s", type(exc).__name__, exc)
                 next_sweep = time.monotonic() + queue.lease_s / 3
@@ -239,14 +232,10 @@ class JobWorker:
                     job,
                     ErrorResult(
                         status=500,
-                        body={
-                            "error": {
-                                "message": f"internal error while running job {job.id}; "
-                                "see the server log",
-                                "type": "server_error",
-                                "param": None,
-                                "code": "internal_error",
-                            }
-                        },
+                        body=openai_error_body(
+                            f"internal error while running job {job.id}; see the server log",
+                            type="server_error",
+                            code="internal_error",
+                        ),
                     ),
                 )
