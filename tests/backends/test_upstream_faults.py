@@ -24,7 +24,6 @@ import httpx
 import pytest
 
 from ponder.backends.openai_compat import OpenAICompatBackend
-from ponder.guard import Tiers
 from ponder.backends.upstream_log import record_upstream
 from ponder.config import ServerSettings, TierSettings
 from ponder.errors import (
@@ -34,6 +33,7 @@ from ponder.errors import (
     UpstreamReadTimeout,
     UpstreamTimeout,
 )
+from ponder.guard import Tiers
 from ponder.types import GenRequest, Message
 
 # None: the default choice (ponder's http11 client for plain-http JSON calls, aiohttp for
