@@ -11,6 +11,11 @@ the upstream rejected (4xx) is never retried or failed over.
 A call never runs past ``GenRequest.deadline``: when the run's own deadline
 cuts a call short, :class:`BudgetExhausted` is raised (strategies catch it and
 return what they have), or a stream ends with ``finish_reason="deadline"``.
+
+:class:`Tiers` turns the ``[tiers.*]`` of ``ponder.toml`` into guarded backends:
+each tier's bare backend (``ponder.backends.tiers.build_backend``) wrapped in a
+:class:`GuardedBackend` (one circuit breaker per upstream, shared by every tier
+that points at it) and, following ``fallback`` links, in a :class:`FallbackBackend`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ponder.backends.base import Backend
-from ponder.errors import BudgetExhausted, CircuitOpen, UpstreamError, UpstreamTimeout
+from ponder.backends.tiers import Builder, build_backend
+from ponder.config import TierSettings
+from ponder.errors import (
+    BudgetExhausted,
+    CircuitOpen,
+    InvalidRequest,
+    ModelNotAvailable,
+    UpstreamAnswerLost,
+    UpstreamError,
+    UpstreamReadTimeout,
+    UpstreamTimeout,
+)
 from ponder.types import Capabilities, Delta, Generation, GenRequest
 
 __all__ = [
@@ -31,6 +47,7 @@ __all__ = [
     "FallbackBackend",
     "GuardedBackend",
     "RetryPolicy",
+    "Tiers",
     "Timeouts",
     "is_outage",
 ]
@@ -40,8 +57,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad."""
-    return isinstance(exc, UpstreamError) and (exc.retryable or isinstance(exc, CircuitOpen))
+    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad.
+
+    An answer lost after the upstream read the request is an outage too, though it is
+    never resent to the same upstream (see :class:`~ponder.errors.UpstreamAnswerLost`)."""
+    return isinstance(exc, UpstreamError) and (
+        exc.retryable or isinstance(exc, CircuitOpen | UpstreamAnswerLost)
+    )
 
 
 @dataclass(frozen=True)
@@ -203,11 +225,11 @@ class GuardedBackend:
         return left, False
 
     def _timed_out(self, what: str, limit: float | None) -> UpstreamTimeout:
-        return UpstreamTimeout(
+        # The request was sent: the upstream may be running it, so it is not sent again.
+        return UpstreamReadTimeout(
             f"upstream {self.name}: no answer within {limit} s ({what} timeout)",
             upstream=self.name,
             reason=f"{what} timeout",
-            retryable=True,
         )
 
     async def _backoff(self, err: UpstreamError, attempt: int, end: float | None) -> None:
@@ -220,7 +242,7 @@ class GuardedBackend:
         await self._sleep(wait)
 
     def _failed(self, err: UpstreamError) -> None:
-        if self.breaker is not None and err.retryable and not isinstance(err, CircuitOpen):
+        if self.breaker is not None and is_outage(err) and not isinstance(err, CircuitOpen):
             self.breaker.record_failure()
 
     def _ok(self) -> None:
@@ -375,3 +397,121 @@ class FallbackBackend:
                 continue
             return
         raise self._give_up(errors)
+
+
+class Tiers:
+    """The configured tiers, built lazily; one instance per process (it owns the breakers)."""
+
+    def __init__(
+        self,
+        tiers: Mapping[str, TierSettings],
+        *,
+        builder: Builder = build_backend,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = dict(tiers)
+        self._builder = builder
+        self._clock = clock
+        self._raw: dict[str, Backend] = {}
+        self._guarded: dict[str, GuardedBackend] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        for name, tier in self.settings.items():
+            if tier.fallback is not None and tier.fallback not in self.settings:
+                raise InvalidRequest(
+                    f"tier {name!r} falls back to unknown tier {tier.fallback!r}; "
+                    f"tiers: {', '.join(self.settings)}",
+                    param="tiers",
+                )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.settings)
+
+    def _get(self, name: str) -> TierSettings:
+        tier = self.settings.get(name)
+        if tier is None:
+            raise ModelNotAvailable(
+                f"no tier named {name!r}; configured tiers: {', '.join(self.settings) or 'none'}",
+                param="model",
+            )
+        return tier
+
+    def resolve(self, model: str | None) -> str:
+        """The tier for a request's ``model``: a tier name, else a tier's model; None: the first."""
+        if model is None:
+            if not self.settings:
+                raise ModelNotAvailable("no tiers are configured ([tiers.<name>] in ponder.toml)")
+            return next(iter(self.settings))
+        if model in self.settings:
+            return model
+        for name, tier in self.settings.items():
+            if tier.model == model:
+                return name
+        raise ModelNotAvailable(
+            f"model {model!r} is not served here; use a tier name "
+            f"({', '.join(self.settings)}) or one of their models",
+            param="model",
+        )
+
+    def raw(self, name: str) -> Backend:
+        if name not in self._raw:
+            self._raw[name] = self._builder(name, self._get(name))
+        return self._raw[name]
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of the upstream behind tier ``name`` (shared by tiers on one upstream)."""
+        tier = self._get(name)
+        key = (tier.backend, tier.base_url or tier.model)
+        if key not in self._breakers:
+            self._breakers[key] = CircuitBreaker(
+                tier.base_url or f"{tier.backend}:{tier.model}",
+                failure_threshold=tier.breaker_failures,
+                reset_after_s=tier.breaker_reset_s,
+                clock=self._clock,
+            )
+        return self._breakers[key]
+
+    def guarded(self, name: str) -> GuardedBackend:
+        if name not in self._guarded:
+            tier = self._get(name)
+            self._guarded[name] = GuardedBackend(
+                self.raw(name),
+                timeouts=Timeouts(
+                    total_s=tier.total_timeout_s,
+                    attempt_s=tier.attempt_timeout_s,
+                    first_token_s=tier.first_token_s,
+                ),
+                retry=RetryPolicy(attempts=tier.retries + 1, base_delay_s=tier.retry_base_delay_s),
+                breaker=self.breaker(name),
+                clock=self._clock,
+                sleep=asyncio.sleep,
+            )
+        return self._guarded[name]
+
+    def chain(self, name: str) -> list[str]:
+        """``name`` and the tiers it falls back to, in order (cycles cut)."""
+        out: list[str] = []
+        current: str | None = name
+        while current is not None and current not in out:
+            self._get(current)
+            out.append(current)
+            current = self.settings[current].fallback
+        return out
+
+    def backend(self, name: str, *, fallback: bool = True) -> Backend:
+        """Tier ``name`` guarded, falling back along its ``fallback`` links while it is out."""
+        names = self.chain(name) if fallback else [name]
+        if len(names) == 1:
+            return self.guarded(name)
+        return FallbackBackend([self.guarded(n) for n in names], name=name)
+
+    async def aclose(self) -> None:
+        """Close the HTTP pools (and engines) of the tiers built so far."""
+        for backend in self._raw.values():
+            closer = getattr(backend, "aclose", None)
+            if closer is not None:
+                await closer()
+            elif callable(getattr(backend, "close", None)):
+                backend.close()  # type: ignore[attr-defined]
+        self._raw.clear()
+        self._guarded.clear()

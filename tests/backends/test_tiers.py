@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ponder.backends.openai_compat import OpenAICompatBackend
-from ponder.backends.tiers import Tiers, build_backend, tier_cost
+from ponder.backends.tiers import build_backend
+from ponder.budget.pricing import Price, to_usd
 from ponder.config import PriceSettings, TierSettings, load_settings
 from ponder.errors import InvalidRequest, ModelNotAvailable
-from ponder.guard import FallbackBackend, GuardedBackend
+from ponder.guard import FallbackBackend, GuardedBackend, Tiers
 from ponder.types import GenRequest, Message, Usage
 
 TOML = """
@@ -106,11 +107,15 @@ def test_one_breaker_per_upstream():
 
 
 def test_cost_prices_reasoning_as_output_unless_set():
+    # A tier's price is charged by the gateway's one cost formula (Price.cost_micro).
+    def cost(price: PriceSettings, usage: Usage) -> float:
+        return to_usd(Price(**price.model_dump()).cost_micro(usage))
+
     price = PriceSettings(input=1.0, output=4.0, cached_input=0.1)
     u = Usage(input=1_000_000, cached_input=1_000_000, reasoning=500_000, output=500_000)
-    assert tier_cost(price, u) == pytest.approx(1.0 + 0.1 + 2.0 + 2.0)
+    assert cost(price, u) == pytest.approx(1.0 + 0.1 + 2.0 + 2.0)
     priced = price.model_copy(update={"reasoning": 8.0})
-    assert tier_cost(priced, u) == pytest.approx(1.0 + 0.1 + 4.0 + 2.0)
+    assert cost(priced, u) == pytest.approx(1.0 + 0.1 + 4.0 + 2.0)
 
 
 async def test_build_backend_passes_http_settings():

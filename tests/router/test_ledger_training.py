@@ -25,7 +25,7 @@ from ponder.router.classifier import LearnedClassifier, NotEnoughData, train_fro
 from ponder.router.features import NoveltyTracker, extract
 from ponder.router.policy import Router
 from ponder.server.app import create_app
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.strategies import available_strategies
 
 

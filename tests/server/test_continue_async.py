@@ -22,7 +22,7 @@ from ponder.config import RouterSettings, ServerSettings
 from ponder.ledger import Store
 from ponder.router.policy import PolicyError, Router
 from ponder.server.app import create_app
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.strategies import available_strategies
 from ponder.types import Generation, GenRequest
 

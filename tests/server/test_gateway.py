@@ -13,7 +13,7 @@ from ponder.backends.fake import FakeBackend, FunctionBackend, Reply
 from ponder.config import ServerSettings
 from ponder.errors import ContextOverflow
 from ponder.server.app import create_app
-from ponder.server.handlers import REASONING_EFFORT
+from ponder.server.planning import REASONING_EFFORT
 from ponder.types import GenRequest
 
 QUESTION = "What is 2+2?"  # 3 words = 3 prompt tokens for the fakes
@@ -250,8 +250,8 @@ async def test_models_and_health() -> None:
 
 
 async def test_framework_route_answers_like_the_fast_path() -> None:
-    # The chat path is served before FastAPI's stack; mounted under a prefix the
-    # framework's own route answers. Same body, headers and errors either way.
+    # The chat path is a route of the app, so it also answers mounted under a prefix.
+    # Same body, headers and errors either way.
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
@@ -278,6 +278,44 @@ async def test_framework_route_answers_like_the_fast_path() -> None:
         answers.append((reply["choices"], reply["usage"], r.headers["x-ponder-strategy"]))
     assert answers[0] == answers[1]
     assert answers[0][0][0]["message"]["content"] == "The answer is 4"
+
+
+async def test_middleware_sees_the_chat_route() -> None:
+    # Middleware wraps every route, the hot chat route included (it used to be
+    # answered in front of the stack, where CORS or tracing never saw it).
+    from fastapi.middleware.cors import CORSMiddleware
+
+    seen: list[tuple[str, str]] = []
+
+    class Recorder:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append((scope["method"], scope["path"]))
+            await self.app(scope, receive, send)
+
+    app = create_app(FakeBackend([ANSWER, ANSWER]), ServerSettings())
+    app.add_middleware(CORSMiddleware, allow_origins=["https://ui.example"], allow_methods=["*"])
+    app.add_middleware(Recorder)
+    origin = {"origin": "https://ui.example"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/v1/chat/completions", json=body(), headers=origin)
+        streamed = await client.post("/v1/chat/completions", json=body(stream=True), headers=origin)
+        preflight = await client.options(
+            "/v1/chat/completions",
+            headers={**origin, "access-control-request-method": "POST"},
+        )
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    assert r.headers["access-control-allow-origin"] == "https://ui.example"
+    assert streamed.status_code == 200 and sse_data(streamed.text)[-1] == "[DONE]"
+    assert streamed.headers["access-control-allow-origin"] == "https://ui.example"
+    assert preflight.status_code == 200
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert seen.count(("POST", "/v1/chat/completions")) == 2
+    assert ("OPTIONS", "/v1/chat/completions") in seen
 
 
 async def test_unknown_route_gets_an_openai_error_body() -> None:
@@ -687,3 +725,67 @@ async def test_search_tree_returned_only_with_reasoning_and_server_only_params_r
         )
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "ponder.params.database"
+
+
+# --------------------------------------------------------------------------- strategy protocols
+
+
+async def test_a_strategy_that_declares_stream_is_streamed_token_by_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Streaming follows the strategy's stream() (no list of streamable names).
+    from dataclasses import dataclass
+
+    from ponder import strategies
+    from ponder.strategies import ChainOfThought, SelfConsistency
+
+    @dataclass
+    class Pondering(ChainOfThought):
+        name: str = "pondering"
+
+    @dataclass
+    class Voting(SelfConsistency):
+        name: str = "voting"
+
+    monkeypatch.setitem(strategies._BUILTIN, "pondering", Pondering)
+    monkeypatch.setitem(strategies._BUILTIN, "voting", Voting)
+    backend = FakeBackend([ANSWER, ANSWER, ANSWER])
+    async with client_for(backend) as client:
+        tokens = await chat(client, stream=True, ponder={"strategy": "pondering"})
+        voted = await chat(client, stream=True, ponder={"strategy": "voting", "params": {"n": 2}})
+    token_chunks = [json.loads(d) for d in sse_data(tokens.text)[:-1]]
+    assert not any("progress" in (c.get("ponder") or {}) for c in token_chunks)
+    content = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in token_chunks if c["choices"]
+    )
+    assert content == "The answer is 4"
+    assert backend.calls[0].thinking is not None  # its own request: thinking included
+    voted_chunks = [json.loads(d) for d in sse_data(voted.text)[:-1]]
+    assert any("progress" in (c.get("ponder") or {}) for c in voted_chunks)
+
+
+async def test_the_reservation_covers_the_declared_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+
+    from ponder import strategies
+    from ponder.server.auth import Caller
+    from ponder.server.gateway import Gateway
+    from ponder.server.parsing import parse_request
+    from ponder.server.planning import plan
+    from ponder.strategies import Direct, Work
+
+    @dataclass
+    class Thrice(Direct):
+        name: str = "thrice"
+
+        def work(self) -> Work:
+            return Work(samples=3, calls=2)
+
+    monkeypatch.setitem(strategies._BUILTIN, "thrice", Thrice)
+    gateway = Gateway(FakeBackend([ANSWER]), ServerSettings())
+    demands = {}
+    for name in ("direct", "thrice"):
+        request = parse_request(body(max_tokens=10, ponder={"strategy": name}))
+        _, demands[name] = await gateway.admission.bound(plan(request, gateway.settings), Caller())
+    prompt = demands["direct"].tokens - 10
+    assert demands["thrice"].tokens == 2 * prompt + 3 * 10

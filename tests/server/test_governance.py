@@ -21,7 +21,7 @@ from ponder.budget.quota import Limit
 from ponder.config import ServerSettings
 from ponder.ledger import Store
 from ponder.server.app import create_app
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.telemetry.alerts import Alerts
 from ponder.types import GenRequest
 

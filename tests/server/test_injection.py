@@ -20,7 +20,7 @@ from ponder.config import GuardrailSettings, ServerSettings
 from ponder.guardrails import guardrail_instruction
 from ponder.ledger import Store
 from ponder.server.app import create_app
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 from ponder.types import GenRequest
 
 SYSTEM = (

@@ -13,9 +13,10 @@ import pytest
 from ponder.backends.fake import FakeBackend, FunctionBackend
 from ponder.config import ServerSettings
 from ponder.ledger import Store
-from ponder.server import handlers
+from ponder.server import streaming
 from ponder.server.app import create_app
-from ponder.server.handlers import Gateway, StreamResult
+from ponder.server.gateway import Gateway
+from ponder.server.protocol import StreamResult
 from ponder.types import Generation, GenRequest
 
 QUESTION = "What is 6 times 7?"
@@ -197,7 +198,7 @@ async def test_progress_leaves_while_the_strategy_is_still_running() -> None:
 
 
 async def test_a_heartbeat_keeps_a_slow_run_visible(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handlers, "PROGRESS_HEARTBEAT_S", 0.02)
+    monkeypatch.setattr(streaming, "PROGRESS_HEARTBEAT_S", 0.02)
     backend = FakeBackend(["The answer is 42"])
     backend.delay_s = 0.15
     async with client_for(backend) as client:

@@ -9,7 +9,7 @@ from openai.types.chat import ChatCompletion as SDKCompletion
 from openai.types.chat import ChatCompletionChunk as SDKChunk
 
 from ponder.errors import InvalidRequest
-from ponder.server.handlers import parse_request
+from ponder.server.parsing import parse_request
 from ponder.server.protocol import (
     AssistantMessage,
     ChatCompletion,

@@ -9,7 +9,7 @@ from ponder.backends.fake import FakeBackend
 from ponder.budget.quota import Demand, Limit
 from ponder.ledger import Reservation, Store
 from ponder.server.app import _sweep_stale_holds
-from ponder.server.handlers import Gateway
+from ponder.server.gateway import Gateway
 
 SUBJECTS = {"key": "key_a", "user": "alice", "team": "ml", "session": None}
 

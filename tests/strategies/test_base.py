@@ -123,3 +123,61 @@ def test_finish_takes_usage_and_calls_from_the_meter(problem: Problem) -> None:
     assert not out.truncated and out.stop_reason == "stop"
     assert out.latency_s >= 0
     assert out.trace[-1].name == "chosen"
+
+
+# --------------------------------------------------------------------------- optional protocols
+
+
+async def test_anytime_stops_quietly_and_the_meter_says_why(problem: Problem) -> None:
+    ctx = RunContext(backend=MeteredBackend(FakeBackend(["a", "b"]), Budget(tokens=1)))
+    reached_end = False
+    with ctx.anytime():
+        await ctx.generate(ctx.request(problem))
+        await ctx.generate(ctx.request(problem))  # nothing left: BudgetExhausted
+        reached_end = True
+    assert not reached_end
+    assert ctx.backend.exhausted == "budget"
+    outcome = finish("direct", ctx, [], None)
+    assert outcome.truncated and outcome.stop_reason == "budget"
+
+
+def test_anytime_lets_other_errors_through(problem: Problem) -> None:
+    ctx = RunContext(backend=MeteredBackend(FakeBackend(["a"])))
+    with pytest.raises(InvalidRequest), ctx.anytime():
+        raise InvalidRequest("not a budget stop")
+
+
+def test_declared_work_and_streaming() -> None:
+    from ponder.strategies import (
+        BestOfN,
+        Cascade,
+        ChainOfThought,
+        Direct,
+        SelfConsistency,
+        Work,
+        streams_tokens,
+        work_of,
+    )
+
+    assert work_of(SelfConsistency(n=7)) == Work(samples=7)
+    assert work_of(BestOfN(n=3)) == Work(samples=3)
+    assert work_of(Cascade(strong_tier="big")).tiers == ("big",)
+    assert work_of(Cascade()) == Work()
+    assert work_of(object()) == Work()  # undeclared: one sample in one call
+    assert streams_tokens(Direct()) and streams_tokens(ChainOfThought)
+    assert not streams_tokens(SelfConsistency()) and not streams_tokens(SelfConsistency)
+
+
+async def test_cot_stream_is_the_same_request_as_its_run(problem: Problem) -> None:
+    from ponder.strategies import ChainOfThought
+
+    backend = FakeBackend(["The answer is 4", "The answer is 4"])
+    strategy = ChainOfThought(thinking_budget=32, min_thinking=8)
+    await strategy.run(problem, RunContext(backend=MeteredBackend(backend)))
+    deltas = [
+        d async for d in strategy.stream(problem, RunContext(backend=MeteredBackend(backend)))
+    ]
+    assert "".join(d.text for d in deltas) == "The answer is 4"
+    ran, streamed = backend.calls
+    assert ran == streamed
+    assert streamed.thinking == ThinkingConfig(budget_tokens=32, min_tokens=8)

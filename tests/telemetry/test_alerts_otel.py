@@ -10,7 +10,8 @@ import pytest
 
 from ponder.backends.fake import FakeBackend, FunctionBackend, Reply
 from ponder.config import ServerSettings
-from ponder.server.handlers import ChatCompletion, ErrorResult, Gateway
+from ponder.server.gateway import Gateway
+from ponder.server.protocol import ChatCompletion, ErrorResult
 from ponder.telemetry.alerts import Alert, Alerts, webhook_sender
 from ponder.telemetry.otel import OtelTracer
 from ponder.types import GenRequest

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ponder.server.handlers import ErrorResult, Gateway, Plan, StreamResult, plan
+from ponder.server.gateway import Gateway
+from ponder.server.planning import Plan, plan
+from ponder.server.protocol import ErrorResult, StreamResult
 
 if TYPE_CHECKING:
     from ponder.server.app import create_app

@@ -1,7 +1,7 @@
-"""Thin FastAPI routes over :class:`ponder.server.handlers.Gateway`.
+"""Thin FastAPI routes over :class:`ponder.server.gateway.Gateway`.
 
 Routes only move bytes: decode the body, call a handler, turn its value into a
-response. All logic (and every error message) lives in the handlers.
+response. All logic (and every error message) lives in the gateway's phases.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -27,16 +28,17 @@ from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import PonderError
 from ponder.server.feedback import record_feedback
-from ponder.server.handlers import (
+from ponder.server.gateway import Gateway
+from ponder.server.jobs import Jobs
+from ponder.server.parsing import parse_json
+from ponder.server.protocol import (
     ErrorResult,
-    Gateway,
     StreamResult,
     error_result,
     internal_error,
-    parse_json,
-    ponder_headers,
+    openai_error_body,
 )
-from ponder.server.jobs import Jobs
+from ponder.server.responses import ponder_headers
 from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["create_app"]
@@ -89,30 +91,6 @@ async def _sweep_stale_holds(gateway: Gateway, every_s: float = 60.0) -> None:
             logger.warning("released %d expired quota reservations", released)
 
 
-class _GatewayApp(FastAPI):
-    """FastAPI, with ``POST /v1/chat/completions`` answered before the framework's stack.
-
-    The chat route is the gateway's hot path and needs none of FastAPI's machinery
-    (middleware chain, routing, dependency solving, a JSONResponse that re-encodes a
-    dict the model could serialize itself): on a 2-core machine those cost about as
-    much CPU as the upstream call. Every other route, and every other method on this
-    path (which gets FastAPI's 405), goes through FastAPI as usual.
-    """
-
-    chat_route: Any = None  # set by create_app: async (scope, receive, send) -> None
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        if (
-            self.chat_route is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] == "/v1/chat/completions"
-        ):
-            await self.chat_route(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole request body, or None when the client went away first."""
     chunks: list[bytes] = []
@@ -126,7 +104,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 async def _chat_response(gateway: Gateway, raw: bytes, headers: Any) -> Response:
-    """POST /v1/chat/completions from the raw body to the response (both routes below)."""
+    """POST /v1/chat/completions from the raw body to the response."""
     try:
         result = await gateway.chat(parse_json(raw), headers)
     except PonderError as exc:  # malformed JSON
@@ -147,14 +125,24 @@ async def _chat_response(gateway: Gateway, raw: bytes, headers: Any) -> Response
     )
 
 
-def _chat_route(gateway: Gateway) -> Any:
-    async def chat_route(scope: AsgiScope, receive: Receive, send: Send) -> None:
+class _ChatEndpoint:
+    """``POST /v1/chat/completions`` as a bare ASGI endpoint of a Starlette ``Route``.
+
+    The chat route is the gateway's hot path and needs none of FastAPI's per-route
+    machinery (a Request object, dependency solving, a JSONResponse that re-encodes a
+    dict the model could serialize itself): on a 2-core machine those cost about as
+    much CPU as the upstream call. As a route (not a shortcut in front of the app) it
+    still runs inside the middleware stack, so CORS, tracing and the like see it.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
         if raw is not None:
-            response = await _chat_response(gateway, raw, Headers(scope=scope))
+            response = await _chat_response(self.gateway, raw, Headers(scope=scope))
             await response(scope, receive, send)
-
-    return chat_route
 
 
 def create_app(
@@ -203,8 +191,12 @@ def create_app(
         await _close(backend)
         await gateway.aclose()
 
-    app = _GatewayApp(title="ponder", version=__version__, lifespan=lifespan)
-    app.chat_route = _chat_route(gateway)
+    app = FastAPI(title="ponder", version=__version__, lifespan=lifespan)
+    # Ahead of FastAPI's routes: a POST here never reaches the documented route below;
+    # another method matches both partially and gets the 405 of the first.
+    app.router.routes.insert(
+        0, Route("/v1/chat/completions", _ChatEndpoint(gateway), methods=["POST"])
+    )
     app.state.gateway = gateway
     app.state.jobs = jobs
 
@@ -214,22 +206,19 @@ def create_app(
         return _error(
             ErrorResult(
                 status=exc.status_code,
-                body={
-                    "error": {
-                        "message": f"{request.method} {request.url.path}: {exc.detail}; "
-                        "ponder serves POST /v1/chat/completions, POST/GET /v1/jobs, "
-                        "POST /v1/feedback, GET /v1/models, GET /health, GET /metrics, "
-                        "GET /dashboard and the admin API under /v1/admin",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found" if exc.status_code == 404 else None,
-                    }
-                },
+                body=openai_error_body(
+                    f"{request.method} {request.url.path}: {exc.detail}; "
+                    "ponder serves POST /v1/chat/completions, POST/GET /v1/jobs, "
+                    "POST /v1/feedback, GET /v1/models, GET /health, GET /metrics, "
+                    "GET /dashboard and the admin API under /v1/admin",
+                    type="invalid_request_error",
+                    code="not_found" if exc.status_code == 404 else None,
+                ),
             )
         )
 
-    # The same handler as a FastAPI route: it documents the endpoint in the OpenAPI
-    # schema and serves it wherever _GatewayApp.__call__ is bypassed.
+    # The same handler as a FastAPI route, for the OpenAPI schema (the Route above
+    # answers every POST).
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _chat_response(gateway, await request.body(), request.headers)

@@ -16,7 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponder.errors import InvalidRequest, PonderError
-from ponder.server.handlers import ErrorResult, Gateway, error_result
+from ponder.server.gateway import Gateway
+from ponder.server.parsing import parse_model
+from ponder.server.protocol import ErrorResult, error_result
 
 __all__ = ["FeedbackBody", "record_feedback"]
 
@@ -45,7 +47,7 @@ async def record_feedback(
                 "request to record a verdict for"
             )
         caller = await gateway.authenticate(headers)
-        fb = Gateway._validated(FeedbackBody, body)
+        fb = parse_model(FeedbackBody, body)
         row = await asyncio.to_thread(store.row, fb.request_id)
         admin = caller.key_id is not None and caller.may("admin")
         if row is None or not (admin or row.key_id == caller.key_id):

@@ -4,13 +4,19 @@ Requests accept what the official ``openai`` client sends (unknown top-level
 fields are ignored, so new client versions keep working) plus one extension
 object, ``ponder``, that clients pass with ``extra_body={"ponder": {...}}``.
 Schemas check shapes and ranges only; what a request *means* (which strategy,
-which budget) is decided in :mod:`ponder.server.handlers`.
+which budget) is decided in :mod:`ponder.server.planning`.
+
+Errors are values here too: :class:`ErrorResult` (HTTP status + OpenAI error
+body, built by :func:`ponder.errors.openai_error_body` and nowhere else).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ponder.errors import PonderError, openai_error_body
 from ponder.types import OutputConstraint, Role, TokenLogprob, ToolCall, ToolChoice, ToolSpec
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "ChunkToolCall",
     "ContinuedJob",
     "DocumentParam",
+    "ErrorResult",
     "FunctionCall",
     "FunctionParam",
     "KeyCreate",
@@ -53,14 +61,20 @@ __all__ = [
     "ResponseFormat",
     "StreamOptions",
     "StreamProgress",
+    "StreamResult",
     "ThinkingParam",
     "TokenLogprobInfo",
     "ToolParam",
     "WireToolCall",
     "completion_id",
+    "error_result",
+    "internal_error",
     "logprobs_to_openai",
+    "openai_error_body",
     "tool_calls_to_openai",
 ]
+
+logger = logging.getLogger("ponder.server")
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 OpenAIFinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
@@ -597,3 +611,42 @@ class QuotaSet(BaseModel):
     metric: Literal["requests", "tokens", "reasoning_tokens", "cost"]
     window: Literal["minute", "day", "month", "request"]
     limit: int | None = Field(ge=0, strict=True)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ErrorResult:
+    """An error as a value: HTTP status and OpenAI error body."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamResult:
+    """A started stream: server-sent event strings and the headers known up front."""
+
+    events: AsyncIterator[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_result(exc: PonderError) -> ErrorResult:
+    return ErrorResult(status=exc.status, body=exc.to_openai(), headers=exc.headers())
+
+
+def internal_error(exc: BaseException) -> ErrorResult:
+    """A 500 error value for an unexpected exception (logged with its traceback)."""
+    logger.exception("unexpected error while handling a request")
+    detail = f"{type(exc).__name__}: {exc}"[:300]
+    return ErrorResult(
+        status=500,
+        body=openai_error_body(
+            f"internal error while running the request ({detail}); "
+            "the server is still up: retry, and report it if it persists",
+            type="server_error",
+            code="internal_error",
+        ),
+    )

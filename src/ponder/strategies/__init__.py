@@ -9,7 +9,18 @@ from typing import Any
 
 from ponder.errors import InvalidRequest, UnknownStrategy
 from ponder.strategies.adaptive import AdaptiveConsistency
-from ponder.strategies.base import RunContext, SamplingDefaults, Strategy, finish, to_candidate
+from ponder.strategies.base import (
+    DeclaresWork,
+    RunContext,
+    SamplingDefaults,
+    Strategy,
+    StreamsTokens,
+    Work,
+    finish,
+    streams_tokens,
+    to_candidate,
+    work_of,
+)
 from ponder.strategies.basic import BestOfN, ChainOfThought, Direct, SelfConsistency, majority_vote
 from ponder.strategies.cascade import Cascade
 from ponder.strategies.program import ProgramAided
@@ -26,6 +37,7 @@ __all__ = [
     "BestOfN",
     "Cascade",
     "ChainOfThought",
+    "DeclaresWork",
     "Direct",
     "RunContext",
     "ProgramAided",
@@ -33,14 +45,18 @@ __all__ = [
     "SelfConsistency",
     "SelfRefine",
     "Strategy",
+    "StreamsTokens",
     "TreeOfThoughts",
     "TreeRecorder",
+    "Work",
     "available_strategies",
     "finish",
     "get_strategy",
     "majority_vote",
     "render_tree",
+    "streams_tokens",
     "to_candidate",
+    "work_of",
 ]
 
 _BUILTIN: dict[str, type] = {

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ponder.errors import BudgetExhausted, InvalidRequest
+from ponder.errors import InvalidRequest
 from ponder.strategies.base import RunContext, check_int, check_temperature, finish, to_candidate
 from ponder.strategies.basic import majority_vote
 from ponder.types import Candidate, Outcome, Problem
@@ -62,7 +62,7 @@ class AdaptiveConsistency:
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
         p = 0.0
-        try:
+        with ctx.anytime():
             while len(candidates) < self.max_samples:
                 n = min(self.batch, self.max_samples - len(candidates))
                 req = ctx.request(problem, n=n, temperature=self.temperature)
@@ -71,8 +71,6 @@ class AdaptiveConsistency:
                 ctx.tracer.event("vote", samples=len(candidates), leader_probability=round(p, 4))
                 if decided:
                     break
-        except BudgetExhausted:
-            pass
         chosen = majority_vote(candidates)
         scores = await AgreementVerifier().score(problem, candidates) if candidates else []
         ctx.tracer.event("decided", decided=p >= self.confidence, samples=len(candidates))

@@ -1,27 +1,35 @@
 """The strategy protocol, the run context and the helpers every strategy shares.
 
 A strategy is a small readable object with ``async run(problem, ctx) -> Outcome``.
-It talks only to ``ctx.backend`` (a metered :class:`Backend`) and ``ctx.verifier``;
-it never imports an engine. Strategies are *anytime*: when the metering wrapper
-raises :class:`BudgetExhausted` they return the best answer found so far,
-marked truncated.
+It talks only to ``ctx.backend`` (a :class:`MeteredCalls`: a backend that counts
+and caps) and ``ctx.verifier``; it never imports an engine. Strategies are
+*anytime*: when the metering wrapper raises :class:`BudgetExhausted` they return
+the best answer found so far, marked truncated (``with ctx.anytime(): ...``).
+
+Two optional protocols tell the gateway more than ``run``: :class:`DeclaresWork`
+(``work()``: the most a run asks of the engines, which the quota reservation
+covers) and :class:`StreamsTokens` (``stream()``: the answer is one generation
+that can be sent as it is decoded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ponder.backends.base import Backend
-from ponder.budget.metered import MeteredBackend
-from ponder.errors import InvalidRequest
+from ponder.errors import BudgetExhausted, InvalidRequest
 from ponder.strategies.tree import flat_tree
 from ponder.telemetry.trace import Tracer
 from ponder.types import (
+    Budget,
     Candidate,
+    Capabilities,
+    Delta,
     Generation,
     GenRequest,
     Outcome,
@@ -30,24 +38,55 @@ from ponder.types import (
     ThinkingConfig,
     TraceEvent,
     TraceNode,
+    Usage,
 )
 from ponder.verifiers.answers import extract_answer, extract_code
 from ponder.verifiers.base import Verifier
 
 __all__ = [
     "STEP_EVENTS",
+    "DeclaresWork",
+    "MeteredCalls",
     "Progress",
     "ProgressTracker",
     "RunContext",
     "SamplingDefaults",
     "Strategy",
+    "StreamsTokens",
+    "Work",
     "answer_key",
     "check_int",
     "check_temperature",
     "finish",
     "planned_work",
+    "streams_tokens",
     "to_candidate",
+    "work_of",
 ]
+
+
+@runtime_checkable
+class MeteredCalls(Protocol):
+    """The backend a strategy sees: a :class:`Backend` that sums usage over every call
+    and caps them to the run's budget (``ponder.budget.metered.MeteredBackend``)."""
+
+    name: str
+    capabilities: Capabilities
+    budget: Budget
+    usage: Usage
+    calls: int
+    started: float
+    # Why the run stopped early ("budget", "deadline"), None while it has not.
+    exhausted: str | None
+
+    @property
+    def remaining_tokens(self) -> int | None: ...
+
+    async def generate(self, req: GenRequest) -> list[Generation]: ...
+
+    async def generate_via(self, backend: Backend, req: GenRequest) -> list[Generation]: ...
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]: ...
 
 
 def check_int(owner: str, name: str, value: object, minimum: int) -> None:
@@ -104,7 +143,7 @@ class SamplingDefaults:
 
 @dataclass
 class RunContext:
-    backend: MeteredBackend
+    backend: MeteredCalls
     verifier: Verifier | None = None
     tracer: Tracer = field(default_factory=Tracer)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
@@ -136,6 +175,18 @@ class RunContext:
         }
         fields.update(overrides)
         return GenRequest(**fields)
+
+    def anytime(self) -> contextlib.AbstractContextManager[None]:
+        """Run the block until the budget or deadline runs out, then carry on quietly.
+
+        The meter records why it stopped (``backend.exhausted``), so :func:`finish`
+        still marks the outcome truncated; the strategy returns what it has so far.
+        """
+        return contextlib.suppress(BudgetExhausted)
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        """One metered call whose deltas arrive as the engine decodes them."""
+        return self.backend.stream(req)
 
     async def generate(self, req: GenRequest, tier: str | None = None) -> list[Generation]:
         """One metered call; ``tier`` sends it to ``tiers[tier]`` under the same budget."""
@@ -229,7 +280,7 @@ class ProgressTracker:
     def __init__(
         self,
         strategy: object,
-        meter: MeteredBackend,
+        meter: MeteredCalls,
         on_progress: Callable[[Progress], None],
     ) -> None:
         self.meter = meter
@@ -275,6 +326,44 @@ class Strategy(Protocol):
     name: str
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Work:
+    """The most one run asks of the engines; the gateway reserves quota for it."""
+
+    # Generations of up to max_tokens each (unless a token budget caps them all).
+    samples: int = 1
+    # Model calls, each of which sends the prompt again.
+    calls: int = 1
+    # Other model tiers the run may call (a cascade's strong tier).
+    tiers: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class DeclaresWork(Protocol):
+    """A strategy that says how much work a run does at most (default: one call)."""
+
+    def work(self) -> Work: ...
+
+
+@runtime_checkable
+class StreamsTokens(Protocol):
+    """A strategy whose answer is one generation, streamed as it is decoded."""
+
+    def stream(self, problem: Problem, ctx: RunContext) -> AsyncIterator[Delta]: ...
+
+
+def work_of(strategy: object) -> Work:
+    """What ``strategy`` declares with ``work()``; one sample in one call otherwise."""
+    return strategy.work() if isinstance(strategy, DeclaresWork) else Work()
+
+
+def streams_tokens(strategy: object) -> bool:
+    """Whether a strategy (an instance or its class) streams its answer token by token."""
+    if isinstance(strategy, type):
+        return callable(getattr(strategy, "stream", None))
+    return isinstance(strategy, StreamsTokens)
 
 
 def answer_key(text: str, task: str | None = None) -> str | None:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from ponder.errors import BudgetExhausted, InvalidRequest
+from ponder.errors import InvalidRequest
 from ponder.strategies.base import (
     RunContext,
+    Work,
     check_int,
     check_temperature,
     finish,
     to_candidate,
 )
-from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
+from ponder.types import Candidate, Delta, GenRequest, Outcome, Problem, Score, ThinkingConfig
 from ponder.verifiers.simple import AgreementVerifier, MeanLogprobVerifier
 
 __all__ = [
@@ -53,12 +54,14 @@ class Direct:
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
-        try:
+        with ctx.anytime():
             gens = await ctx.generate(ctx.request(problem, temperature=self.temperature))
             candidates = [to_candidate(g, problem.task) for g in gens]
-        except BudgetExhausted:
-            pass
         return finish(self.name, ctx, candidates, 0 if candidates else None)
+
+    def stream(self, problem: Problem, ctx: RunContext) -> AsyncIterator[Delta]:
+        """The same one generation as :meth:`run`, delta by delta."""
+        return ctx.stream(ctx.request(problem, temperature=self.temperature))
 
 
 @dataclass
@@ -80,16 +83,21 @@ class ChainOfThought:
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
-        try:
-            req = ctx.request(
-                problem,
-                temperature=self.temperature,
-                thinking=_thinking(self.thinking_budget, self.min_thinking),
-            )
-            candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
-        except BudgetExhausted:
-            pass
+        with ctx.anytime():
+            gens = await ctx.generate(self._request(problem, ctx))
+            candidates = [to_candidate(g, problem.task) for g in gens]
         return finish(self.name, ctx, candidates, 0 if candidates else None)
+
+    def stream(self, problem: Problem, ctx: RunContext) -> AsyncIterator[Delta]:
+        """The same one generation as :meth:`run` (thought, then answer), delta by delta."""
+        return ctx.stream(self._request(problem, ctx))
+
+    def _request(self, problem: Problem, ctx: RunContext) -> GenRequest:
+        return ctx.request(
+            problem,
+            temperature=self.temperature,
+            thinking=_thinking(self.thinking_budget, self.min_thinking),
+        )
 
 
 def majority_vote(candidates: Sequence[Candidate]) -> int | None:
@@ -120,9 +128,12 @@ class SelfConsistency:
     def __post_init__(self) -> None:
         _check_sampled(self.name, self.n, self.temperature, self.thinking_budget)
 
+    def work(self) -> Work:
+        return Work(samples=self.n)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
-        try:
+        with ctx.anytime():
             req = ctx.request(
                 problem,
                 n=self.n,
@@ -130,8 +141,6 @@ class SelfConsistency:
                 thinking=_thinking(self.thinking_budget),
             )
             candidates = [to_candidate(g, problem.task) for g in await ctx.generate(req)]
-        except BudgetExhausted:
-            pass
         chosen = majority_vote(candidates)
         scores = await AgreementVerifier().score(problem, candidates) if candidates else []
         return finish(self.name, ctx, candidates, chosen, scores)
@@ -170,11 +179,14 @@ class BestOfN:
                 param="include_greedy",
             )
 
+    def work(self) -> Work:
+        return Work(samples=self.n)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         candidates: list[Candidate] = []
         # (samples, greedy?) per call.
         calls = [(1, True), (self.n - 1, False)] if self.include_greedy else [(self.n, False)]
-        try:
+        with ctx.anytime():
             for count, greedy in calls:
                 if count == 0:
                     continue
@@ -190,8 +202,6 @@ class BestOfN:
                     # Greedy even when the run sets a temperature (that applies to samples).
                     req = req.model_copy(update={"temperature": 0.0})
                 candidates += [to_candidate(g, problem.task) for g in await ctx.generate(req)]
-        except BudgetExhausted:
-            pass
         if not candidates:
             return finish(self.name, ctx, candidates, None)
         verifier = ctx.verifier

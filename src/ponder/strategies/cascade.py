@@ -27,9 +27,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from ponder.errors import BudgetExhausted, InvalidRequest
+from ponder.errors import InvalidRequest
 from ponder.strategies.base import (
     RunContext,
+    Work,
     check_int,
     check_temperature,
     finish,
@@ -127,6 +128,10 @@ class Cascade:
                 param="rungs",
             )
 
+    def work(self) -> Work:
+        # Its escalation tier is priced and reserved with the run's own.
+        return Work(tiers=(self.strong_tier,) if self.strong_tier is not None else ())
+
     def plan(self) -> list[Rung]:
         """The rungs this cascade would climb, cheapest first."""
         out = []
@@ -165,11 +170,13 @@ class Cascade:
         rungs = self.plan()
         for index, rung in enumerate(rungs):
             spent_before = ctx.backend.usage.completion_tokens
-            try:
-                candidates, scores = await self._climb(problem, ctx, rung)
-            except BudgetExhausted:
+            climbed = None
+            with ctx.anytime():
+                climbed = await self._climb(problem, ctx, rung)
+            if climbed is None:
                 ctx.tracer.event("rung", index=index, kind=rung.kind, skipped="budget")
                 break
+            candidates, scores = climbed
             if not candidates:
                 break
             chosen = self._choose(candidates, scores, all_candidates, problem)

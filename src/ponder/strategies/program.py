@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ponder.errors import BudgetExhausted, InvalidRequest
-from ponder.strategies.base import RunContext, check_int, check_temperature, finish
+from ponder.errors import InvalidRequest
+from ponder.strategies.base import RunContext, Work, check_int, check_temperature, finish
 from ponder.strategies.basic import majority_vote
 from ponder.types import Candidate, Generation, Message, Outcome, Problem, Score
 from ponder.verifiers.answers import extract_code, normalize_answer
-from ponder.verifiers.sandbox import SandboxLimits, arun_python
+from ponder.verifiers.sandbox import SandboxLimits, arun_python, check_sandbox
 
 __all__ = ["ProgramAided", "run_sql", "sqlite_schema"]
 
@@ -104,6 +104,9 @@ class ProgramAided:
                 param="language",
             )
 
+    def work(self) -> Work:
+        return Work(samples=self.n)
+
     def _messages(self, problem: Problem, database: str | None) -> list[Message]:
         if self.language == "sql":
             if database is None:
@@ -155,17 +158,18 @@ class ProgramAided:
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         database = self.database or problem.metadata.get("sqlite_path")
+        if self.language == "python":
+            check_sandbox()  # refuse before generating: nothing spent on code that cannot run
         messages = self._messages(problem, database)
         temperature = (
             self.temperature if self.temperature is not None else (0.0 if self.n == 1 else 0.7)
         )
         candidates: list[Candidate] = []
-        try:
+        gens: list[Generation] = []
+        with ctx.anytime():
             gens = await ctx.generate(
                 ctx.request(problem, n=self.n, temperature=temperature, messages=messages)
             )
-        except BudgetExhausted:
-            gens = []
         candidates = list(await asyncio.gather(*(self._execute(g, database) for g in gens)))
         ctx.tracer.event("executed", results=[c.answer for c in candidates])
         chosen = majority_vote(candidates)

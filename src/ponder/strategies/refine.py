@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ponder.errors import BudgetExhausted
 from ponder.strategies.base import RunContext, check_int, check_temperature, finish, to_candidate
 from ponder.strategies.tree import TreeRecorder
 from ponder.types import Candidate, Message, Outcome, Problem, Score, TraceNode
@@ -65,7 +64,7 @@ class SelfRefine:
         scores: list[Score] = []
         nodes: list[TraceNode] = []
         parent = rec.root
-        try:
+        with ctx.anytime():
             (gen,) = await ctx.generate(ctx.request(problem, temperature=self.temperature))
             for round_ in range(self.rounds + 1):
                 cand = to_candidate(gen, problem.task)
@@ -98,8 +97,6 @@ class SelfRefine:
                 (gen,) = await ctx.generate(
                     ctx.request(problem, temperature=self.temperature, messages=messages)
                 )
-        except BudgetExhausted:
-            pass
         if not versions:
             return finish(self.name, ctx, [], None, tree=rec.root)
         # Best score wins; among equals the later (revised) version.

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ponder.errors import BudgetExhausted
-from ponder.strategies.base import RunContext, check_int, check_temperature, finish
+from ponder.strategies.base import RunContext, Work, check_int, check_temperature, finish
 from ponder.strategies.steps import (
     Partial,
     best_index,
@@ -117,10 +116,9 @@ async def conclude(
     pool = list(finished) or list(live)
     cands = [p.candidate(problem.task) for p in pool]
     fallback = [p.score for p in pool]
-    try:
+    values = fallback
+    with ctx.anytime():  # a metered judge may run out too
         values = await score_complete(ctx, problem, cands, fallback)
-    except BudgetExhausted:  # a metered judge may run out too
-        values = fallback
     chosen = best_index(values, cands)
     if chosen is not None:
         rec.choose(pool[chosen].node)
@@ -164,12 +162,15 @@ class BeamSearch:
         check_int(self.name, "lookahead", self.lookahead, 0)
         check_int(self.name, "final_tokens", self.final_tokens, 1)
 
+    def work(self) -> Work:
+        return Work(samples=self.n)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         rec = TreeRecorder(problem.prompt)
         keep = max(1, self.n // self.beam_width)
         finished: list[Partial] = []
         live = [Partial("", rec.root)]
-        try:
+        with ctx.anytime():
             for depth in range(self.max_steps):
                 per = self.n if depth == 0 else self.beam_width
                 groups = await expand_wave(
@@ -197,8 +198,6 @@ class BeamSearch:
                     break
             if not finished and live:
                 finished = [await finish_best(ctx, problem, rec, live[0], self.final_tokens)]
-        except BudgetExhausted:
-            pass
         return await conclude(self.name, ctx, problem, rec, finished, live)
 
 
@@ -224,12 +223,15 @@ class DVTS:
         )
         check_int(self.name, "final_tokens", self.final_tokens, 1)
 
+    def work(self) -> Work:
+        return Work(samples=self.n)
+
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         rec = TreeRecorder(problem.prompt)
         subtrees = max(1, self.n // self.beam_width)
         finished: list[Partial] = []
         live: list[Partial] = []
-        try:
+        with ctx.anytime():
             (roots,) = await expand_wave(
                 ctx,
                 problem,
@@ -266,8 +268,6 @@ class DVTS:
             if not finished and live:
                 best = max(live, key=lambda p: p.score)
                 finished = [await finish_best(ctx, problem, rec, best, self.final_tokens)]
-        except BudgetExhausted:
-            pass
         return await conclude(self.name, ctx, problem, rec, finished, live)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ponder.errors import BudgetExhausted
 from ponder.strategies.base import RunContext, check_int, check_temperature
 from ponder.strategies.search import conclude, expand_wave, finish_best, value
 from ponder.strategies.steps import Partial, score_complete
@@ -38,7 +37,7 @@ class TreeOfThoughts:
         rec = TreeRecorder(problem.prompt)
         finished: list[Partial] = []
         frontier = [Partial("", rec.root)]
-        try:
+        with ctx.anytime():
             for level in range(self.depth):
                 groups = await expand_wave(
                     ctx,
@@ -65,8 +64,6 @@ class TreeOfThoughts:
                     break
             if not finished and frontier:
                 finished = [await finish_best(ctx, problem, rec, frontier[0], self.final_tokens)]
-        except BudgetExhausted:
-            pass
         return await conclude(self.name, ctx, problem, rec, finished, frontier)
 
 
@@ -152,7 +149,7 @@ class MCTS:
         rec = TreeRecorder(problem.prompt)
         root = _Node(Partial("", rec.root))
         solutions: list[Partial] = []
-        try:
+        with ctx.anytime():
             for it in range(self.iterations):
                 leaf = self._select(root)
                 if leaf.state.done and leaf.visits > 0:
@@ -183,8 +180,6 @@ class MCTS:
                 ctx.tracer.event("mcts_iteration", iteration=it, value=v, depth=target.state.depth)
                 if root.expanded and not root.children:
                     break
-        except BudgetExhausted:
-            pass
         live = [] if solutions else [n.state for n in root.children]
         # conclude() re-scores with the verifier, so solutions found more than once count once.
         unique = list({id(s): s for s in solutions}.values())

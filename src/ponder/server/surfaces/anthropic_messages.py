@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ponder.errors import InvalidRequest, PonderError
+from ponder.server.parsing import parse_model
 from ponder.server.protocol import ChatCompletion, ChatCompletionRequest, PonderOptions
-from ponder.server.surfaces import validate_body
 
 __all__ = [
     "MessagesRequest",
@@ -143,7 +143,7 @@ class MessagesRequest(BaseModel):
 
 def parse_messages_request(body: Any) -> MessagesRequest:
     """Validate a decoded body; a bad one raises :class:`InvalidRequest` naming the field."""
-    return validate_body(MessagesRequest, body)
+    return parse_model(MessagesRequest, body)
 
 
 def _text_of(blocks: str | list[dict[str, Any]], where: str) -> str:
@@ -263,7 +263,7 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
                 'tool_choice {"type": "tool"} needs a name', param="tool_choice.name"
             )
         body["parallel_tool_calls"] = not choice.disable_parallel_tool_use
-    return validate_body(ChatCompletionRequest, {k: v for k, v in body.items() if v is not None})
+    return parse_model(ChatCompletionRequest, {k: v for k, v in body.items() if v is not None})
 
 
 # --------------------------------------------------------------------------- response

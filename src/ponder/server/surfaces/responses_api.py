@@ -33,13 +33,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponder.errors import InvalidRequest, PonderError
+from ponder.server.parsing import parse_model
 from ponder.server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     PonderOptions,
     ReasoningEffort,
 )
-from ponder.server.surfaces import validate_body
 
 __all__ = [
     "ResponsesRequest",
@@ -114,7 +114,7 @@ class ResponsesRequest(BaseModel):
 
 def parse_responses_request(body: Any) -> ResponsesRequest:
     """Validate a decoded body; a bad one raises :class:`InvalidRequest` naming the field."""
-    return validate_body(ResponsesRequest, body)
+    return parse_model(ResponsesRequest, body)
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -291,7 +291,7 @@ def to_chat_request(
                     "strict": fmt.strict,
                 },
             }
-    return validate_body(ChatCompletionRequest, {k: v for k, v in body.items() if v is not None})
+    return parse_model(ChatCompletionRequest, {k: v for k, v in body.items() if v is not None})
 
 
 # --------------------------------------------------------------------------- response
