@@ -346,3 +346,12 @@ def test_gateway_error_values_convert_to_anthropic_bodies():
     exc = InvalidRequest("messages[0].content: bad", param="messages")
     assert error_from_openai(400, exc.to_openai()) == error_body(exc)[1]
     assert error_from_openai(503, {"error": {"message": "down"}})["error"]["type"] == "api_error"
+
+
+def test_a_mid_stream_gateway_error_becomes_an_anthropic_error_event():
+    stream = MessagesStream(model="ponder")
+    events = list(stream.feed({"error": {"message": "upstream failed", "type": "upstream_error"}}))
+    assert events[-1] == (
+        "error",
+        {"type": "error", "error": {"type": "api_error", "message": "upstream failed"}},
+    )

@@ -289,3 +289,19 @@ def test_bad_requests_are_400s(body, fragment):
     with pytest.raises(InvalidRequest) as info:
         to_chat_request(parse_responses_request(body))
     assert fragment in info.value.message
+
+
+async def test_the_gateways_sse_strings_feed_the_translator():
+    from ponder.server.surfaces import chat_chunks
+
+    async def gateway_events():
+        yield 'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+        yield 'data: {"error": {"message": "upstream failed", "type": "upstream_error", "code": "x"}}\n\n'
+        yield "data: [DONE]\n\n"
+        yield 'data: {"never": "read"}\n\n'
+
+    stream = ResponsesStream(parse_responses_request({"input": "hi"}), model="ponder")
+    events = [e async for c in chat_chunks(gateway_events()) for e in stream.feed(c)]
+    kinds = [name for name, _ in events]
+    assert "response.output_text.delta" in kinds and kinds[-1] == "error"
+    assert events[-1][1]["message"] == "upstream failed"

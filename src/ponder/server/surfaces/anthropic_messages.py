@@ -420,6 +420,12 @@ class MessagesStream:
         if not isinstance(chunk, Mapping):
             chunk = chunk.model_dump(exclude_none=True)
         yield from self._start()
+        if chunk.get("error"):
+            # The gateway failed mid-stream: Anthropic's error event ends the stream.
+            error = chunk["error"]
+            status = 500 if error.get("type") in ("server_error", "upstream_error") else 400
+            yield "error", error_from_openai(status, chunk)
+            return
         if chunk.get("usage"):
             self._usage = _usage(chunk["usage"])
         choices = chunk.get("choices") or []

@@ -503,6 +503,15 @@ class ResponsesStream:
         if not isinstance(chunk, Mapping):
             chunk = chunk.model_dump(exclude_none=True)
         yield from self._start()
+        if chunk.get("error"):
+            error = chunk["error"]
+            yield self._event(
+                "error",
+                code=error.get("code"),
+                message=error.get("message"),
+                param=error.get("param"),
+            )
+            return
         if chunk.get("usage"):
             self._usage = _usage(chunk["usage"])
         for choice in chunk.get("choices") or []:
