@@ -49,6 +49,8 @@ class EngineSettings(BaseModel):
     n_batch: int = Field(default=512, ge=16)
     threads: int | None = None
     seed: int = 0
+    # Keep finished sequences' KV for later calls that share a prefix (cached_input).
+    prefix_cache: bool = True
 
 
 class ServerSettings(BaseModel):

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ponder.backends.catalog import CATALOG, resolve_model
+from ponder.backends.llama_engine.delivery import apply_stop, generation, stream_deltas
 from ponder.backends.llama_engine.jobs import Job, Seq
 from ponder.backends.llama_engine.render import ChatText
 from ponder.backends.llama_engine.sampling import sample
@@ -42,13 +43,11 @@ from ponder.backends.llama_engine.thinking import ThinkingControl
 from ponder.backends.prefix_cache import CachedSequence, PrefixCache
 from ponder.backends.scratchpad import (
     SCRATCHPAD_INSTRUCTION,
-    holdback,
     scratchpad_messages,
     unclosed_thought,
-    visible_reasoning,
 )
 from ponder.errors import BackendError, ContextOverflow, InvalidRequest
-from ponder.types import Capabilities, Delta, Generation, GenRequest, TokenLogprob, Usage
+from ponder.types import Capabilities, Delta, Generation, GenRequest, TokenLogprob
 
 __all__ = ["LlamaCppBackend", "SCRATCHPAD_INSTRUCTION", "scratchpad_messages"]
 
@@ -511,72 +510,21 @@ class LlamaCppBackend:
         elif is_eog:
             seq.finish = "stop"
         else:
-            self._check_stop(req, seq)
+            apply_stop(req, seq)
         if seq.finish is None and seq.n_generated >= job.max_new:
             seq.finish = "length"
         if job.stream is not None:
             self._emit(job, seq)
 
-    def _check_stop(self, req: GenRequest, seq: Seq) -> None:
-        if not req.stop:
-            return
-        window = seq.out_text[-(max(len(s) for s in req.stop) + 16) :]
-        for s in req.stop:
-            if s and s in window:
-                start = len(seq.out_text) - len(window) + window.index(s)
-                seq.out_text = seq.out_text[:start]
-                seq.finish = "stop"
-                return
-
     # ------------------------------------------------------------- delivery
 
     def _emit(self, job: Job, seq: Seq) -> None:
-        """Stream what is safe to show: hold back text that may start a stop string or tag."""
-        assert job.stream is not None
-        cfg = job.req.thinking
-        think_visible = visible_reasoning(seq.think_text, cfg)
-        hold_t = (
-            0
-            if seq.finish or not seq.thinking
-            else holdback(think_visible, [cfg.close_tag] if cfg else [])
-        )
-        new_think = think_visible[seq.emitted_think : len(think_visible) - hold_t]
-        out_visible = seq.out_text.lstrip() if cfg is not None else seq.out_text
-        hold_o = 0 if seq.finish else holdback(out_visible, job.req.stop)
-        new_out = out_visible[seq.emitted_out : len(out_visible) - hold_o]
-        if new_think:
-            seq.emitted_think += len(new_think)
-        if new_out:
-            seq.emitted_out += len(new_out)
-        if new_think or new_out:
-            self._post(job, Delta(index=seq.index, text=new_out, reasoning=new_think))
-        if seq.finish is not None:
-            gen = self._generation(job, seq)
-            self._post(
-                job, Delta(index=seq.index, finish_reason=gen.finish_reason, usage=gen.usage)
-            )
+        for delta in stream_deltas(job, seq):
+            self._post(job, delta)
 
     def _post(self, job: Job, item: Delta | BaseException) -> None:
         assert job.stream is not None
         job.loop.call_soon_threadsafe(job.stream.put_nowait, item)
-
-    def _generation(self, job: Job, seq: Seq) -> Generation:
-        cfg = job.req.thinking
-        reasoning = visible_reasoning(seq.think_text, cfg).strip() if cfg else ""
-        text = seq.out_text.lstrip() if cfg is not None else seq.out_text
-        finish = seq.finish or "length"
-        return Generation(
-            text=text,
-            reasoning=reasoning,
-            finish_reason=finish,  # type: ignore[arg-type]
-            usage=Usage(
-                input=len(job.prompt) - job.reused if seq.index == 0 else 0,
-                cached_input=job.reused if seq.index == 0 else 0,
-                reasoning=len(seq.think_tokens),
-                output=len(seq.out_tokens),
-            ),
-            logprobs=seq.logprobs if job.req.logprobs else None,
-        )
 
     def _finish_if_done(self, job: Job) -> None:
         if job in self._active and all(s.finish is not None for s in job.seqs):
@@ -598,7 +546,7 @@ class LlamaCppBackend:
         if not deliver:
             return
         if job.future is not None:
-            gens = [self._generation(job, s) for s in job.seqs]
+            gens = [generation(job, s) for s in job.seqs]
             job.loop.call_soon_threadsafe(_resolve, job.future, gens)
         elif job.stream is not None:
             for seq in job.seqs:
