@@ -4,7 +4,8 @@ Two engines on the same model, identical but for ``prefix_cache``, run the same
 workloads with the same seeds: beam search, MCTS, self-refine, the cascade
 (direct -> think -> search) and a five-turn chat. The two variants are
 interleaved per workload (on, off, on, off, ...) so that load from other
-processes on the machine hits both; each variant keeps its fastest repeat.
+processes on the machine hits both; every repeat asks a different question (the same for both variants), so no
+repeat finds an earlier repeat's answer cached; figures are sums over repeats.
 Search runs greedily by default (``--temperature 0``) so that outputs can be
 compared exactly. Prints one JSON line per workload and variant, then a summary.
 
@@ -28,19 +29,41 @@ from ponder.strategies import MCTS, BeamSearch, Cascade, SelfRefine
 from ponder.types import GenRequest, Message, Usage
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
-QUESTION = (
+# One question (and one chat) per repeat, the same for both variants: a repeat
+# must not find the previous repeat's answer in the cache.
+QUESTIONS = [
     "A shop sells pencils at 3 for 45 cents. Tom buys 12 pencils and pays with a 5 dollar "
-    "bill. How much change does he get, in cents?"
-)
-CHAT = [
-    "I am planning a small vegetable garden. Name three easy vegetables for beginners.",
-    "Which of those needs the most sun?",
-    "How often should I water it in summer?",
-    "What should I plant next to it?",
-    "Summarize our plan in one sentence.",
+    "bill. How much change does he get, in cents?",
+    "A train leaves at 9:40 and the trip takes 2 hours 35 minutes. It is 10 minutes late. "
+    "At what time does it arrive?",
+    "Anna has 4 boxes of 18 marbles. She gives 25 marbles away and splits the rest equally "
+    "between 3 friends. How many marbles does each friend get?",
+]
+CHATS = [
+    [
+        "I am planning a small vegetable garden. Name three easy vegetables for beginners.",
+        "Which of those needs the most sun?",
+        "How often should I water it in summer?",
+        "What should I plant next to it?",
+        "Summarize our plan in one sentence.",
+    ],
+    [
+        "I want to start running. How far should I run in my first week?",
+        "How many days a week?",
+        "What should I eat before a run?",
+        "How do I avoid sore knees?",
+        "Summarize our plan in one sentence.",
+    ],
+    [
+        "I am learning Python. Which three topics should I learn first?",
+        "Give me a tiny exercise for the first one.",
+        "How long should I practice each day?",
+        "Which book or site would you suggest?",
+        "Summarize our plan in one sentence.",
+    ],
 ]
 
-Run = Callable[[LlamaCppBackend], Awaitable[dict[str, Any]]]
+Run = Callable[[LlamaCppBackend, int], Awaitable[dict[str, Any]]]
 
 
 def _usage(u: Usage) -> dict[str, int]:
@@ -48,22 +71,24 @@ def _usage(u: Usage) -> dict[str, int]:
 
 
 def strategy_run(strategy: Any, budget: int, seed: int) -> Run:
-    async def run(engine: LlamaCppBackend) -> dict[str, Any]:
-        out = await Ponder(engine).asolve(QUESTION, strategy, budget=budget, seed=seed)
+    async def run(engine: LlamaCppBackend, rep: int) -> dict[str, Any]:
+        question = QUESTIONS[rep % len(QUESTIONS)]
+        out = await Ponder(engine).asolve(question, strategy, budget=budget, seed=seed)
         return {"output": out.answer, **_usage(out.usage)}
 
     return run
 
 
 def chat_run(max_tokens: int) -> Run:
-    async def run(engine: LlamaCppBackend) -> dict[str, Any]:
+    async def run(engine: LlamaCppBackend, rep: int) -> dict[str, Any]:
+        chat = CHATS[rep % len(CHATS)]
         messages: list[Message] = []
         total = Usage()
         texts, ttft = [], 0.0
-        for turn, text in enumerate(CHAT):
+        for turn, text in enumerate(chat):
             messages.append(Message(role="user", content=text))
             req = GenRequest(messages=messages, max_tokens=max_tokens)
-            if turn < len(CHAT) - 1:
+            if turn < len(chat) - 1:
                 (g,) = await engine.generate(req)
                 answer, usage = g.text, g.usage
             else:  # the last turn streams: its time to first token is what a user waits
@@ -134,24 +159,23 @@ async def main(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     chosen = workloads(args)
     names = [n for n in chosen if not args.only or n in args.only]
+    summed = ("wall_s", "input", "cached_input", "generated", "ttft_last_turn_s")
     try:
         for name in names:
             for rep in range(args.repeats):
-                for variant, engine in engines.items():
+                for variant, engine in engines.items():  # interleaved: on, off, on, off, ...
                     t0 = time.perf_counter()
-                    result = await chosen[name](engine)
-                    wall = time.perf_counter() - t0
-                    best = rows.get((name, variant))
-                    if best is None or wall < best["wall_s"]:
-                        rows[(name, variant)] = {"wall_s": round(wall, 3), "repeat": rep, **result}
-                    seen = rows[(name, variant)].setdefault("outputs_seen", [])
-                    if result["output"] not in seen:
-                        seen.append(result["output"])
+                    result = await chosen[name](engine, rep)
+                    result["wall_s"] = time.perf_counter() - t0
+                    row = rows.setdefault((name, variant), {"outputs": []})
+                    row["outputs"].append(result.pop("output"))
+                    for key in summed:
+                        if key in result:
+                            row[key] = row.get(key, 0) + result[key]
             for variant in engines:
                 row = rows[(name, variant)]
-                line = {"workload": name, "variant": variant,
-                        **{k: v for k, v in row.items() if k not in ("output", "outputs_seen")},
-                        "distinct_outputs_over_repeats": len(row["outputs_seen"])}  # fmt: skip
+                line = {"workload": name, "variant": variant, "repeats": args.repeats,
+                        **{k: round(v, 3) for k, v in row.items() if k != "outputs"}}  # fmt: skip
                 print(json.dumps(line), flush=True)
         stats = engines["cached"].prefix_cache_stats()
     finally:
@@ -162,7 +186,7 @@ async def main(args: argparse.Namespace) -> None:
         return sum(rows[(n, variant)][key] for n in which)
 
     search = [n for n in names if n != "chat_5_turns"]
-    identical = {n: rows[(n, "cached")]["outputs_seen"] == rows[(n, "uncached")]["outputs_seen"]
+    identical = {n: rows[(n, "cached")]["outputs"] == rows[(n, "uncached")]["outputs"]
                  for n in names}  # fmt: skip
     summary: dict[str, Any] = {
         "summary": True,

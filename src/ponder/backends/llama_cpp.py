@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ponder.backends.catalog import CATALOG, resolve_model
+from ponder.backends.llama_engine.context import BatchDecoder, LlamaMemory
 from ponder.backends.llama_engine.delivery import apply_stop, generation, stream_deltas
 from ponder.backends.llama_engine.jobs import Job, Seq
 from ponder.backends.llama_engine.render import ChatText
@@ -53,22 +54,6 @@ __all__ = ["LlamaCppBackend", "SCRATCHPAD_INSTRUCTION", "scratchpad_messages"]
 
 # llama.cpp's upper limit on sequence ids in one context.
 _LLAMA_MAX_SEQ = 256
-
-
-class _Memory:
-    """llama.cpp's KV memory operations on one context, as the prefix cache needs them."""
-
-    def __init__(self, ll: Any, ctx: Any) -> None:
-        self._ll = ll
-        self._ctx = ctx
-
-    def seq_rm(self, seq_id: int, p0: int, p1: int) -> bool:
-        mem = self._ll.llama_get_memory(self._ctx)
-        return bool(self._ll.llama_memory_seq_rm(mem, seq_id, p0, p1))
-
-    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
-        mem = self._ll.llama_get_memory(self._ctx)
-        self._ll.llama_memory_seq_cp(mem, src, dst, p0, p1)
 
 
 class LlamaCppBackend:
@@ -139,9 +124,11 @@ class LlamaCppBackend:
             dtype=np.int64,
         )
         self._eog_set = frozenset(int(t) for t in self._eog)
-        self._batch = llama_cpp.llama_batch_init(max(n_batch, max_sequences), 0, 1)
+        self._decoder = BatchDecoder(
+            llama_cpp, self._ctx.ctx, max(n_batch, max_sequences), self.n_vocab
+        )
         self._text = ChatText(llama_cpp, self._model)
-        self._memory = _Memory(llama_cpp, self._ctx.ctx)
+        self._memory = LlamaMemory(llama_cpp, self._ctx.ctx)
         self._thinking = ThinkingControl(
             self._text, lambda seq_id, p0: self._memory.seq_rm(seq_id, p0, -1)
         )
@@ -233,9 +220,7 @@ class LlamaCppBackend:
         self._closed = True
         self._pending.put(None)
         self._thread.join(timeout=30)
-        if self._batch is not None:
-            self._ll.llama_batch_free(self._batch)
-            self._batch = None
+        self._decoder.close()
         self._ctx.close()  # type: ignore[no-untyped-call]
         self._model.close()  # type: ignore[no-untyped-call]
 
@@ -380,44 +365,17 @@ class LlamaCppBackend:
         for start in range(reuse, len(job.prompt), self.n_batch):
             chunk = job.prompt[start : start + self.n_batch]
             last = start + len(chunk) == len(job.prompt)
-            self._fill_batch(
+            self._decoder.run(
                 [(t, start + j, first, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
             )
-            self._decode()
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
             self._memory.seq_cp(first, s, -1, -1)
-        logits = self._logits(len(self._last_batch_logit_rows) - 1)
+        logits = self._decoder.logits(self._decoder.n_logits - 1)
         for seq in job.seqs:
             self._choose(job, seq, logits)
 
     # ---------------------------------------------------------------- decode
-
-    _last_batch_logit_rows: list[int]
-
-    def _fill_batch(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """rows: (token, position, seq_id, want_logits)."""
-        b = self._batch
-        b.n_tokens = len(rows)
-        logit_rows = []
-        for i, (tok, pos, sid, want) in enumerate(rows):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = sid
-            b.logits[i] = 1 if want else 0
-            if want:
-                logit_rows.append(i)
-        self._last_batch_logit_rows = logit_rows
-
-    def _decode(self) -> None:
-        rc = self._ll.llama_decode(self._ctx.ctx, self._batch)
-        if rc != 0:
-            raise BackendError(f"llama_decode failed with code {rc}")
-
-    def _logits(self, row: int) -> np.ndarray:
-        ptr = self._ll.llama_get_logits_ith(self._ctx.ctx, self._last_batch_logit_rows[row])
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def _loop(self) -> None:
         while not self._closed:
@@ -455,11 +413,10 @@ class LlamaCppBackend:
             for job in list(self._active):
                 self._finish_if_done(job)
             return
-        self._fill_batch([(seq.next_token, seq.pos, seq.seq_id, True) for _, seq in live])
-        self._decode()
+        self._decoder.run([(seq.next_token, seq.pos, seq.seq_id, True) for _, seq in live])
         for row, (job, seq) in enumerate(live):
             seq.pos += 1
-            self._choose(job, seq, self._logits(row))
+            self._choose(job, seq, self._decoder.logits(row))
         for job in list(self._active):
             self._finish_if_done(job)
 
