@@ -361,17 +361,19 @@ class LlamaCppBackend:
             self._prefix.record(len(job.prompt), reuse)
             if source is not None:
                 self._prefix.touch(source)
-        # Evaluate the rest of the prompt once, on the first sequence, in chunks.
-        for start in range(reuse, len(job.prompt), self.n_batch):
-            chunk = job.prompt[start : start + self.n_batch]
-            last = start + len(chunk) == len(job.prompt)
-            self._decoder.run(
-                [(t, start + j, first, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
-            )
+        # Evaluate the rest of the prompt once, on the first sequence, in chunks, and
+        # its last token alone: llama.cpp's logits for a token shift slightly with the
+        # size of the batch it is in, so a prompt served from the cache (all but its
+        # last token) and the same prompt evaluated cold give the same first token.
+        end = len(job.prompt) - 1
+        for start in range(reuse, end, self.n_batch):
+            chunk = job.prompt[start : min(start + self.n_batch, end)]
+            self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)])
+        self._decoder.run([(job.prompt[end], end, first, True)])
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
             self._memory.seq_cp(first, s, -1, -1)
-        logits = self._decoder.logits(self._decoder.n_logits - 1)
+        logits = self._decoder.logits(0)
         for seq in job.seqs:
             self._choose(job, seq, logits)
 
