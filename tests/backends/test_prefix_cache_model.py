@@ -75,7 +75,7 @@ async def test_beam_search_is_identical_with_the_cache(engines) -> None:
 
 
 @pytest.mark.xfail(
-    reason="llama.cpp's CPU logits depend on how a prompt is split into batches (about 0.3 "
+    reason="llama.cpp's CPU logits depend on the batch size a token is decoded in (about 0.3 "
     "in a logit, with or without a cache); on this run a greedy near tie flips a later step",
     strict=False,
 )
