@@ -209,6 +209,23 @@ class ReplayOnly:
         raise LookupError(f"request not in the {self.name} pool")
 
 
+class HitCheck:
+    """Counts the calls of one run that the pool does not already hold."""
+
+    def __init__(self, pool: PooledBackend) -> None:
+        self.pool, self.name, self.capabilities = pool, pool.name, pool.capabilities
+        self.misses = 0
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        stored = self.pool._pool.get(request_key(req, self.pool.model), [])  # noqa: SLF001
+        if len(stored) < req.n:
+            self.misses += 1
+        return await self.pool.generate(req)
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        return self.pool.stream(req)
+
+
 @dataclass
 class Pools:
     """The two recorded pools: the 0.5B (every rung but strong) and the 1.5B (strong)."""
@@ -419,11 +436,12 @@ async def build_pool(
             t0 = time.monotonic()
             for rung, req in rung_requests(item, args).items():
                 await pools.of(rung).generate(req)
-            # Every policy's requests must now be pool hits: check with the plain strategies.
-            before = pools.misses
+            # Every policy's requests must now be pool hits: check with the plain strategies
+            # (counted per call: other items' generations run concurrently).
             for strategy, params, on_strong in rung_configs(args, item).values():
-                await solve(pools.strong if on_strong else pools.small, item, strategy, params)
-            state["check_misses"] += pools.misses - before
+                check = HitCheck(pools.strong if on_strong else pools.small)
+                await solve(check, item, strategy, params)
+                state["check_misses"] += check.misses
             state["done"] += 1
             elapsed = time.monotonic() - started
             rate = state["done"] / elapsed * 60
@@ -726,9 +744,10 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
         source=f"benchmarks/routing.py replay ({len(train)} train items of {len(items)})",
     )
     (out / "policy.json").write_text(json.dumps(fitted, indent=1))
-    if args.write_policy:
-        Path(args.write_policy).write_text(json.dumps(fitted, indent=1) + "\n")
-    shipped = load_default_policy(args.write_policy) if args.write_policy else load_default_policy()
+    write_to = getattr(args, "write_policy", None)
+    if write_to:
+        Path(write_to).write_text(json.dumps(fitted, indent=1) + "\n")
+    shipped = load_default_policy(write_to) if write_to else load_default_policy()
     same_as_shipped = shipped.get("forms") == fitted["forms"]
     default_rows: dict[str, dict[str, Row]] = {}
     default_plans: dict[str, dict[str, str]] = {}

@@ -51,6 +51,17 @@ __all__ = [
 
 LATENCY_CLASSES = ("interactive", "async")
 
+# A direct plan whose answer has a cheap check (schema, pattern) becomes check-and-retry.
+RETRY_CHECKS = frozenset({"json_schema", "regex"})
+RETRY_SAMPLES = 2
+RETRY_PLAN: dict[str, Any] = {
+    "signal": "verified",
+    "threshold": 1.0,
+    "rungs": ["direct", "search"],
+    "search_n": RETRY_SAMPLES,
+    "search_temperature": 0.7,
+}
+
 # Strategies that explore (several samples, trees): never on an interactive path.
 SEARCH_STRATEGIES = frozenset(
     {"self_consistency", "best_of_n", "beam_search", "dvts", "tree_of_thoughts", "mcts",
@@ -401,6 +412,13 @@ class Router:
         )
         if spec is not None:
             reasons.append(f"verifier {spec.type} ({spec.source}): {spec.reason}")
+            if spec.type in RETRY_CHECKS and strategy == "direct" and not budget:
+                # Cheap inline verification: check the greedy answer, and only when it
+                # fails sample RETRY_SAMPLES more and keep one that passes.
+                strategy, params = "cascade", dict(RETRY_PLAN)
+                reasons.append(
+                    f"{spec.type} check on the answer; {RETRY_SAMPLES} more samples if it fails"
+                )
         return RoutePlan(
             task_class=task_class,
             strategy=strategy,

@@ -21,7 +21,7 @@ from typing import Any
 from ponder.errors import InvalidRequest
 from ponder.verifiers.spec import VerifierSpec, parse_verifier_spec
 
-__all__ = ["infer_verifier", "response_format_spec"]
+__all__ = ["derived_tests", "infer_verifier", "request_verifier", "response_format_spec"]
 
 _CODE_CLASSES = frozenset({"codegen", "autocomplete"})
 _MATH_CLASSES = frozenset({"math"})
@@ -114,3 +114,17 @@ def derived_tests(text: str, entry_point: str | None = None) -> Sequence[str]:
     from ponder.verifiers.code import public_tests_from_prompt
 
     return public_tests_from_prompt(text, entry_point)
+
+
+def request_verifier(request: Any, route: Any = None) -> VerifierSpec | None:
+    """The verifier of a gateway request: the router's (when it planned), else the
+    request's own ``ponder.verifier`` / ``response_format``."""
+    if route is not None:
+        return route.verifier
+    opts = getattr(request, "ponder", None)
+    return infer_verifier(
+        "",
+        "general",
+        requested=getattr(opts, "verifier", None),
+        response_format=getattr(request, "response_format", None),
+    )

@@ -56,6 +56,7 @@ from ponder.guardrails import (
 from ponder.ledger.store import Crossing, LedgerRow, QuotaStatus, Reservation, Store
 from ponder.ledger.verdicts import outcome_verdict
 from ponder.router.policy import PolicyError, RoutePlan, Router, request_text
+from ponder.router.verification import request_verifier
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.protocol import (
     AssistantMessage,
@@ -95,6 +96,7 @@ from ponder.types import (
     ThinkingConfig,
     Usage,
 )
+from ponder.verifiers.spec import build_verifier, verdict_of
 
 __all__ = [
     "REASONING_EFFORT",
@@ -195,6 +197,10 @@ class Plan:
     deferred: dict[str, Any] | None = None
     # The text the router read (the last user message).
     prompt: str = ""
+    # The verifier the request implies (ponder.router.verification) and, once run, the
+    # chosen answer's verdict.
+    verifier: Any = None
+    verification: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -511,6 +517,7 @@ def plan(
         tier=_tier(request, route, instance, tiers),
         deferred=deferred,
         prompt=request_text(messages) if route is not None else "",
+        verifier=request_verifier(request, route),
     )
 
 
@@ -1064,10 +1071,12 @@ class Gateway:
                 seed=p.sampling.seed,
                 stop=p.sampling.stop,
                 tiers=self._run_tiers(run),
+                verifier=build_verifier(p.verifier, run.guard) if p.verifier else None,
             )
         except Exception as exc:
             return await self._fail(run, exc)
         run.verdict = outcome_verdict(outcome)
+        p.verification = verdict_of(outcome, p.verifier) if p.verifier else None
         outcome = self._guard_outcome(run, outcome)
         await self._continue_async(run)
         if on_settle is not None:
@@ -1111,6 +1120,7 @@ class Gateway:
                 tier=run.tier,
                 tier_usage=self._tier_usage(run),
                 job=run.job,
+                verification=p.verification,
                 tree=(
                     outcome.tree.model_dump(exclude_defaults=True)
                     if p.include_reasoning and outcome.tree is not None
@@ -1265,6 +1275,8 @@ class Gateway:
         }
         if self.router.settings.record_prompts:
             data["text"] = p.prompt
+        if p.verification is not None:
+            data["verification"] = p.verification
         return data
 
     def _settle_sync(self, run: _Run, row: LedgerRow, actual: Demand) -> list[Crossing]:
@@ -1540,7 +1552,11 @@ class Gateway:
         updates: asyncio.Queue[Progress] = asyncio.Queue()
         tracker = ProgressTracker(p.instance, meter, updates.put_nowait)
         ctx = RunContext(
-            backend=meter, tracer=Tracer(tracker), sampling=p.sampling, tiers=self._run_tiers(run)
+            backend=meter,
+            tracer=Tracer(tracker),
+            sampling=p.sampling,
+            tiers=self._run_tiers(run),
+            verifier=build_verifier(p.verifier, run.guard) if p.verifier else None,
         )
         task: asyncio.Task[Outcome] | None = None
 
@@ -1588,6 +1604,7 @@ class Gateway:
                 yield _sse("[DONE]")
                 return
             run.verdict = outcome_verdict(outcome)
+            p.verification = verdict_of(outcome, p.verifier) if p.verifier else None
             outcome = self._guard_outcome(run, outcome)
             try:
                 await self._finish(run, status="ok", http_status=200, truncated=outcome.truncated)

@@ -146,6 +146,9 @@ class PonderOptions(BaseModel):
     latency: Literal["interactive", "async"] | None = None
     # Untrusted reference material (retrieved passages, files): delimited as data.
     documents: list[DocumentParam] = Field(default_factory=list)
+    # A verifier for the answer, e.g. {"type": "tests", "tests": [...]}; see
+    # ponder.verifiers.spec (validated when the request is planned).
+    verifier: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -167,6 +170,8 @@ class ChatCompletionRequest(BaseModel):
     reasoning_effort: ReasoningEffort | None = None
     thinking: ThinkingParam | None = None
     ponder: PonderOptions = Field(default_factory=PonderOptions)
+    # OpenAI structured output: json_object / json_schema answers are schema-checked.
+    response_format: dict[str, Any] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -247,6 +252,8 @@ class PonderInfo(BaseModel):
     # The strategy's search tree (text, scores, tokens, chosen path); only for
     # callers who asked for reasoning and may see it.
     tree: dict[str, Any] | None = None
+    # The chosen answer's check: {"verdict": pass|fail|unknown, "verifier": name}.
+    verification: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
