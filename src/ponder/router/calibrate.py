@@ -25,6 +25,7 @@ __all__ = [
     "BUDGET_PLAN",
     "CANDIDATE_PLANS",
     "STRONG_TIER",
+    "embedded_tier_settings",
     "embedded_tiers",
     "fit_policy",
     "load_default_policy",
@@ -214,3 +215,20 @@ def embedded_tiers(cache_dir: str | Path | None = None) -> list[str]:
     except Exception:  # noqa: BLE001  # no catalog entry or no cache: one tier
         return []
     return [STRONG_TIER] if status == "installed" else []
+
+
+def embedded_tier_settings(model: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """``[tiers]`` for a no-config ``serve`` of ``model``: itself as ``small`` and, when the
+    1.5B is installed, that as ``strong`` (the two-tier form of the default policy).
+
+    Empty when there is only one model: the gateway then serves ``model`` alone and the
+    router applies the single-tier form.
+    """
+    from ponder.config import TierSettings
+
+    if model == STRONG_MODEL or not embedded_tiers(cache_dir):
+        return {}
+    return {
+        "small": TierSettings(backend="llama_cpp", model=model),
+        STRONG_TIER: TierSettings(backend="llama_cpp", model=STRONG_MODEL),
+    }
