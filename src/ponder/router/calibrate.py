@@ -29,6 +29,7 @@ __all__ = [
     "embedded_tiers",
     "fit_policy",
     "load_default_policy",
+    "policy_evidence",
     "policy_form",
     "read_records",
 ]
@@ -203,6 +204,18 @@ def policy_form(
     if body.get("default"):
         classes["__default__"] = dict(body["default"]["policy"])
     return form, classes
+
+
+def policy_evidence(
+    tiers: Sequence[str] | None, policy: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Per class, one line of why the shipped policy chose its plan (for explain)."""
+    data = policy if policy is not None else load_default_policy()
+    body = data["forms"]["two_tier" if tiers and STRONG_TIER in tiers else "single_tier"]
+    entries = dict(body["classes"])
+    if body.get("default"):
+        entries["__default__"] = body["default"]
+    return {c: f"plan {e['plan']!r}: {e['reason']}" for c, e in entries.items()}
 
 
 def embedded_tiers(cache_dir: str | Path | None = None) -> list[str]:

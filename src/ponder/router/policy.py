@@ -279,11 +279,12 @@ class Router:
         self.novelty = NoveltyTracker(window=self.settings.novelty_window)
         self.tiers = list(tiers or ())
         self.policy_form, self.shipped = "", {}
+        self.shipped_why: dict[str, str] = {}
         if self.settings.policy == "default":
-            from ponder.router.calibrate import policy_form
+            from ponder.router.calibrate import policy_evidence, policy_form
 
             form, classes = policy_form(self.tiers)
-            self.policy_form = form
+            self.policy_form, self.shipped_why = form, policy_evidence(self.tiers)
             self.shipped = {c: RouteClassSettings.model_validate(v) for c, v in classes.items()}
 
     @classmethod
@@ -367,6 +368,9 @@ class Router:
             )
         policy, source = self._policy(task_class, preset, caller)
         reasons.append(f"policy from {source}: bucket {policy.bucket!r}")
+        if source.startswith("default policy"):
+            key = task_class if task_class in self.shipped else "__default__"
+            reasons.append(self.shipped_why.get(key, ""))
         score = self.scorer.score(text, features)
         think = policy.bucket == "use" or (
             policy.bucket == "maybe" and score >= self.settings.threshold
