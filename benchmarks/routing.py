@@ -969,8 +969,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_toml(args: argparse.Namespace, db: Path, router: dict[str, Any] | None) -> str:
-    """``ponder.toml`` of the live run: both models as embedded tiers, ledger in ``db``."""
+def gateway_toml(
+    args: argparse.Namespace,
+    db: Path,
+    router: dict[str, Any] | None,
+    *,
+    default_policy: bool = False,
+    strong: bool = True,
+) -> str:
+    """``ponder.toml`` of the live run: both models as embedded tiers, ledger in ``db``.
+
+    ``default_policy``: no ``[router]`` section at all (the shipped policy routes);
+    ``strong=False``: the 0.5B alone (the single-tier form).
+    """
     factor = args.strong_price_factor
 
     def tier(name: str, model: str, f: float) -> str:
@@ -995,11 +1006,12 @@ def gateway_toml(args: argparse.Namespace, db: Path, router: dict[str, Any] | No
         f'url = "sqlite:///{db}"',
         "",
         tier(SMALL_TIER, MODEL, 1.0),
-        tier(STRONG_TIER, STRONG_MODEL, factor),
     ]
-    if router is None:
+    if strong:
+        lines.append(tier(STRONG_TIER, STRONG_MODEL, factor))
+    if router is None and not default_policy:
         lines += ["[router]", "enabled = false", ""]
-    else:
+    elif router is not None:
         lines += ["[router]", f"threshold = {router['threshold']}"]
         if router.get("classifier"):
             lines.append(f'classifier = "{router["classifier"]}"')
@@ -1062,12 +1074,17 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
     workdir = Path(tempfile.mkdtemp(prefix="routing-live-", dir=out)).resolve()
     db = workdir / "ledger.db"
     port = free_port()
-    proc = start_gateway(gateway_toml(args, db, spec.get("router")), port, workdir)
+    two_tier = name != "default-small"
+    toml = gateway_toml(
+        args, db, spec.get("router"), default_policy=bool(spec.get("default_policy")),
+        strong=two_tier,
+    )  # fmt: skip
+    proc = start_gateway(toml, port, workdir)
     import httpx
 
     served = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]
     tiers = sorted((m.get("ponder") or {}).get("tier", "") for m in served)
-    if tiers != sorted([SMALL_TIER, STRONG_TIER]):
+    if tiers != sorted([SMALL_TIER, STRONG_TIER] if two_tier else [SMALL_TIER]):
         proc.terminate()
         sys.exit(f"the gateway serves tiers {tiers}, not {SMALL_TIER} and {STRONG_TIER}")
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=1800)

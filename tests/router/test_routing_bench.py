@@ -181,3 +181,14 @@ def test_the_committed_pool_unpacks_where_missing_and_packs_byte_stably(
     (fresh / "pool.jsonl").write_text("local\n")
     assert bench.unpack(fresh, packed) == []
     assert (fresh / "pool.jsonl").read_text() == "local\n"
+
+
+def test_the_live_default_policy_gateway_has_no_router_config(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    args = args_for(tmp_path)
+    both = bench.gateway_toml(args, tmp_path / "l.db", None, default_policy=True)
+    assert "[router]" not in both and "[tiers.strong]" in both and "[tiers.small]" in both
+    small = bench.gateway_toml(args, tmp_path / "l.db", None, default_policy=True, strong=False)
+    assert "[tiers.strong]" not in small and "[router]" not in small
+    assert "enabled = false" in bench.gateway_toml(args, tmp_path / "l.db", None)
