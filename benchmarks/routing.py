@@ -1096,7 +1096,9 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
         async with gate:
             t0 = time.monotonic()
             resp = await client.chat.completions.create(
-                model=MODEL,
+                # A model naming a tier pins the request to it; the shipped policy's
+                # tiers apply to requests whose model names no tier.
+                model="ponder" if spec.get("default_policy") else MODEL,
                 messages=[m.model_dump(include={"role", "content"}) for m in item.messages],  # type: ignore[misc]
                 max_tokens=max_tokens_for(item),
                 seed=item_seed(item.id),
@@ -1119,7 +1121,9 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
             "strategy": info.get("strategy"), "tier_usage": info.get("tier_usage"),
             "replayed_correct": replayed[item.id]["correct"], "same_answer_verdict":
                 bool(correct) == replayed[item.id]["correct"],
-            "strong_live": ((info.get("tier_usage") or {}).get(STRONG_TIER) or {}).get("completion_tokens", 0),
+            # A run on the strong tier reports it as ``tier``; a cascade calling it, in tier_usage.
+            "strong_live": (usage.completion_tokens if usage else 0) if info.get("tier") == STRONG_TIER
+                else ((info.get("tier_usage") or {}).get(STRONG_TIER) or {}).get("completion_tokens", 0),
             "strong_replayed": replayed[item.id]["strong"],
         }  # fmt: skip
         rows.append(row)
