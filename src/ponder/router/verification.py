@@ -120,7 +120,8 @@ def request_verifier(request: Any, route: Any = None) -> VerifierSpec | None:
     """The verifier of a gateway request: the router's (when it planned), else the
     request's own ``ponder.verifier`` / ``response_format``."""
     if route is not None:
-        return route.verifier
+        spec: VerifierSpec | None = route.verifier
+        return spec
     opts = getattr(request, "ponder", None)
     return infer_verifier(
         "",
