@@ -185,6 +185,9 @@ class RouteClassSettings(BaseModel):
     # An interactive request whose plan is search is answered directly at once; with
     # this set, the full plan also runs as an async job (its id is in the response).
     continue_async: bool = False
+    # The verifier of this class's requests, e.g. {type = "tests", tests = [...]} or
+    # {type = "json_schema", schema = {...}}; see ponder.verifiers.spec.
+    verifier: dict[str, Any] | None = None
 
 
 class RouterSettings(BaseModel):
@@ -204,6 +207,10 @@ class RouterSettings(BaseModel):
     keys: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     teams: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     novelty_window: int = Field(default=256, ge=1)
+    # "default": classes without a [router.classes] entry follow the policy shipped with
+    # ponder (fitted on the routing benchmark, ponder/router/default_policy.json);
+    # "none": they follow [router.default].
+    policy: Literal["default", "none"] = "default"
     # The ledger keeps each request's router features (for `ponder route train
     # --from-ledger`); with this set it also keeps the prompt text they came from.
     record_prompts: bool = False

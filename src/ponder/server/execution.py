@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
 from ponder.budget.quota import QuotaGuard
 from ponder.errors import InvalidRequest
+from ponder.ledger.verdicts import outcome_verdict
 from ponder.server.admission import Admitted
 from ponder.server.auth import Caller
 from ponder.server.output import Screened
@@ -25,6 +27,7 @@ from ponder.strategies import RunContext
 from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
 from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
+from ponder.verifiers.spec import build_verifier, verdict_of
 
 __all__ = ["Execution", "RunState", "TierCalls"]
 
@@ -39,6 +42,8 @@ class RunState:
     started: float = field(default_factory=time.monotonic)
     # The strategy's verifier's judgement of the answer, when it made one.
     verdict: str | None = None
+    # The chosen answer's check against the plan's verifier: {"verdict", "verifier"}.
+    verification: dict[str, Any] | None = None
     screened: Screened = field(default_factory=Screened)
     # continue_async: the job that runs the full plan, or why it could not be queued.
     job: ContinuedJob | None = None
@@ -105,6 +110,7 @@ class Execution:
     ) -> None:
         p = state.plan
         self.plan = p
+        self.state = state
         self.meter = MeteredBackend(state.guard, p.budget)
         self.tracker = ProgressTracker(p.instance, self.meter, on_progress) if on_progress else None
         self.ctx = RunContext(
@@ -112,12 +118,17 @@ class Execution:
             tracer=Tracer(self.tracker),
             sampling=p.sampling,
             tiers={name: TierCalls(state.guard, name, b) for name, b in tiers.items()},
+            verifier=build_verifier(p.verifier, state.guard) if p.verifier else None,
         )
         self.problem = Problem(messages=p.messages)
 
     async def outcome(self) -> Outcome:
-        """Run the strategy to its (anytime) outcome."""
-        return await self.plan.instance.run(self.problem, self.ctx)
+        """Run the strategy to its (anytime) outcome; the run state gets its verdicts."""
+        outcome = await self.plan.instance.run(self.problem, self.ctx)
+        self.state.verdict = outcome_verdict(outcome)
+        if self.plan.verifier is not None:
+            self.state.verification = verdict_of(outcome, self.plan.verifier)
+        return outcome
 
     def deltas(self) -> AsyncIterator[Delta]:
         """The answer's deltas as they are decoded (a :class:`StreamsTokens` strategy)."""

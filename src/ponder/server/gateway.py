@@ -26,7 +26,6 @@ from ponder.config import GuardrailSettings, ServerSettings
 from ponder.errors import PonderError
 from ponder.guardrails import GuardrailPolicy
 from ponder.ledger.store import Store
-from ponder.ledger.verdicts import outcome_verdict
 from ponder.router.policy import Router
 from ponder.server.admin import AdminAPI
 from ponder.server.admission import Admission
@@ -276,7 +275,6 @@ class Gateway:
             outcome = await Execution(state, self.tiers).outcome()
         except Exception as exc:
             return await self.settler.fail(state, exc, on_settle)
-        state.verdict = outcome_verdict(outcome)
         outcome, state.screened = guard_outcome(state.plan, outcome)
         await continuation(state)
         settlement = self.settler.price(

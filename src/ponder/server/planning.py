@@ -17,6 +17,7 @@ from typing import Any
 from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, UnknownStrategy
 from ponder.router.policy import PolicyError, RoutePlan, Router, request_text
+from ponder.router.verification import request_verifier
 from ponder.server.auth import Caller
 from ponder.server.protocol import ChatCompletionRequest
 from ponder.strategies import SamplingDefaults, Strategy, available_strategies, work_of
@@ -70,6 +71,8 @@ class Plan:
     deferred: dict[str, Any] | None = None
     # The text the router read (the last user message).
     prompt: str = ""
+    # The verifier the request implies (ponder.router.verification), if any.
+    verifier: Any = None
 
 
 def _accepts(cls: type | None, param: str) -> bool:
@@ -325,4 +328,5 @@ def plan(
         tier=_tier(request, route, name, instance, tiers),
         deferred=deferred,
         prompt=request_text(messages) if route is not None else "",
+        verifier=request_verifier(request, route),
     )

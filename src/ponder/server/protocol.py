@@ -242,6 +242,9 @@ class PonderOptions(BaseModel):
     latency: Literal["interactive", "async"] | None = None
     # Untrusted reference material (retrieved passages, files): delimited as data.
     documents: list[DocumentParam] = Field(default_factory=list)
+    # A verifier for the answer, e.g. {"type": "tests", "tests": [...]}; see
+    # ponder.verifiers.spec (validated when the request is planned).
+    verifier: dict[str, Any] | None = None
 
 
 class FunctionParam(BaseModel):
@@ -486,6 +489,8 @@ class PonderInfo(BaseModel):
     # The strategy's search tree (text, scores, tokens, chosen path); only for
     # callers who asked for reasoning and may see it.
     tree: dict[str, Any] | None = None
+    # The chosen answer's check: {"verdict": pass|fail|unknown, "verifier": name}.
+    verification: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):

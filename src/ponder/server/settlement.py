@@ -85,7 +85,9 @@ def _tier_record(state: RunState, costs: dict[str, int]) -> dict[str, Any]:
     return record
 
 
-def ledger_features(p: Plan, router: Router | None) -> dict[str, Any] | None:
+def ledger_features(
+    p: Plan, router: Router | None, verification: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The router's view of the request, for ``ponder route train --from-ledger``.
 
     Never the prompt text unless the operator set ``router.record_prompts``.
@@ -102,6 +104,8 @@ def ledger_features(p: Plan, router: Router | None) -> dict[str, Any] | None:
     }
     if router.settings.record_prompts:
         data["text"] = p.prompt
+    if verification is not None:
+        data["verification"] = verification
     return data
 
 
@@ -209,7 +213,7 @@ class Settler:
             error_code=error_code,
             price_of=self.price_of,
             model=self.model_of(state.tier),
-            features=ledger_features(state.plan, self.router),
+            features=ledger_features(state.plan, self.router, state.verification),
             ended=time.monotonic(),
         )
 
