@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PONDER := $(VENV)/bin/ponder
 MODEL  ?= qwen2.5-coder-0.5b-instruct
+# The strong tier of the shipped routing policy (1.1 GB); `make serve` serves both.
+STRONG ?= qwen2.5-coder-1.5b-instruct
 STAMP  := $(VENV)/.installed
 
 .PHONY: install model browser sandbox serve test lint bench clean
@@ -24,7 +26,10 @@ install: $(STAMP)
 model: $(STAMP)
 	$(PONDER) models pull $(MODEL)
 
-serve: model sandbox
+strong-model: $(STAMP)
+	$(PONDER) models pull $(STRONG)
+
+serve: model strong-model sandbox
 	$(PONDER) serve --model $(MODEL)
 
 # The dashboard's end-to-end test drives the system Chromium (never a downloaded one).

@@ -97,6 +97,9 @@ class ServerSettings(BaseModel):
     job_max_pending: int = Field(default=1000, ge=1)
     # Where `ponder eval --out` runs live; /dashboard plots the newest one's results.
     eval_results_dir: Path | None = None
+    # `ponder serve` with no [tiers]: also serve the catalog's 1.5B as tier "strong" when
+    # it is installed, so the shipped routing policy can use its two-tier form.
+    embedded_tiers: bool = True
     # uvicorn's per-request access line on stderr. The ledger keeps every request (with
     # caller, cost and latency) either way; off saves ~0.1 ms of CPU per request.
     access_log: bool = True
