@@ -8,7 +8,7 @@ MODEL  ?= qwen2.5-coder-0.5b-instruct
 STRONG ?= qwen2.5-coder-1.5b-instruct
 STAMP  := $(VENV)/.installed
 
-.PHONY: install model browser sandbox serve test lint bench clean
+.PHONY: install model strong-model browser sandbox serve test lint bench clean
 
 # Re-runs only when pyproject.toml changes. llama-cpp-python builds from
 # source once (about 8 minutes on 2 cores); pip caches the wheel afterwards.
