@@ -26,11 +26,11 @@ from ponder import __version__
 from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
-from ponder.errors import PonderError
+from ponder.errors import InvalidRequest, PonderError
 from ponder.server.feedback import record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
-from ponder.server.parsing import parse_json
+from ponder.server.parsing import MAX_BODY_BYTES, BodyTooLarge, parse_json
 from ponder.server.protocol import (
     ErrorResult,
     StreamResult,
@@ -58,7 +58,10 @@ def _json(result: dict[str, Any] | ErrorResult, status: int = 200) -> JSONRespon
 
 async def _body(request: Request) -> Any:
     try:
-        return parse_json(await request.body())
+        raw = await _read_body(request.receive)
+        if raw is None:  # the client went away: nobody reads the answer
+            raise InvalidRequest("the client disconnected before sending the whole body")
+        return parse_json(raw)
     except PonderError as exc:
         return error_result(exc)
 
@@ -92,15 +95,63 @@ async def _sweep_stale_holds(gateway: Gateway, every_s: float = 60.0) -> None:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client went away first."""
+    """The whole request body, or None when the client went away first.
+
+    Stops reading past :data:`MAX_BODY_BYTES` (returning what it has, which
+    ``parse_json`` refuses with a 413) so a huge body is never held in memory whole.
+    """
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES or not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class _RefuseMalformed:
+    """ASGI middleware: refuse, before any route runs, what no route can serve.
+
+    A NUL byte in the path or query (an id, a user name) would reach the store,
+    which cannot hold it (PostgreSQL text); a declared body over the size bound is
+    refused without being read.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, message = problem
+                code = "request_too_large" if status == 413 else "invalid_request"
+                response = _error(
+                    ErrorResult(
+                        status=status,
+                        body=openai_error_body(message, type="invalid_request_error", code=code),
+                    )
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: AsgiScope) -> tuple[int, str] | None:
+        path: str = scope.get("path", "")
+        query: bytes = scope.get("query_string", b"")
+        if "\x00" in path or b"%00" in query or b"\x00" in query:
+            return 400, "the request path or query contains a NUL (%00) character"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                    return 413, f"request body is larger than {MAX_BODY_BYTES} bytes"
+                break
+        return None
 
 
 async def _chat_response(gateway: Gateway, raw: bytes, headers: Any) -> Response:
@@ -198,6 +249,7 @@ def create_app(
         0, Route("/v1/chat/completions", _ChatEndpoint(gateway), methods=["POST"])
     )
     app.state.gateway = gateway
+    app.add_middleware(_RefuseMalformed)
     app.state.jobs = jobs
 
     @app.exception_handler(StarletteHTTPException)

@@ -35,7 +35,7 @@ from ponder.server.continuation import continue_async
 from ponder.server.execution import Execution, RunState
 from ponder.server.output import guard_input, guard_outcome
 from ponder.server.parsing import parse_request
-from ponder.server.planning import Plan, plan
+from ponder.server.planning import Plan, check_capabilities, plan
 from ponder.server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -259,12 +259,15 @@ class Gateway:
             tiers=self.tier_models,
         )
         p = guard_input(self.guardrails, p, request)
-        return dataclasses.replace(
+        p = dataclasses.replace(
             p,
             tier=p.tier or self.tier,
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             include_reasoning=p.include_reasoning and caller.may("reasoning"),
         )
+        assert p.tier is not None
+        check_capabilities(p, self.tiers[p.tier].capabilities)
+        return p
 
     async def _run_and_settle(
         self,

@@ -18,13 +18,15 @@ from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, UnknownStrategy
 from ponder.router.policy import PolicyError, RoutePlan, Router, request_text
 from ponder.server.auth import Caller
-from ponder.server.protocol import ChatCompletionRequest
+from ponder.server.protocol import MAX_TOKENS, ChatCompletionRequest
 from ponder.strategies import SamplingDefaults, Strategy, available_strategies, work_of
 from ponder.strategies import get_strategy as _get_strategy
 from ponder.strategies.base import streams_tokens
-from ponder.types import Budget, Message
+from ponder.strategies.search import DVTS, BeamSearch
+from ponder.strategies.tree_search import MCTS, TreeOfThoughts
+from ponder.types import Budget, Capabilities, Message
 
-__all__ = ["REASONING_EFFORT", "SERVER_ONLY_PARAMS", "Plan", "plan"]
+__all__ = ["REASONING_EFFORT", "SERVER_ONLY_PARAMS", "Plan", "check_capabilities", "plan"]
 
 # OpenAI's reasoning_effort -> (strategy, thinking budget in tokens).
 REASONING_EFFORT: dict[str, tuple[str, int]] = {
@@ -38,6 +40,11 @@ REASONING_EFFORT: dict[str, tuple[str, int]] = {
 # Strategy parameters that point at server resources (program_aided's SQLite
 # database): never taken from a request.
 SERVER_ONLY_PARAMS = frozenset({"database"})
+
+
+# Strategies that grow an answer step by step: every step continues the partial
+# assistant message, which the tier's backend must support (``continue_final``).
+_CONTINUES_PARTIALS: tuple[type, ...] = (BeamSearch, DVTS, TreeOfThoughts, MCTS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,17 @@ def _accepts(cls: type | None, param: str) -> bool:
         return param in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _check_param_ints(params: Mapping[str, Any]) -> None:
+    """Integers in ``ponder.params`` count samples, steps or tokens: bound them so the
+    reservation (samples x tokens) fits the store's 64-bit counters."""
+    for key, value in params.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_TOKENS:
+            raise InvalidRequest(
+                f"ponder.params.{key}: {value} is out of range (at most {MAX_TOKENS})",
+                param=f"ponder.params.{key}",
+            )
 
 
 def _messages(request: ChatCompletionRequest) -> list[Message]:
@@ -269,6 +287,7 @@ def plan(
             "(they name files on the server)",
             param=f"ponder.params.{sorted(server_only)[0]}",
         )
+    _check_param_ints(opts.params)
     params.update(opts.params)
     if opts.thinking_budget is not None:
         if name in registry and not accepts_thinking:
@@ -326,3 +345,14 @@ def plan(
         deferred=deferred,
         prompt=request_text(messages) if route is not None else "",
     )
+
+
+def check_capabilities(p: Plan, capabilities: Capabilities) -> None:
+    """Refuse, before anything is reserved, a plan its tier's backend cannot run."""
+    if isinstance(p.instance, _CONTINUES_PARTIALS) and not capabilities.continue_final:
+        raise InvalidRequest(
+            f"strategy {p.strategy!r} continues partial answers step by step, which the "
+            f"backend of tier {p.tier!r} does not support (no continuation of the final "
+            "assistant message); use self_consistency, best_of_n or cot on this tier",
+            param="ponder.strategy",
+        )
