@@ -30,7 +30,7 @@ from ponder.errors import InvalidRequest, PonderError
 from ponder.server.feedback import record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
-from ponder.server.parsing import MAX_BODY_BYTES, BodyTooLarge, parse_json
+from ponder.server.parsing import MAX_BODY_BYTES, parse_json
 from ponder.server.protocol import (
     ErrorResult,
     StreamResult,

@@ -76,12 +76,11 @@ def _check_tree(value: Any) -> None:
                 stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(node))
         elif isinstance(node, str):
             check_text(node, where)
-        elif isinstance(node, int) and not isinstance(node, bool):
-            if not -MAX_JSON_INT - 1 <= node <= MAX_JSON_INT:
-                raise InvalidJSON(
-                    f"{where}: integer out of range (at most {MAX_JSON_INT} in magnitude)",
-                    param=where,
-                )
+        elif isinstance(node, int) and not -MAX_JSON_INT - 1 <= node <= MAX_JSON_INT:
+            raise InvalidJSON(
+                f"{where}: integer out of range (at most {MAX_JSON_INT} in magnitude)",
+                param=where,
+            )
 
 
 def parse_json(raw: bytes) -> Any:
