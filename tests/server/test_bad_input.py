@@ -40,6 +40,11 @@ CHAT_BODIES: dict[str, Any] = {
         "ponder": {"strategy": "cascade", "params": {"strong_tier": 5}},
     },
     "max_tokens 2^31": {"messages": USER, "max_tokens": 2**31},
+    "n x max_tokens ~ 2^62": {
+        "messages": USER,
+        "max_tokens": 2**31 - 1,
+        "ponder": {"strategy": "self_consistency", "params": {"n": 2**31 - 1}},
+    },
     "params.n 2^40": {
         "messages": USER,
         "ponder": {"strategy": "self_consistency", "params": {"n": 2**40}},

@@ -17,11 +17,11 @@ from ponder.backends.base import Backend
 from ponder.budget.pricing import MICRO, Price
 from ponder.budget.quota import Demand, Limit, Refusal, applicable, estimate_prompt_tokens
 from ponder.config import ServerSettings
-from ponder.errors import Forbidden, QuotaExceeded
+from ponder.errors import Forbidden, InvalidRequest, QuotaExceeded
 from ponder.ledger.store import Reservation, Store
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.planning import Plan
-from ponder.server.protocol import ChatCompletionRequest
+from ponder.server.protocol import MAX_QUOTA_LIMIT, ChatCompletionRequest
 from ponder.strategies import get_strategy, work_of
 from ponder.types import Budget
 
@@ -156,6 +156,15 @@ class Admission:
     ) -> Admitted:
         """Bound the plan to the caller's caps and reserve its worst case (or raise 429)."""
         p, demand = await self.bound(p, caller, limits)
+        too_big = {m: v for m, v in demand.as_dict().items() if v > MAX_QUOTA_LIMIT}
+        if too_big:
+            # Sums of this against quota counters would overflow the store's 64-bit columns.
+            metric, value = next(iter(too_big.items()))
+            raise InvalidRequest(
+                f"the request's worst case ({value} {metric}) is beyond what any quota can "
+                "hold; lower max_tokens, ponder.budget or the strategy's sample count",
+                param="max_tokens",
+            )
         reservation = await self.reserve(caller, demand, p, limits)
         held = reservation is not None and bool(reservation.items)
         return Admitted(
