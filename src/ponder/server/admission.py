@@ -249,7 +249,10 @@ class Admission:
     ) -> Reservation | None:
         if self.store is None:
             return None
-        ttl = (p.budget.deadline_s or self.settings.request_timeout_s) + 60.0
+        deadline = p.budget.deadline_s or max(
+            self.settings.deadline_interactive_s, self.settings.deadline_async_s
+        )
+        ttl = deadline + 60.0
         result = await offload(
             self.store, self.store.reserve, caller.subjects(), demand, ttl_s=ttl, limits=limits
         )

@@ -227,7 +227,10 @@ class Gateway:
             if run_as is None:
                 caller, limits = await self.admission.caller_and_limits(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
-            p = self._plan(caller, request, headers)
+            # A queued job (run_as) is the async latency class unless it says otherwise.
+            p = self._plan(
+                caller, request, headers, latency="async" if run_as is not None else "interactive"
+            )
             rid = request_id or completion_id()
             admitted = await self.admission.admit(caller, p, request_id=rid, limits=limits)
         except PonderError as exc:
@@ -246,7 +249,12 @@ class Gateway:
         return await self._run_and_settle(state, continuation, on_settle)
 
     def _plan(
-        self, caller: Caller, request: ChatCompletionRequest, headers: Mapping[str, str] | None
+        self,
+        caller: Caller,
+        request: ChatCompletionRequest,
+        headers: Mapping[str, str] | None,
+        *,
+        latency: str = "interactive",
     ) -> Plan:
         """The request's plan on a tier, its input guarded, reasoning shown only if allowed."""
         self.admission.check_scopes(caller, request)
@@ -257,6 +265,7 @@ class Gateway:
             caller=caller,
             headers=headers,
             tiers=self.tier_models,
+            default_latency=latency,
         )
         p = guard_input(self.guardrails, p, request)
         p = dataclasses.replace(

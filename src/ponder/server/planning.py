@@ -77,6 +77,8 @@ class Plan:
     deferred: dict[str, Any] | None = None
     # The text the router read (the last user message).
     prompt: str = ""
+    # The latency class whose default deadline bounds the run ("interactive" / "async").
+    latency: str = "interactive"
 
 
 def _accepts(cls: type | None, param: str) -> bool:
@@ -88,6 +90,23 @@ def _accepts(cls: type | None, param: str) -> bool:
         return param in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _latency(
+    declared: str | None,
+    headers: Mapping[str, str] | None,
+    route: RoutePlan | None,
+    default: str,
+) -> str:
+    """The request's latency class: declared > header > the router's class policy > default."""
+    if declared is not None:
+        return declared
+    header = (headers or {}).get("x-ponder-latency")
+    if header in ("interactive", "async"):
+        return header
+    if route is not None and route.latency in ("interactive", "async"):
+        return route.latency
+    return default
 
 
 def _check_param_ints(params: Mapping[str, Any]) -> None:
@@ -221,13 +240,17 @@ def plan(
     caller: Caller | None = None,
     headers: Mapping[str, str] | None = None,
     tiers: Mapping[str, str] | None = None,
+    default_latency: str = "interactive",
 ) -> Plan:
     """Map a request to what will run; raise :class:`InvalidRequest` for what cannot.
 
     With a ``router``, a request that chooses nothing itself (no ``ponder.strategy``,
     ``thinking``, ``reasoning_effort`` or ``ponder.thinking_budget``) runs the router's
     plan; every request gets the router's task class. ``tiers`` (tier name -> model)
-    are the tiers a request may name; see :func:`_tier`.
+    are the tiers a request may name; see :func:`_tier`. The run's deadline is its
+    latency class's (``ponder.latency``, the ``x-ponder-latency`` header, the router's
+    class policy, else ``default_latency``: queued jobs are "async"), shortened by
+    ``ponder.deadline_s`` and ``server.request_timeout_s``.
     """
     opts = request.ponder
     if request.n != 1:
@@ -317,7 +340,11 @@ def plan(
         # Completion tokens include thinking (as in OpenAI's max_completion_tokens),
         # so the default leaves the answer its full share on top of the thinking.
         max_tokens = settings.max_tokens_default + (thinking or 0)
-    deadlines = [d for d in (opts.deadline_s, settings.request_timeout_s) if d]
+    latency = _latency(opts.latency, headers, route, default_latency)
+    class_deadline = (
+        settings.deadline_async_s if latency == "async" else settings.deadline_interactive_s
+    )
+    deadlines = [d for d in (opts.deadline_s, class_deadline, settings.request_timeout_s) if d]
     spend = [b for b in (opts.budget, route.max_spend if routed and route else None) if b]
     return Plan(
         strategy=name,
@@ -344,6 +371,7 @@ def plan(
         tier=_tier(request, route, name, instance, tiers),
         deferred=deferred,
         prompt=request_text(messages) if route is not None else "",
+        latency=latency,
     )
 
 
