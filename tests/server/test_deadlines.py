@@ -1,17 +1,24 @@
 """Honest deadlines: a run out of time ends with its best partial answer marked
 truncated (finish_reason "length", ponder.stop_reason "deadline") or, with nothing
 usable, a 504 upstream_timeout; never an empty 200 that says "stop". Its hold is
-released and its ledger row says what happened."""
+released and its ledger row says what happened.
+
+And a client that hangs up on a non-streamed request cancels its run: the upstream
+call is abandoned, the hold released at once, the ledger row says cancelled (through
+a real uvicorn server, since that is where ``http.disconnect`` comes from)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from ponder.budget.quota import Limit
 from ponder.config import ServerSettings
@@ -185,3 +192,78 @@ def test_queued_jobs_default_to_the_async_deadline_and_the_cap_bounds_both() -> 
     assert plan(request, ServerSettings(), default_latency="async").budget.deadline_s == 1800.0
     capped = ServerSettings(request_timeout_s=60)
     assert plan(request, capped, default_latency="async").budget.deadline_s == 60.0
+
+
+# --------------------------------------------------------------------------- disconnects
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _until(check: object, within_s: float = 5.0) -> bool:
+    """Poll ``check()`` until true or ``within_s`` passed (a hang guard, not a timing)."""
+    give_up = time.monotonic() + within_s
+    while time.monotonic() < give_up:
+        if check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.05)
+    return bool(check())  # type: ignore[operator]
+
+
+async def test_disconnect_cancels_a_non_streamed_run_and_releases_its_hold(store: Store) -> None:
+    store.set_limit(Limit("session", "*", "tokens", "day", 10**9))
+    backend = HangingBackend(answered=0)
+    # The deadline is far away: only the disconnect can end this run in time.
+    gateway = Gateway(backend, ServerSettings(), store=store)
+    app = create_app(backend, gateway=gateway)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        assert await _until(lambda: server.started)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            try:
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"messages": USER},
+                    headers={"x-ponder-session": "s"},
+                    timeout=httpx.Timeout(5.0, read=1.0),
+                )
+                raise AssertionError("the hung request answered")
+            except httpx.ReadTimeout:
+                pass
+            # While the request hung its hold was there (it is the one being released).
+            assert backend.calls
+        assert await _until(lambda: store.counter("session", "s", "tokens", "day")[1] == 0)
+        assert await _until(lambda: len(store.rows()) == 1)
+        (row,) = store.rows()
+        assert row.status == "cancelled"
+        assert backend.cancelled == 1
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+async def test_hold_is_held_while_the_client_waits(store: Store) -> None:
+    """The counterpart: without a disconnect the hold stays while the run is going."""
+    store.set_limit(Limit("session", "*", "tokens", "day", 10**9))
+    backend = HangingBackend(answered=0)
+    app = create_app(backend, gateway=Gateway(backend, ServerSettings(), store=store))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        request = asyncio.create_task(
+            client.post(
+                "/v1/chat/completions", json={"messages": USER}, headers={"x-ponder-session": "s"}
+            )
+        )
+        assert await _until(lambda: bool(backend.calls))
+        assert store.counter("session", "s", "tokens", "day")[1] > 0
+        assert store.rows() == []
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)

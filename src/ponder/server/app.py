@@ -191,9 +191,30 @@ class _ChatEndpoint:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
-        if raw is not None:
-            response = await _chat_response(self.gateway, raw, Headers(scope=scope))
-            await response(scope, receive, send)
+        if raw is None:
+            return
+        # A client that hangs up before its answer cancels the run, so its quota hold is
+        # released at once (a stream's response watches for that itself once it starts).
+        chat = asyncio.ensure_future(_chat_response(self.gateway, raw, Headers(scope=scope)))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({chat, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Whichever did not finish stops here (both, if this request is cancelled).
+            for task in (chat, gone):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if chat.cancelled():
+            return
+        await chat.result()(scope, receive, send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(

@@ -12,6 +12,7 @@ server stays up. Each phase lives in its own module: ``parsing`` -> ``admission`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import time
@@ -286,11 +287,16 @@ class Gateway:
     ) -> ChatCompletion | ErrorResult:
         try:
             outcome = await Execution(state, self.tiers).outcome()
+            state.verdict = outcome_verdict(outcome)
+            outcome, state.screened = guard_outcome(state.plan, outcome)
+            await continuation(state)
+        except asyncio.CancelledError:
+            # The client went away (or the server is stopping): what was generated is
+            # spent, the rest of the hold is released now, not at its expiry.
+            self.settler.settle_abandoned(state, status="cancelled")
+            raise
         except Exception as exc:
             return await self.settler.fail(state, exc, on_settle)
-        state.verdict = outcome_verdict(outcome)
-        outcome, state.screened = guard_outcome(state.plan, outcome)
-        await continuation(state)
         settlement = self.settler.price(
             state, status="ok", http_status=200, truncated=outcome.truncated
         )
