@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -27,12 +28,15 @@ from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, PonderError
-from ponder.server.feedback import record_feedback
+from ponder.server.feedback import FeedbackBody, record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
 from ponder.server.parsing import MAX_BODY_BYTES, parse_json
 from ponder.server.protocol import (
+    ChatCompletionRequest,
     ErrorResult,
+    KeyCreate,
+    QuotaSet,
     StreamResult,
     error_result,
     internal_error,
@@ -41,7 +45,7 @@ from ponder.server.protocol import (
 from ponder.server.responses import ponder_headers
 from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-__all__ = ["create_app"]
+__all__ = ["REQUEST_BODIES", "create_app"]
 
 logger = logging.getLogger("ponder.server")
 
@@ -217,6 +221,44 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+# The JSON bodies routes read themselves (raw bytes, so bad input gets an OpenAI error,
+# not FastAPI's 422): published in the OpenAPI document for clients and fuzzers.
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("/v1/chat/completions", "post"): ChatCompletionRequest,
+    ("/v1/jobs", "post"): ChatCompletionRequest,
+    ("/v1/admin/keys", "post"): KeyCreate,
+    ("/v1/admin/quotas", "put"): QuotaSet,
+    ("/v1/feedback", "post"): FeedbackBody,
+}
+
+
+def _publish_request_bodies(app: FastAPI) -> None:
+    """Make ``app.openapi()`` document the request bodies of :data:`REQUEST_BODIES`."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for (path, method), model in REQUEST_BODIES.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+            doc["paths"][path][method]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
@@ -386,5 +428,6 @@ def create_app(
     from ponder.server.dashboard import dashboard_router
 
     app.include_router(dashboard_router(gateway))
+    _publish_request_bodies(app)
 
     return app
