@@ -292,8 +292,11 @@ class Gateway:
             await continuation(state)
         except asyncio.CancelledError:
             # The client went away (or the server is stopping): what was generated is
-            # spent, the rest of the hold is released now, not at its expiry.
-            self.settler.settle_abandoned(state, status="cancelled")
+            # spent, the rest of the hold is released now, not at its expiry. A queued
+            # job (on_settle) is requeued by its worker and runs again under the same
+            # request id: its row is written by that run.
+            if on_settle is None:
+                self.settler.settle_abandoned(state, status="cancelled")
             raise
         except Exception as exc:
             return await self.settler.fail(state, exc, on_settle)
