@@ -6,7 +6,7 @@ PONDER := $(VENV)/bin/ponder
 MODEL  ?= qwen2.5-coder-0.5b-instruct
 STAMP  := $(VENV)/.installed
 
-.PHONY: install model browser serve test lint bench clean
+.PHONY: install model browser sandbox serve test lint bench clean
 
 # Re-runs only when pyproject.toml changes. llama-cpp-python builds from
 # source once (about 8 minutes on 2 cores); pip caches the wheel afterwards.
@@ -24,7 +24,7 @@ install: $(STAMP)
 model: $(STAMP)
 	$(PONDER) models pull $(MODEL)
 
-serve: model
+serve: model sandbox
 	$(PONDER) serve --model $(MODEL)
 
 # The dashboard's end-to-end test drives the system Chromium (never a downloaded one).
@@ -36,12 +36,27 @@ browser:
 			|| echo "could not install chromium; the dashboard browser test will skip"; \
 	fi
 
-test: model browser
+# Model-written code runs only inside bubblewrap (see ponder.verifiers.sandbox); without
+# it code verification is refused. Installed here where we can (root with apt-get), with
+# the system Python: as root the sandbox runs as nobody, who cannot read an interpreter
+# under /root (pyenv).
+sandbox:
+	@missing=""; command -v bwrap >/dev/null 2>&1 || missing="bubblewrap"; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing $$missing for the code sandbox"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+			|| echo "could not install $$missing; code verification will be refused on this host"; \
+	fi
+
+test: model browser sandbox
 	$(PY) -m pytest
 
+# Style, then the layer contracts of [tool.importlinter] in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: model
 	$(PY) benchmarks/engine.py

@@ -35,8 +35,20 @@ py-spy``; it is not a dependency).
 ``--variants direct,gateway,bare`` adds ``bare``: the same gateway with the ledger off
 (no auth, quotas or ledger), which separates governance cost from the HTTP proxying.
 ``floor`` is the least any Python gateway can add here: uvicorn and a bare ASGI callable
-that forwards the body over ponder's keep-alive HTTP client (no framework, parsing or
+that forwards the body over a keep-alive HTTP client (no framework, parsing or
 governance); it says what part of the overhead the runtime itself sets.
+
+Upstream clients side by side: ``floor-http11,floor-aiohttp,floor-httpx`` are the same
+floor over each client, and ``gateway-<client>`` / ``bare-<client>`` pin the tier's
+upstream client (``options.http_client``; plain ``gateway`` lets the backend choose).
+The summary line then carries ``client_comparison``: server CPU per request of each
+client variant, its difference and ratio to the first one listed. ``--client-cpu
+http11,aiohttp,httpx`` measures the clients alone, in one process, against the same
+upstream (CPU per request, best of ``--repeats`` rounds):
+
+    .venv/bin/python benchmarks/gateway_overhead.py --rate 200 --duration-s 10 --repeats 3 \
+        --variants direct,floor-http11,floor-aiohttp,gateway-http11,gateway-aiohttp
+    .venv/bin/python benchmarks/gateway_overhead.py --client-cpu http11,aiohttp,httpx
 Processes are not pinned to cores by default: on a 2-core machine with other work
 running, pinning would only decide which neighbour each process queues behind.
 ``--pin`` puts the upstream and the load generator on the last core and the gateway
@@ -152,15 +164,97 @@ async def _serve_upstream(port: int) -> None:
 # --------------------------------------------------------------------------- floor
 
 
-def _serve_floor(port: int, upstream_port: int) -> None:
+FLOOR_CLIENTS = ("aiohttp", "httpx", "http11")
+
+
+def _floor_post(client: str, base: str) -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
+    """A raw POST over one HTTP client, set up as ponder's upstream client sets it up
+    (keep-alive pool of 64, no per-request allocation beyond the client's own)."""
+    url = f"{base}/chat/completions"
+    ctype = {"content-type": "application/json"}
+    if client == "http11":
+        from ponder.backends.http11 import Http11Pool  # only while the module exists
+
+        pool = Http11Pool(base, max_connections=64)
+
+        async def post_http11(body: bytes) -> tuple[int, bytes]:
+            resp = await pool.post("chat/completions", body)
+            return resp.status_code, resp.content
+
+        return post_http11
+    if client == "httpx":
+        import httpx
+
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        hx = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=5.0))
+
+        async def post_httpx(body: bytes) -> tuple[int, bytes]:
+            resp = await hx.post(url, content=body, headers=ctype)
+            return resp.status_code, resp.content
+
+        return post_httpx
+    import aiohttp
+
+    session: list[Any] = []
+
+    async def post_aiohttp(body: bytes) -> tuple[int, bytes]:
+        if not session:  # made inside the server's loop
+            session.append(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=4.0),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                )
+            )
+        async with session[0].post(url, data=body, headers=ctype) as resp:
+            return resp.status, await resp.read()
+
+    return post_aiohttp
+
+
+async def _client_cpu(port: int, clients: list[str], requests: int, repeats: int) -> None:
+    """Each upstream client alone, in this process, against the same upstream: CPU
+    milliseconds per request (``time.process_time``, so neighbours' load is not counted),
+    the best of ``repeats`` rounds, clients alternating. One JSON line per client, then a
+    summary with the differences and ratios to the first client."""
+    body = json.dumps(request_body(1)).encode()
+    posts = {c: _floor_post(c, f"http://127.0.0.1:{port}/v1") for c in clients}
+    best: dict[str, float] = {}
+    for rep in range(repeats):
+        for client in clients if rep % 2 == 0 else list(reversed(clients)):
+            post = posts[client]
+            for _ in range(50):  # open the pooled connections first
+                await post(body)
+
+            async def worker(n: int, post: Callable[[bytes], Awaitable[Any]] = post) -> None:
+                for _ in range(n):
+                    status, _ = await post(body)
+                    if status != 200:
+                        raise SystemExit(f"the upstream answered {status}")
+
+            t0 = time.process_time()
+            await asyncio.gather(*(worker(requests // 4) for _ in range(4)))
+            cpu = (time.process_time() - t0) * 1000 / (requests // 4 * 4)
+            best[client] = min(best.get(client, cpu), cpu)
+    base = clients[0]
+    for client in clients:
+        print(json.dumps({"client": client, "cpu_ms_per_request": round(best[client], 4)}))
+    print(json.dumps({
+        "summary": True, "mode": "client_cpu", "requests": requests, "repeats": repeats,
+        "baseline": base,
+        "cpu_ms_added_vs_baseline": {c: round(best[c] - best[base], 4) for c in clients[1:]},
+        "cpu_ratio_vs_baseline": {c: round(best[c] / best[base], 3) for c in clients[1:]},
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }))  # fmt: skip
+
+
+def _serve_floor(port: int, upstream_port: int, client: str = "aiohttp") -> None:
     """The least a Python gateway can do: uvicorn + a bare ASGI callable that forwards the
-    body to the upstream over ponder's keep-alive client and returns the answer. No
-    framework, no parsing, no governance: a reference point, not a product."""
+    body to the upstream over one keep-alive HTTP client (``client``) and returns the
+    answer. No framework, no parsing, no governance: a reference point, not a product.
+    Floors that differ only in the client measure what each client costs per request."""
     import uvicorn
 
-    from ponder.backends.http11 import Http11Pool
-
-    pool = Http11Pool(f"http://127.0.0.1:{upstream_port}/v1", max_connections=64)
+    post = _floor_post(client, f"http://127.0.0.1:{upstream_port}/v1")
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["path"] == "/health":
@@ -172,8 +266,7 @@ def _serve_floor(port: int, upstream_port: int) -> None:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):
                     break
-            resp = await pool.post("chat/completions", b"".join(chunks))
-            body, status = resp.content, resp.status_code
+            status, body = await post(b"".join(chunks))
         await send({
             "type": "http.response.start", "status": status,
             "headers": [(b"content-type", b"application/json"),
@@ -187,9 +280,13 @@ def _serve_floor(port: int, upstream_port: int) -> None:
 # --------------------------------------------------------------------------- gateway
 
 
-def _gateway_config(tmp: Path, upstream_port: int, ledger_url: str | None) -> Path:
-    """A ponder.toml as a user would write it for one remote tier."""
+def _gateway_config(
+    tmp: Path, upstream_port: int, ledger_url: str | None, http_client: str | None = None
+) -> Path:
+    """A ponder.toml as a user would write it for one remote tier (``http_client``: the
+    tier's upstream client, when the variant pins one)."""
     ledger = f'[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
+    options = f'options = {{ http_client = "{http_client}" }}\n' if http_client else ""
     text = f"""
 [server]
 tier = "upstream"
@@ -202,8 +299,9 @@ require_auth = {"true" if ledger_url else "false"}
 backend = "openai_compat"
 model = "{MODEL}"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
-"""
-    path = tmp / ("ponder.toml" if ledger_url else "ponder-bare.toml")
+{options}"""
+    stem = "ponder" if ledger_url else "ponder-bare"
+    path = tmp / (f"{stem}-{http_client}.toml" if http_client else f"{stem}.toml")
     path.write_text(text)
     return path
 
@@ -281,6 +379,19 @@ async def _client(
     ``httpx`` is what the first round used (its CPU competes with the target on 2
     cores and inflates every variant's tail, the direct baseline's included).
     """
+    if kind == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=conns)
+        timeout = aiohttp.ClientTimeout(total=60.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def post_aiohttp(body: bytes) -> tuple[int, bytes]:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    return resp.status, await resp.read()
+
+            yield post_aiohttp
+        return
     if kind == "lean":
         from ponder.backends.http11 import Http11Pool
 
@@ -587,13 +698,31 @@ def _table(summary: dict[str, dict[str, Any]], direct: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_client_cpu(args: argparse.Namespace) -> None:
+    clients = [c.strip() for c in args.client_cpu.split(",") if c.strip()]
+    if len(clients) < 2 or set(clients) - set(FLOOR_CLIENTS):
+        raise SystemExit(f"--client-cpu takes two or more of {', '.join(FLOOR_CLIENTS)}")
+    with tempfile.TemporaryDirectory(prefix="ponder-clients-") as tmp:
+        port = _free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        up = _spawn(["--role", "upstream", "--port", str(port)], env, Path(tmp) / "up.log")
+        try:
+            _wait_ready(up, port, Path(tmp) / "up.log")
+            asyncio.run(_client_cpu(port, clients, args.client_requests, args.repeats))
+        finally:
+            _stop(up)
+
+
 def run(args: argparse.Namespace) -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - {"direct", "gateway", "bare", "floor"}
+    known = {"direct", "gateway", "bare", "floor"}
+    known |= {f"{g}-{c}" for g in ("gateway", "bare", "floor") for c in FLOOR_CLIENTS}
+    unknown = set(variants) - known
     if unknown or "direct" not in variants or len(variants) < 2:
         raise SystemExit(
-            "--variants is a comma list of direct, gateway, bare, floor that includes direct and "
-            f"at least one gateway variant; got {args.variants!r}"
+            "--variants is a comma list of direct, gateway, bare, floor (each of the last "
+            f"three optionally -{'/-'.join(FLOOR_CLIENTS)} for its upstream client) that "
+            f"includes direct and at least one gateway variant; got {args.variants!r}"
         )
     if args.profile:
         _py_spy()  # fail before starting anything
@@ -622,7 +751,7 @@ def run(args: argparse.Namespace) -> None:
             procs.append(up)
             _wait_ready(up, up_port, tmp / "up.log")
 
-            key_id = ""
+            key_ids: list[str] = []
             targets: dict[str, tuple[str, dict[str, str]]] = {
                 "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", {})
             }
@@ -631,11 +760,13 @@ def run(args: argparse.Namespace) -> None:
             for name in variants:
                 if name == "direct":
                     continue
-                if name == "floor":
+                kind, _, client = name.partition("-")
+                if kind == "floor":
                     port = _free_port()
-                    log = tmp / "floor.log"
+                    log = tmp / f"{name}.log"
                     fl = _spawn(
-                        ["--role", "floor", "--port", str(port), "--upstream-port", str(up_port)],
+                        ["--role", "floor", "--port", str(port), "--upstream-port", str(up_port),
+                         "--floor-client", client or "aiohttp"],
                         env, log, main_cores,
                     )  # fmt: skip
                     procs.append(fl)
@@ -643,13 +774,14 @@ def run(args: argparse.Namespace) -> None:
                     pids[name] = fl.pid
                     targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
                     continue
-                governed = name == "gateway"
+                governed = kind == "gateway"
                 url = ledger_url if governed else None
                 headers: dict[str, str] = {}
                 if governed:
                     key_id, secret = _prepare_store(ledger_url)
                     headers["authorization"] = f"Bearer {secret}"
-                config = _gateway_config(tmp, up_port, url)
+                    key_ids.append(key_id)
+                config = _gateway_config(tmp, up_port, url, client or None)
                 port = _free_port()
                 log = tmp / f"{name}.log"
                 genv = {**env, "PONDER_CONFIG": str(config)}
@@ -676,8 +808,9 @@ def run(args: argparse.Namespace) -> None:
                     r["repeat"] = rep
                     results[name].append(r)
                     print(f"# {name} run {rep + 1}: {json.dumps(r)}", file=sys.stderr)
-            if "gateway" in variants:
-                _check_ledger(ledger_url, key_id, results["gateway"])
+            governed_runs = [r for v in variants if v.startswith("gateway") for r in results[v]]
+            if governed_runs:
+                _check_ledger(ledger_url, key_ids, governed_runs)
         finally:
             for p in reversed(procs):
                 _stop(p)
@@ -698,6 +831,7 @@ def run(args: argparse.Namespace) -> None:
         for name, s in summary.items()
         if name != "direct"
     }
+    clients = _client_comparison(summary)
     print(json.dumps({
         "summary": True,
         "rate": args.rate,
@@ -712,18 +846,45 @@ def run(args: argparse.Namespace) -> None:
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "machine": platform.machine(),
         **added,
+        **({"client_comparison": clients} if clients else {}),
     }))  # fmt: skip
     print(_table(summary, direct), file=sys.stderr)
 
 
-def _check_ledger(ledger_url: str, key_id: str, runs: list[dict[str, Any]]) -> None:
-    """Every 200 of the governed gateway left a ledger row (the benchmark measured the
+def _client_comparison(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Server CPU per request of the same target with different upstream clients, against
+    the first of its client variants in the run (e.g. floor-aiohttp vs floor-http11)."""
+    out: dict[str, Any] = {}
+    for kind in ("floor", "gateway", "bare"):
+        cpu = {
+            name.partition("-")[2] or "default": s["cpu_ms_per_request"]
+            for name, s in summary.items()
+            if name.partition("-")[0] == kind and s["cpu_ms_per_request"] is not None
+        }
+        if len(cpu) < 2:
+            continue
+        base_name, base = next(iter(cpu.items()))
+        out[kind] = {
+            "baseline": base_name,
+            "cpu_ms_per_request": cpu,
+            "cpu_ms_added_vs_baseline": {
+                k: round(v - base, 3) for k, v in cpu.items() if k != base_name
+            },
+            "cpu_ratio_vs_baseline": {
+                k: round(v / base, 3) for k, v in cpu.items() if k != base_name and base
+            },
+        }
+    return out
+
+
+def _check_ledger(ledger_url: str, key_ids: list[str], runs: list[dict[str, Any]]) -> None:
+    """Every 200 of the governed gateways left a ledger row (the benchmark measured the
     configuration it claims to)."""
     from ponder.ledger import Store
 
     store = Store(ledger_url)
     try:
-        rows = sum(1 for row in store.rows() if row.key_id == key_id and row.status == "ok")
+        rows = sum(1 for row in store.rows() if row.key_id in key_ids and row.status == "ok")
     finally:
         store.close()
     ok = sum(r["ok"] for r in runs)
@@ -740,9 +901,9 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
     p.add_argument(
         "--client",
-        choices=["lean", "httpx"],
-        default="lean",
-        help="load generator's HTTP client (lean: ponder's http11 client, little CPU)",
+        choices=["aiohttp", "lean", "httpx"],
+        default="aiohttp",
+        help="load generator's HTTP client (aiohttp: little CPU per request)",
     )
     p.add_argument(
         "--grace-s",
@@ -756,6 +917,13 @@ def main() -> None:
     )
     p.add_argument("--pin", action="store_true", help="pin upstream+load and gateway apart")
     p.add_argument(
+        "--client-cpu",
+        metavar="CLIENTS",
+        help="instead of the gateway runs: CPU per request of each upstream client alone "
+        f"(comma list of {', '.join(FLOOR_CLIENTS)}; the first is the baseline)",
+    )
+    p.add_argument("--client-requests", type=int, default=4000, help="requests per client round")
+    p.add_argument(
         "--profile",
         type=Path,
         help="write a py-spy speedscope profile of each gateway variant's first run here",
@@ -764,16 +932,19 @@ def main() -> None:
     p.add_argument("--role", choices=["upstream", "load", "floor"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--floor-client", choices=FLOOR_CLIENTS, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role == "upstream":
         asyncio.run(_serve_upstream(args.port))
     elif args.role == "floor":
-        _serve_floor(args.port, args.upstream_port)
+        _serve_floor(args.port, args.upstream_port, args.floor_client or "aiohttp")
     elif args.role == "load":
         spec = json.loads(args.spec)
         out = Path(spec.pop("out"))
         out.write_text(json.dumps(asyncio.run(_drive(**spec))))
+    elif args.client_cpu:
+        run_client_cpu(args)
     else:
         run(args)
 

@@ -12,6 +12,8 @@ from ponder import cli
 from ponder.api import Ponder
 from ponder.backends.catalog import CATALOG
 from ponder.backends.fake import FakeBackend, Reply
+from ponder.cli import ask as ask_command
+from ponder.cli import serve as serve_command
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +31,7 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     fake = FakeBackend([Reply("The answer is 4", reasoning="two plus two makes four")])
-    monkeypatch.setattr(cli, "_build_ponder", lambda model: Ponder(fake))
+    monkeypatch.setattr(ask_command, "_build_ponder", lambda model: Ponder(fake))
     return fake
 
 
@@ -130,7 +132,7 @@ def test_serve_builds_the_app_and_prints_how_to_call_it(
     gguf.write_bytes(b"GGUF")
     fake = FakeBackend(["hello"], name="local")
     built: dict[str, Any] = {}
-    monkeypatch.setattr(cli, "_build_backend", lambda model, settings, progress: fake)
+    monkeypatch.setattr(serve_command, "_build_backend", lambda model, settings, progress: fake)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: built.update(app=app, **kw))
 
     assert cli.main(["serve", "--model", str(gguf), "--port", "8123"]) == 0
@@ -153,7 +155,7 @@ def test_missing_engine_extra_says_what_to_install(
     def no_engine(model: str) -> Ponder:
         raise ModuleNotFoundError("No module named 'llama_cpp'", name="llama_cpp")
 
-    monkeypatch.setattr(cli, "_build_ponder", no_engine)
+    monkeypatch.setattr(ask_command, "_build_ponder", no_engine)
     assert cli.main(["ask", "hi"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'ponder[llama]'" in err
@@ -166,7 +168,7 @@ def test_ask_trace_prints_the_search_tree(monkeypatch, capsys):
     from ponder.backends.fake import FakeBackend
 
     monkeypatch.setattr(
-        cli,
+        ask_command,
         "_build_ponder",
         lambda model: Ponder(FakeBackend(["Answer: 4", "Answer: 5", "Answer: 4"])),
     )

@@ -72,12 +72,7 @@ class Ponder:
         settings = load_settings()
         kwargs: dict[str, Any] = {
             "model": model or settings.engine.model,
-            "n_ctx": settings.engine.n_ctx,
-            "max_sequences": settings.engine.max_sequences,
-            "n_batch": settings.engine.n_batch,
-            "threads": settings.engine.threads,
-            "seed": settings.engine.seed,
-            "cache_dir": settings.cache_dir,
+            **settings.engine.backend_options(settings.cache_dir),
         }
         kwargs.update(engine_kwargs)
         return cls(LlamaCppBackend(**kwargs))

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,15 +20,20 @@ from pydantic_settings import (
 
 __all__ = [
     "AlertSettings",
+    "AutoscalingSettings",
     "EngineSettings",
+    "GatewayDeploySettings",
     "GuardrailSettings",
     "LedgerSettings",
     "PriceSettings",
+    "RayDeploySettings",
     "RouteClassSettings",
     "RouterSettings",
+    "SandboxSettings",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
+    "TierDeploySettings",
     "TierSettings",
     "default_cache_dir",
     "load_settings",
@@ -49,6 +54,18 @@ class EngineSettings(BaseModel):
     n_batch: int = Field(default=512, ge=16)
     threads: int | None = None
     seed: int = 0
+
+    def backend_options(self, cache_dir: Path, *, threads: int | None = None) -> dict[str, Any]:
+        """These settings as keyword arguments of the embedded backend (``LlamaCppBackend``,
+        or a ``llama_cpp`` tier's defaults); ``threads`` overrides ``self.threads``."""
+        return {
+            "n_ctx": self.n_ctx,
+            "max_sequences": self.max_sequences,
+            "n_batch": self.n_batch,
+            "threads": self.threads if threads is None else threads,
+            "cache_dir": cache_dir,
+            "seed": self.seed,
+        }
 
 
 class ServerSettings(BaseModel):
@@ -253,6 +270,103 @@ class GuardrailSettings(BaseModel):
         return v
 
 
+# --------------------------------------------------------------------------- [deploy.ray]
+
+
+class AutoscalingSettings(BaseModel):
+    """Serve autoscaling of one deployment (replaces a fixed replica count)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # Requests in flight per replica that Serve aims for: above it, it adds replicas.
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class GatewayDeploySettings(BaseModel):
+    """``[deploy.ray.gateway]``: the ingress replicas (CPU only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(default=2, ge=1)
+    autoscaling: AutoscalingSettings | None = None
+    num_cpus: float = Field(default=1.0, ge=0)
+    # Requests one replica takes at once; the rest wait in Serve's queue.
+    max_ongoing_requests: int = Field(default=64, ge=1)
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas
+
+
+class TierDeploySettings(BaseModel):
+    """``[deploy.ray.tiers.<name>]``: replicas and resources of one tier's deployment.
+
+    ``num_cpus`` is the engine's CPU share (and its thread count, unless the tier's
+    options set ``threads``). The GPU fields apply to ``vllm`` tiers, which run on
+    ``ray.serve.llm``: ``model_source`` (default: the tier's model), the accelerator,
+    tensor/pipeline parallelism and extra vLLM ``engine_kwargs``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(default=1, ge=1)
+    autoscaling: AutoscalingSettings | None = None
+    num_cpus: float | None = Field(default=None, ge=0)
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    accelerator_type: str | None = None
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    model_source: str | None = None
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    runtime_env: dict[str, Any] | None = None
+
+
+class RayDeploySettings(BaseModel):
+    """``[deploy.ray]``: the Serve application (HTTP proxy, gateway, tier deployments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_name: str = "ponder"
+    route_prefix: str = "/"
+    # The HTTP proxy on every node; 0.0.0.0 to serve beyond this host.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    gateway: GatewayDeploySettings = Field(default_factory=GatewayDeploySettings)
+    tiers: dict[str, TierDeploySettings] = Field(default_factory=dict)
+
+
+class SandboxSettings(BaseModel):
+    """``[sandbox]``: how model-written code is isolated (see ponder.verifiers.sandbox).
+
+    ``bwrap``: the bubblewrap binary (a name on PATH or a path). ``python``: the
+    interpreter that runs inside it (default: this one, else ``/usr/bin/python3`` when
+    this one is not readable by the sandbox's unprivileged user). Where the host
+    cannot isolate, code is refused unless ``allow_unsafe_unsandboxed`` is set, which
+    runs it as a plain subprocess of this server, with this server's privileges.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bwrap: str = "bwrap"
+    python: str | None = None
+    allow_unsafe_unsandboxed: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONDER_",
@@ -276,6 +390,7 @@ class Settings(BaseSettings):
     tiers: dict[str, TierSettings] = Field(default_factory=dict)
     router: RouterSettings = Field(default_factory=RouterSettings)
     guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,7 +15,9 @@ __all__ = [
     "StoreUnavailable",
     "Unauthorized",
     "UnknownStrategy",
+    "UpstreamAnswerLost",
     "UpstreamError",
+    "UpstreamReadTimeout",
     "UpstreamTimeout",
     "openai_error_body",
 ]
@@ -196,3 +198,25 @@ class CircuitOpen(UpstreamError):
 
     status = 503
     code = "upstream_unavailable"
+
+
+class UpstreamAnswerLost(UpstreamError):
+    """The upstream may have read (and billed) the request, but no whole answer came back.
+
+    The connection was reset or closed after the request was sent, the body or stream was
+    cut short, or what came back was not the JSON promised. Sending the request again could
+    make the upstream do (and charge for) the work twice, so it is never resent
+    automatically: ``retryable`` is False. It still means the upstream is failing, which
+    is what a fallback tier or a circuit breaker wants to know.
+    """
+
+    code = "upstream_answer_lost"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        kwargs["retryable"] = False
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class UpstreamReadTimeout(UpstreamTimeout, UpstreamAnswerLost):
+    """The upstream read the request but sent nothing for too long (read timeout or the
+    request's deadline). HTTP 504 ``upstream_timeout``; never resent automatically."""

@@ -35,7 +35,9 @@ from ponder.errors import (
     CircuitOpen,
     InvalidRequest,
     ModelNotAvailable,
+    UpstreamAnswerLost,
     UpstreamError,
+    UpstreamReadTimeout,
     UpstreamTimeout,
 )
 from ponder.types import Capabilities, Delta, Generation, GenRequest
@@ -55,8 +57,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad."""
-    return isinstance(exc, UpstreamError) and (exc.retryable or isinstance(exc, CircuitOpen))
+    """Whether ``exc`` means the upstream is out (worth another upstream), not that the request is bad.
+
+    An answer lost after the upstream read the request is an outage too, though it is
+    never resent to the same upstream (see :class:`~ponder.errors.UpstreamAnswerLost`)."""
+    return isinstance(exc, UpstreamError) and (
+        exc.retryable or isinstance(exc, CircuitOpen | UpstreamAnswerLost)
+    )
 
 
 @dataclass(frozen=True)
@@ -218,11 +225,11 @@ class GuardedBackend:
         return left, False
 
     def _timed_out(self, what: str, limit: float | None) -> UpstreamTimeout:
-        return UpstreamTimeout(
+        # The request was sent: the upstream may be running it, so it is not sent again.
+        return UpstreamReadTimeout(
             f"upstream {self.name}: no answer within {limit} s ({what} timeout)",
             upstream=self.name,
             reason=f"{what} timeout",
-            retryable=True,
         )
 
     async def _backoff(self, err: UpstreamError, attempt: int, end: float | None) -> None:
@@ -235,7 +242,7 @@ class GuardedBackend:
         await self._sleep(wait)
 
     def _failed(self, err: UpstreamError) -> None:
-        if self.breaker is not None and err.retryable and not isinstance(err, CircuitOpen):
+        if self.breaker is not None and is_outage(err) and not isinstance(err, CircuitOpen):
             self.breaker.record_failure()
 
     def _ok(self) -> None:

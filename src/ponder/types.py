@@ -69,6 +69,10 @@ class Usage(BaseModel):
     cached_input_estimated: bool = False
     reasoning_estimated: bool = False
     output_estimated: bool = False
+    # Tokens an upstream reported beyond what its call could have used (above max_tokens,
+    # or more prompt tokens than the prompt has bytes): left out of the buckets above, so
+    # they are never charged, and kept here as a usage anomaly.
+    clamped: int = Field(default=0, ge=0)
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,6 +96,7 @@ class Usage(BaseModel):
             cached_input_estimated=self.cached_input_estimated or other.cached_input_estimated,
             reasoning_estimated=self.reasoning_estimated or other.reasoning_estimated,
             output_estimated=self.output_estimated or other.output_estimated,
+            clamped=self.clamped + other.clamped,
         )
 
     def __radd__(self, other: object) -> Usage:

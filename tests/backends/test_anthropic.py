@@ -15,7 +15,7 @@ from ponder.backends.anthropic import (
     BlocksMessage,
     assistant_turn,
 )
-from ponder.errors import InvalidRequest, UpstreamError
+from ponder.errors import InvalidRequest, UpstreamAnswerLost, UpstreamError
 from ponder.types import GenRequest, Message, ThinkingConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -79,11 +79,19 @@ async def test_adaptive_models_get_effort_instead_of_budget_tokens():
     assert body["output_config"] == {"effort": "medium"}
 
 
+# The recorded answer reports 1,076 prompt tokens (1,024 from the cache): a prompt that
+# long, or its usage would be clamped as more than the prompt could hold.
+CACHED_Q = [
+    Message(role="system", content="Be brief. Reference: " + "27 times 453 is 12231. " * 200),
+    Q[1],
+]
+
+
 async def test_response_blocks_usage_and_passing_thinking_back():
     up = Upstream()
     b = up.backend(token_counter=lambda text: _words(text))
     (gen,) = await b.generate(
-        GenRequest(messages=Q, max_tokens=4000, thinking=ThinkingConfig(budget_tokens=2048))
+        GenRequest(messages=CACHED_Q, max_tokens=4000, thinking=ThinkingConfig(budget_tokens=2048))
     )
     assert isinstance(gen, AnthropicGeneration)
     assert gen.text == "27 × 453 + 18 = **12249**."
@@ -93,7 +101,7 @@ async def test_response_blocks_usage_and_passing_thinking_back():
     # Output includes thinking; the visible text is counted, the rest is reasoning.
     assert (u.input, u.cached_input) == (52, 1024)
     assert u.output == len(gen.text.split()) and u.reasoning == 291 - u.output
-    assert u.reasoning_estimated and u.output_estimated
+    assert u.reasoning_estimated and u.output_estimated and u.clamped == 0
 
     turn = assistant_turn(gen)
     assert isinstance(turn, BlocksMessage)
@@ -154,7 +162,7 @@ async def test_streaming_thinking_and_text_events():
     assert up.requests[0]["stream"] is True
 
 
-async def test_overloaded_and_truncated_streams_are_retryable_errors():
+async def test_overloaded_is_retryable_and_a_truncated_stream_is_never_resent():
     err = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     up = Upstream(status=529, body=json.dumps(err).encode())
     with pytest.raises(UpstreamError, match="Overloaded") as info:
@@ -164,9 +172,9 @@ async def test_overloaded_and_truncated_streams_are_retryable_errors():
     sse = (FIXTURES / "anthropic_thinking_stream.sse").read_text()
     cut = sse[: sse.index("event: message_delta")]
     up = Upstream(body=cut.encode(), ctype="text/event-stream")
-    with pytest.raises(UpstreamError, match="truncated") as info:
+    with pytest.raises(UpstreamAnswerLost, match="truncated") as info:
         [d async for d in up.backend().stream(GenRequest(messages=Q))]
-    assert info.value.retryable
+    assert not info.value.retryable
 
 
 async def _words(text: str) -> int:

@@ -105,19 +105,46 @@ async def test_connection_close_is_honoured(server: Server) -> None:
     await pool.aclose()
 
 
-async def test_an_idle_connection_the_server_closed_is_replaced_transparently(
+async def test_a_pooled_connection_closed_after_the_server_read_the_request_is_not_resent(
     server: Server,
 ) -> None:
     pool = http11.Http11Pool(server.url)
     await pool.post("x", b"{}")
-    # The server drops the pooled connection without telling us (as idle timeouts do);
-    # the request is sent again, once, on a new connection (what httpx and urllib3 do too).
+    # The server reads the request on the pooled connection, then closes it unanswered:
+    # it may have run the request, so the client reports it and never sends it again.
     server.reply = lambda i: None if i == 1 else ok(b"{}")
-    resp = await pool.post("x", b'{"again": 1}')
-    assert resp.status_code == 200
+    with pytest.raises(http11.Dropped, match="before any response"):
+        await pool.post("x", b'{"again": 1}')
+    assert [r.endswith(b'{"again": 1}') for r in server.requests] == [False, True]
+    assert (await pool.post("x", b"{}")).status_code == 200  # on a new connection
     assert pool.opened == 2
-    assert [r.endswith(b'{"again": 1}') for r in server.requests] == [False, True, True]
     await pool.aclose()
+
+
+async def test_an_idle_connection_past_keepalive_is_not_reused(server: Server) -> None:
+    pool = http11.Http11Pool(server.url, keepalive_s=0.05)
+    await pool.post("x", b"{}")
+    await asyncio.sleep(0.1)  # longer idle than keepalive_s: the server may be closing it
+    assert (await pool.post("x", b"{}")).status_code == 200
+    assert pool.opened == 2 and server.connections == 2
+    await pool.aclose()
+
+
+async def test_a_bodiless_204_is_read_without_waiting_and_keeps_the_connection(
+    server: Server,
+) -> None:
+    # 204 and 304 have no body whatever the headers say; reading to EOF would hang until
+    # the server closes the connection.
+    server.reply = lambda i: b"HTTP/1.1 204 No Content\r\n\r\n" if i == 0 else ok(b"{}")
+    pool = http11.Http11Pool(server.url, read_timeout_s=30.0)
+    resp = await asyncio.wait_for(pool.post("x", b"{}"), 5.0)
+    assert (resp.status_code, resp.content) == (204, b"")
+    assert (await pool.post("x", b"{}")).status_code == 200 and pool.opened == 1
+    await pool.aclose()
+
+
+def test_reads_have_a_timeout_by_default() -> None:
+    assert http11.Http11Pool("http://127.0.0.1:9/v1").read_timeout_s == 600.0
 
 
 async def test_read_to_eof_without_length(server: Server) -> None:

@@ -26,7 +26,8 @@ from ponder.backends.openai_compat import (
     render_chat,
     split_think,
 )
-from ponder.errors import ContextOverflow, InvalidRequest, UpstreamError
+from ponder.backends.upstream_log import record_upstream
+from ponder.errors import ContextOverflow, InvalidRequest, UpstreamAnswerLost, UpstreamError
 from ponder.types import GenRequest, Message, ThinkingConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -291,12 +292,13 @@ async def test_stream_parses_reasoning_deltas_and_the_usage_chunk():
     assert rec.bodies[0]["stream_options"] == {"include_usage": True}
 
 
-async def test_truncated_stream_is_a_retryable_error():
+async def test_a_truncated_stream_is_an_answer_lost_never_resent():
     sse = b'data: {"choices":[{"index":0,"delta":{"content":"17"},"finish_reason":null}]}\n\n'
     rec = Recorder(lambda body, i: httpx.Response(200, content=sse))
-    with pytest.raises(UpstreamError, match="truncated") as info:
+    with pytest.raises(UpstreamAnswerLost, match="truncated") as info:
         [d async for d in rec.backend().stream(GenRequest(messages=Q))]
-    assert info.value.retryable
+    # The upstream ran the request: sending it again could charge for it twice.
+    assert not info.value.retryable and info.value.status == 502
 
 
 # ---------------------------------------------------------------- errors
@@ -322,11 +324,25 @@ async def test_upstream_errors_keep_the_upstreams_reason():
     assert not info.value.retryable and info.value.status == 400
 
 
-async def test_malformed_json_is_a_retryable_error():
+async def test_malformed_json_is_an_answer_lost_never_resent():
     b = Recorder(lambda body, i: httpx.Response(200, content=b"{not json")).backend()
-    with pytest.raises(UpstreamError, match="not JSON") as info:
+    with pytest.raises(UpstreamAnswerLost, match="not JSON") as info:
         await b.generate(GenRequest(messages=Q))
-    assert info.value.retryable
+    assert not info.value.retryable and info.value.reason == "malformed JSON"
+
+
+async def test_the_upstreams_own_retry_advice_wins():
+    err = {"error": {"message": "try later"}}
+    hdrs = {"x-should-retry": "false", "retry-after-ms": "1500"}
+    b = Recorder(lambda body, i: httpx.Response(503, json=err, headers=hdrs)).backend()
+    with pytest.raises(UpstreamError) as info:
+        await b.generate(GenRequest(messages=Q))
+    assert not info.value.retryable and info.value.retry_after_s == 1.5
+    hdrs = {"x-should-retry": "true", "retry-after": "2"}
+    b = Recorder(lambda body, i: httpx.Response(400, json=err, headers=hdrs)).backend()
+    with pytest.raises(UpstreamError) as info:
+        await b.generate(GenRequest(messages=Q))
+    assert info.value.retryable and info.value.retry_after_s == 2.0
 
 
 # ---------------------------------------------------------------- real server
@@ -457,3 +473,29 @@ async def test_every_strategy_runs_through_the_real_server(llama_server):
     finally:
         await b.aclose()
     assert {"direct", "cot", "self_consistency", "best_of_n"} <= set(ran)
+
+
+# ---------------------------------------------------------------- usage checks
+
+
+async def test_text_longer_than_max_tokens_without_usage_is_clamped_as_an_anomaly():
+    # No usage reported, and a thousand words for max_tokens 8: counted, then clamped.
+    long = " ".join(["word"] * 1000)
+    rec = Recorder(lambda body, i: httpx.Response(200, json=chat(long, completion=None)))
+    with record_upstream() as report:
+        (gen,) = await rec.backend(token_counter=words).generate(
+            GenRequest(messages=Q, max_tokens=8)
+        )
+    assert gen.usage.completion_tokens == 8 and gen.usage.clamped == 1000 - 8
+    assert report.clamped_tokens == 1000 - 8
+
+
+async def test_honest_usage_is_kept_exactly_and_attempts_of_concurrent_samples_add_up():
+    rec = Recorder(lambda body, i: httpx.Response(200, json=chat("x", completion=3)))
+    backend = rec.backend(native_n=False)
+    with record_upstream() as report:
+        gens = await backend.generate(GenRequest(messages=Q, n=3, max_tokens=8))
+    assert [g.usage.completion_tokens for g in gens] == [3, 3, 3]
+    assert all(g.usage.clamped == 0 for g in gens) and report.anomalies == []
+    # Three concurrent calls, one report: each attempt is in it.
+    assert report.summary() == {"attempts": 3, "errors": [], "usage_clamped": 0}

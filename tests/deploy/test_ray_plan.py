@@ -19,24 +19,23 @@ from pydantic import BaseModel
 
 from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.config import (
+    AutoscalingSettings,
     EngineSettings,
+    GatewayDeploySettings,
     LedgerSettings,
+    RayDeploySettings,
     ServerSettings,
     Settings,
+    TierDeploySettings,
     TierSettings,
 )
 from ponder.deploy.ray import (
     REPLICA_HEADER,
-    AutoscalingSettings,
     DeployConfigError,
-    GatewayDeploySettings,
-    RayDeploySettings,
     ReplicaApp,
     ServeLLMTransport,
     ServeTierBackend,
-    TierDeploySettings,
     TierServer,
-    _remote_error,
     build_gateway_app,
     llm_config_kwargs,
     load_deploy_settings,
@@ -44,6 +43,7 @@ from ponder.deploy.ray import (
     plan_deployment,
     portable_request,
 )
+from ponder.deploy.ray.tier_server import _remote_error
 from ponder.errors import ContextOverflow, UpstreamError
 from ponder.types import GenRequest, Message
 

@@ -11,6 +11,7 @@ from ponder.budget.quota import Demand, Limit, Refusal
 from ponder.errors import InvalidRequest, StoreUnavailable
 from ponder.ledger import LedgerRow, Reservation, Store
 from ponder.ledger import schema as s
+from ponder.ledger.database import Transaction
 
 SUBJECTS = {"key": "key_a", "user": "alice", "team": "ml", "session": None}
 
@@ -141,7 +142,7 @@ def test_a_failed_transaction_leaves_the_connection_ready_for_the_next(store: St
     with pytest.raises(StoreUnavailable):
         store.settle(res, Demand(tokens=30), row("dup"))
 
-    def fails(conn: sa.Connection) -> None:
+    def fails(tx: Transaction) -> None:
         raise RuntimeError("the job's result could not be saved")
 
     with pytest.raises(RuntimeError, match="could not be saved"):

@@ -108,8 +108,8 @@ def test_background_checkpoints_copy_the_wal_without_a_committing_request(tmp_pa
     try:
 
         def autocheckpoint() -> int:
-            with store._db(read=True) as db:  # noqa: SLF001  # the request path's connection
-                return int(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            with store.transaction("autocommit") as tx:  # the request path's connection
+                return int(tx.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
 
         assert autocheckpoint() == 1000  # SQLite's own until a checkpointer runs
         store.checkpoint_in_background(interval_s=0.05)

@@ -6,6 +6,7 @@ restart each one completes and is in the ledger exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from ponder.budget.quota import Limit
 from ponder.ledger import Store
 
 
@@ -240,3 +242,102 @@ def test_sigkill_with_jobs_queued_and_running_loses_none_and_runs_each_once(
         assert ledger[request_id] == 1, f"job {job_id} has {ledger[request_id]} ledger rows"
         assert result is not None and json.loads(result)["id"] == request_id
     assert not set(chat_ok) - set(ids), "an answered chat request has no ledger row"
+
+
+def _holds(path: Path) -> tuple[list[tuple[str, float, str | None]], int]:
+    """(id, expires_at, owner) of every reservation, and the tokens held on counters."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        rows = conn.execute("SELECT id, expires_at, owner FROM ponder_reservations").fetchall()
+        (held,) = conn.execute(
+            "SELECT COALESCE(SUM(reserved), 0) FROM ponder_quota_counters WHERE metric = 'tokens'"
+        ).fetchone()
+    finally:
+        conn.close()
+    return rows, int(held)
+
+
+def test_a_restart_frees_the_holds_of_a_killed_server_at_once_and_requeues_its_job(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ponder.db"
+    db = f"sqlite:///{path}"
+    store = Store(db)
+    try:
+        _, secret = store.create_key("alice")
+        store.set_limit(Limit("user", "alice", "tokens", "day", 1_000_000))
+    finally:
+        store.close()
+    auth = {"authorization": f"Bearer {secret}"}
+    port = _free_port()
+    # Every upstream call hangs far longer than the test: whatever is running at the
+    # kill holds quota until the restart frees it.
+    proc = _serve(db, port, tmp_path, fake_delay=600)
+    base = f"http://127.0.0.1:{port}"
+    prompt = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+    def hanging_chat() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{base}/v1/chat/completions", json=prompt, headers=auth, timeout=120)
+
+    chat = threading.Thread(target=hanging_chat)
+    chat.start()
+    submitted = httpx.post(f"{base}/v1/jobs", json=prompt, headers=auth, timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        holds, held = _holds(path)
+        if len(holds) == 2 and _job_states(path)[job_id][0] == "running":
+            break
+        assert time.monotonic() < deadline, f"no hold of a chat and a running job: {holds}"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    chat.join()
+    killed_at = time.time()
+
+    # Left alone, these holds would pin the quota until their TTL (minutes from now).
+    holds, held = _holds(path)
+    assert len(holds) == 2 and held > 0
+    assert all(expires > killed_at + 60 for _, expires, _ in holds)
+    assert _owner_pid(holds) == proc.pid
+    status, _, attempts, _ = _job_states(path)[job_id]
+    assert (status, attempts) == ("running", 1)
+
+    proc = _serve(db, port, tmp_path, fake_delay=0.005)
+    try:
+        # Freed at startup, before the restarted server answered its first request.
+        holds_after, held_after = _holds(path)
+        job_after = _job_states(path)[job_id]
+        deadline = time.monotonic() + 60
+        while _job_states(path)[job_id][0] in ("queued", "running"):
+            assert time.monotonic() < deadline, "the requeued job did not finish"
+            time.sleep(0.05)
+        done = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=10).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    killed = {h[0] for h in holds}
+    assert not killed & {h[0] for h in holds_after}, "a hold of the killed server survived"
+    # Only the requeued job's own new run may hold anything by now.
+    assert len(holds_after) <= 1 and held_after <= held
+    assert job_after[0] in ("queued", "running", "succeeded")
+
+    # Requeued exactly once, its interrupted first attempt on record, one ledger row.
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    (earlier,) = done["history"]
+    assert earlier["attempt"] == 1 and earlier["reason"] == "its server process died"
+    assert earlier["worker"].split("/")[0].rsplit(":", 2)[1] == str(_owner_pid(holds))
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT COUNT(*) FROM ponder_requests WHERE id = ?", (done["request_id"],)
+        ).fetchone()
+    assert rows == (1,)
+    assert _holds(path) == ([], 0)
+
+
+def _owner_pid(holds: list[tuple[str, float, str | None]]) -> int:
+    """The pid recorded as the owner of the killed server's holds."""
+    (pid,) = {int(owner.rsplit(":", 2)[1]) for _, _, owner in holds if owner}
+    return pid

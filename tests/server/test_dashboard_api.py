@@ -23,9 +23,11 @@ from ponder.budget.quota import Demand, Limit, Refusal
 from ponder.config import ServerSettings
 from ponder.errors import BackendError
 from ponder.ledger import LedgerRow, Store, schema
+from ponder.ledger.queries import LedgerQueries, bucket_size
 from ponder.ledger.stats import percentile
 from ponder.server.app import create_app
-from ponder.server.dashboard import LedgerQueries, bucket_size, latest_eval
+from ponder.server.dashboard import latest_eval
+from ponder.server.dashboard.routes import MAX_WINDOW_S
 from ponder.server.gateway import Gateway
 from ponder.types import GenRequest
 
@@ -241,11 +243,15 @@ async def test_window_counts_only_recent_requests(store: Store) -> None:
         recent = await get(client, "summary?window_s=3600", admin)
         everything = await get(client, "summary", admin)
         series = await get(client, "series?window_s=3600", admin)
-        for bad in ("0", "-5", "soon", "nan"):
-            r = await client.get(
-                f"/v1/admin/dashboard/summary?window_s={bad}", headers=bearer(admin)
-            )
-            assert r.status_code == 400 and r.json()["error"]["param"] == "window_s", bad
+        for bad in ("0", "-5", "soon", "nan", "inf", "1e308", "1e12"):
+            for view in ("summary", "series"):
+                r = await client.get(
+                    f"/v1/admin/dashboard/{view}?window_s={bad}", headers=bearer(admin)
+                )
+                assert r.status_code == 400 and r.json()["error"]["param"] == "window_s", bad
+        # Ten years is the longest window; it is served, with the rows inside it.
+        decade = await get(client, f"series?window_s={MAX_WINDOW_S}", admin)
+        assert sum(b["requests"] for b in decade["buckets"]) == 3
         for bad in ("0", "501", "ten"):
             r = await client.get(f"/v1/admin/dashboard/requests?limit={bad}", headers=bearer(admin))
             assert r.status_code == 400 and r.json()["error"]["param"] == "limit", bad
@@ -425,15 +431,12 @@ def test_reading_the_dashboard_never_waits_for_the_gateways_writes(store: Store)
         http_status=200,
         output_tokens=7,
     )
-    try:
-        # A settlement in progress holds the write lock (SQLite) until it commits.
-        with store.engine.begin() as conn:
-            conn.execute(sa.insert(schema.requests).values(**row.values()))
-            started = time.monotonic()
-            summary = queries.summary()
-            # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
-            assert time.monotonic() - started < 5
-            assert summary["totals"]["requests"] == 0
-        assert queries.summary()["totals"]["output_tokens"] == 7
-    finally:
-        queries.close()
+    # A settlement in progress holds the write lock (SQLite) until it commits.
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(schema.requests).values(**row.values()))
+        started = time.monotonic()
+        summary = queries.summary()
+        # Not blocked (busy_timeout is 30 s), and the uncommitted row is not seen.
+        assert time.monotonic() - started < 5
+        assert summary["totals"]["requests"] == 0
+    assert queries.summary()["totals"]["output_tokens"] == 7

@@ -390,6 +390,10 @@ async def test_a_job_left_running_by_a_dead_server_runs_again_once(store: Store)
     async with serving(store) as (client, _, _):
         done = await wait_done(client, job.id)
     assert done["status"] == "succeeded" and done["attempts"] == 2
+    # The interrupted first attempt is on the job.
+    (earlier,) = done["history"]
+    assert earlier["attempt"] == 1 and earlier["worker"] == "elsewhere:123:dead"
+    assert earlier["reason"] == "its lease ran out"
     assert [r.id for r in store.rows()] == [job.request_id]
 
 
@@ -421,6 +425,33 @@ def test_a_dead_process_on_this_host_is_recognised() -> None:
     assert not dead_on_this_host(f"{host}:{os.getpid()}:abcd")  # this process
     assert not dead_on_this_host(f"{host}:1:abcd")  # init is alive (or not ours: alive)
     assert not dead_on_this_host(f"other-host:{proc.pid}:abcd")  # only its lease can tell
+
+
+def test_worker_ids_name_their_process_and_survive_pid_reuse() -> None:
+    import subprocess
+    import sys
+
+    from ponder.ledger.owners import process_owner, process_start
+    from ponder.server.jobs import worker_id
+
+    mine = worker_id()
+    assert mine.startswith(process_owner() + "/") and not dead_on_this_host(mine)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{socket_host()}:{proc.pid}:{process_start(proc.pid)}"
+        assert not dead_on_this_host(f"{owner}/abcd")
+        # A live process with the recorded pid but another start time reused the pid.
+        assert dead_on_this_host(f"{socket_host()}:{proc.pid}:1/abcd")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert dead_on_this_host(f"{owner}/abcd")
+
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()[:100]
 
 
 async def test_a_run_that_lost_its_claim_records_nothing(store: Store) -> None:
@@ -603,3 +634,66 @@ def test_job_json_round_trips_through_the_table(store: Store) -> None:
     stored = queue.get(job.id)
     assert isinstance(stored, Job) and stored == job
     assert json.loads(json.dumps(stored.public()))["status"] == "queued"
+
+
+async def test_bad_ids_and_out_of_range_integers_are_4xx_and_store_nothing(store: Store) -> None:
+    _, root = store.create_key("root", scopes=["admin"])
+    _, secret = store.create_key("alice")
+    async with serving(store) as (client, _, _):
+        # A NUL byte names no job and no key (PostgreSQL text cannot even hold one).
+        for method in ("GET", "DELETE"):
+            r = await client.request(method, "/v1/jobs/job_%00x", headers=bearer(secret))
+            assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+        r = await client.delete("/v1/admin/keys/key_%00x", headers=bearer(root))
+        assert r.status_code == 404, r.text
+        r = await client.post("/v1/admin/keys", json={"user": "a\x00b"}, headers=bearer(root))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "user", r.text
+        # Integers past a 64-bit counter: refused before they reach the database.
+        limit = {"scope": "user", "subject": "bob", "metric": "tokens", "window": "day"}
+        for bad in ({**limit, "limit": 2**63}, {**limit, "subject": "b\x00b", "limit": 5}):
+            r = await client.put("/v1/admin/quotas", json=bad, headers=bearer(root))
+            assert r.status_code == 400, r.text
+        assert store.limits() == []
+        # A job whose worst case no counter can hold is refused at enqueue, not run to fail.
+        for extra in ({"max_tokens": 2**63}, {"max_tokens": 1e30}, {"ponder": {"budget": 2**64}}):
+            r = await client.post("/v1/jobs", json=body(**extra), headers=bearer(secret))
+            assert r.status_code == 400, (extra, r.text)
+        listed = await client.get("/v1/jobs", headers=bearer(secret))
+        assert listed.status_code == 200 and listed.json()["data"] == []
+        # The chat path refuses the same worst case before anything is reserved.
+        r = await client.post(
+            "/v1/chat/completions", json=body(max_tokens=2**63), headers=bearer(secret)
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+    assert store.rows() == []
+
+
+async def test_a_running_worker_requeues_the_jobs_of_a_sibling_that_died(store: Store) -> None:
+    import subprocess
+    import sys
+
+    from ponder.ledger.owners import process_start
+
+    gateway = Gateway(FakeBackend([ANSWER]), ServerSettings(), store=store)
+    jobs = Jobs(gateway, lease_s=0.6, idle_poll_s=0.1)
+    assert jobs.queue is not None
+    # A live sibling on this host holds a job for an hour...
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = f"{socket_host()}:{sibling.pid}:{process_start(sibling.pid)}"
+    job = jobs.queue.enqueue(Caller(), body(), {})
+    (held,) = JobQueue(store, lease_s=3600).claim(f"{owner}/abcd", 1)
+    assert held.id == job.id
+    await jobs.start()  # it is alive: its job stays with it
+    try:
+        assert (now := jobs.queue.get(job.id)) is not None and now.status == "running"
+        # ...and is killed while this worker keeps running.
+        sibling.kill()
+        sibling.wait()
+        deadline = time.monotonic() + 30
+        while (found := jobs.queue.get(job.id)) is None or found.status not in TERMINAL:
+            assert time.monotonic() < deadline, "the dead sibling's job was not requeued"
+            await asyncio.sleep(0.05)
+    finally:
+        await jobs.stop()
+    assert found.status == "succeeded" and found.attempts == 2
+    assert [h["reason"] for h in found.history] == ["its server process died"]

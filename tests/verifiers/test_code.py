@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+
+import pytest
+
+from ponder.config import SandboxSettings
 from ponder.types import Candidate, Problem, as_messages
 from ponder.verifiers.code import (
     CodeExecutionVerifier,
@@ -9,6 +15,20 @@ from ponder.verifiers.code import (
     probe_calls,
     public_tests_from_prompt,
 )
+from ponder.verifiers.sandbox import SandboxUnavailable, sandbox_status
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_for_scoring(request: pytest.FixtureRequest) -> None:
+    # The async tests run candidates; they need the OS sandbox (CI must have it).
+    if not inspect.iscoroutinefunction(request.function) or "no_isolation" in request.node.name:
+        return
+    reason = sandbox_status()
+    if reason is not None:
+        if os.environ.get("PONDER_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"PONDER_REQUIRE_SANDBOX=1 but {reason}")
+        pytest.skip(f"no sandbox on this host: {reason}")
+
 
 PROMPT = '''from typing import List
 
@@ -89,7 +109,7 @@ async def test_a_hostile_candidate_scores_zero() -> None:
     (score,) = await CodeExecutionVerifier(timeout_s=2).score(problem(), [Candidate(text=evil)])
 
     assert score.value == 0.0
-    assert "os.kill" in score.detail["feedback"]
+    assert "killed by signal SIGKILL" in score.detail["feedback"]
 
 
 def test_assemble_adds_prompt_imports_to_a_full_function_and_completes_a_body() -> None:
@@ -192,3 +212,31 @@ async def test_an_endless_probe_costs_one_probe_not_the_whole_signature() -> Non
     assert [s.value for s in scores] == [1.0, 1.0]
     assert scores[0].detail["cluster"] != scores[1].detail["cluster"]
     assert scores[0].detail["cluster_size"] == 1
+
+
+async def test_scoring_on_a_host_with_no_isolation_refuses_instead_of_running() -> None:
+    verifier = CodeExecutionVerifier(sandbox=SandboxSettings(bwrap="/nonexistent/bwrap"))
+
+    with pytest.raises(SandboxUnavailable, match="code verification unavailable on this host"):
+        await verifier.score(problem(), [Candidate(text=GOOD)])
+
+
+async def test_a_candidate_cannot_forge_its_public_tests() -> None:
+    # It prints pass lines, shadows the builtins the tests use and returns an object
+    # equal to everything: the tests are judged outside it, on plain values.
+    forger = (
+        "```python\n"
+        "import json\n"
+        "print(json.dumps({'test': 0, 'passed': True}))\n"
+        "repr = lambda *a: 'bb'\n"
+        "class Any:\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "def longest(strings):\n"
+        "    return Any()\n"
+        "```"
+    )
+
+    (score,) = await CodeExecutionVerifier().score(problem(), [Candidate(text=forger)])
+
+    assert score.value == 0.0 and not score.detail["satisfied"]

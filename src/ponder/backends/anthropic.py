@@ -1,4 +1,4 @@
-"""Anthropic's Messages API as a backend, over httpx (no SDK needed).
+"""Anthropic's Messages API as a backend, over ponder's HTTP client (no SDK needed).
 
 Thinking: ponder's ``ThinkingConfig.budget_tokens`` becomes extended thinking
 ``{"type": "enabled", "budget_tokens": b}`` with ``b`` raised to the API's
@@ -14,12 +14,16 @@ back into a message that carries them, as the API requires on tool turns.
 Usage: Anthropic's ``output_tokens`` include the thinking, which it does not
 count separately; ponder's ``reasoning`` is ``output_tokens`` minus the
 estimated tokens of the visible text (both flagged estimated) when the answer
-has thinking, else everything is ``output`` as reported.
+has thinking, else everything is ``output`` as reported. Reported usage above what
+the call asked for (``max_tokens``; a prompt larger than its text) is clamped and
+recorded as an anomaly, as for every HTTP backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -27,8 +31,10 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from ponder.backends.openai_compat import HttpUpstream, estimate_tokens
-from ponder.errors import InvalidRequest, UpstreamError
+from ponder.backends.openai_wire import ServerUsage, estimate_tokens
+from ponder.backends.upstream_http import DEFAULT_READ_TIMEOUT_S, ClientKind, HttpUpstream
+from ponder.backends.usage_attribution import UsageBounds, bound_usage, prompt_token_bound
+from ponder.errors import InvalidRequest, UpstreamAnswerLost
 from ponder.types import (
     Capabilities,
     Delta,
@@ -84,6 +90,10 @@ def effort_for_budget(budget_tokens: int) -> str:
     return "high"
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _finish(stop_reason: object) -> FinishReason:
     return "length" if stop_reason == "max_tokens" else "stop"
 
@@ -101,8 +111,9 @@ class AnthropicBackend:
         thinking_mode: ThinkingMode = "auto",
         max_concurrency: int = 8,
         connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = None,
+        read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        http_client: ClientKind | None = None,
         token_counter: Callable[[str], Awaitable[int]] | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> None:
@@ -122,6 +133,7 @@ class AnthropicBackend:
             read_timeout_s=read_timeout_s,
             max_connections=max(max_concurrency, 1) * 2,
             transport=transport,
+            client=http_client,
         )
         self._sem = asyncio.Semaphore(max(max_concurrency, 1))
         self._count = token_counter
@@ -210,11 +222,30 @@ class AnthropicBackend:
 
     # ------------------------------------------------------------ response
 
-    async def _usage(self, raw: dict[str, Any], text: str, thought: bool) -> Usage:
-        created = int(raw.get("cache_creation_input_tokens") or 0)
-        read = int(raw.get("cache_read_input_tokens") or 0)
-        out = int(raw.get("output_tokens") or 0)
-        usage = Usage(input=int(raw.get("input_tokens") or 0) + created, cached_input=read)
+    async def _usage(
+        self, raw: dict[str, Any], text: str, thought: bool, req: GenRequest, body: dict[str, Any]
+    ) -> Usage:
+        created, read = (
+            _count(raw.get("cache_creation_input_tokens")),
+            _count(raw.get("cache_read_input_tokens")),
+        )
+        reported = ServerUsage(
+            prompt=_count(raw.get("input_tokens")) + created + read,
+            cached=read,
+            completion=_count(raw.get("output_tokens")),
+            reasoning=None,
+        )
+        checked, clamped = bound_usage(
+            reported,
+            # The body as sent (thinking blocks and their signatures count as input too).
+            UsageBounds(prompt_token_bound(json.dumps(body, ensure_ascii=False)), req.max_tokens),
+            1,
+            upstream=self.name,
+        )
+        out = checked.completion
+        usage = Usage(
+            input=checked.prompt - checked.cached, cached_input=checked.cached, clamped=clamped
+        )
         if not thought:
             return usage.model_copy(update={"output": out})
         visible = min(await self._tokens(text), out)
@@ -229,14 +260,14 @@ class AnthropicBackend:
 
     async def _one(self, req: GenRequest) -> AnthropicGeneration:
         async with self._sem:
-            data = await self.http.post_json("/v1/messages", self.body(req))
+            body = self.body(req)
+            data = await self.http.post_json("/v1/messages", body, deadline=req.deadline)
         content = data.get("content")
-        if not isinstance(content, list):
-            raise UpstreamError(
+        if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+            raise UpstreamAnswerLost(
                 f"upstream {self.name} answered without content blocks",
                 upstream=self.name,
                 reason="no content",
-                retryable=True,
             )
         text = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
         reasoning = "\n".join(
@@ -247,7 +278,7 @@ class AnthropicBackend:
             text=text,
             reasoning=reasoning,
             finish_reason=_finish(data.get("stop_reason")),
-            usage=await self._usage(data.get("usage") or {}, text, thought),
+            usage=await self._usage(data.get("usage") or {}, text, thought, req, body),
             blocks=[b for b in content if isinstance(b, dict)],
         )
 
@@ -266,17 +297,19 @@ class AnthropicBackend:
         thought = False
         stop_reason: object = None
         finished = False
-        async with self._sem:
-            async for event in self.http.post_sse("/v1/messages", body):
+        events = self.http.post_sse("/v1/messages", body, deadline=req.deadline)
+        # Closed here, in this task, however the loop ends (not later by the collector).
+        async with self._sem, contextlib.aclosing(events):
+            async for event in events:
                 kind = event.get("type")
                 if kind == "error":
                     err = event.get("error") or {}
                     etype = str(err.get("type", "error"))
-                    raise UpstreamError(
+                    # The request was accepted and has started: not resent.
+                    raise UpstreamAnswerLost(
                         f"upstream {self.name} failed mid-stream: {err.get('message', etype)}",
                         upstream=self.name,
                         reason=str(err.get("message", etype)),
-                        retryable=etype in ("overloaded_error", "api_error", "rate_limit_error"),
                     )
                 if kind == "message_start":
                     usage_raw.update((event.get("message") or {}).get("usage") or {})
@@ -298,11 +331,10 @@ class AnthropicBackend:
                     finished = True
                     break
         if not finished:
-            raise UpstreamError(
+            raise UpstreamAnswerLost(
                 f"upstream {self.name} ended the stream before message_stop (truncated)",
                 upstream=self.name,
                 reason="truncated stream",
-                retryable=True,
             )
-        usage = await self._usage(usage_raw, "".join(text_parts), thought)
+        usage = await self._usage(usage_raw, "".join(text_parts), thought, req, body)
         yield Delta(finish_reason=_finish(stop_reason), usage=usage)

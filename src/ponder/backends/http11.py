@@ -8,8 +8,20 @@ It is used only where it is a faithful replacement: a plain-http base URL, no cu
 transport, no proxy configured in the environment. Everything else (https, proxies,
 streaming responses) stays on httpx.
 
-Errors are raised as the classes below; :class:`~ponder.backends.openai_compat.HttpUpstream`
-maps them to ponder's upstream errors exactly as it maps httpx's.
+Measured against aiohttp's client in one run of ``benchmarks/gateway_overhead.py``, the
+same bare forwarder spends about 0.2 ms more CPU per request with aiohttp (see
+docs/results/upstream_client.md), so this client stays on the hot path; aiohttp serves
+streams and https.
+
+It never sends a request twice: a connection that fails after the request was written
+(even a pooled one that fails before any response byte) raises :class:`Dropped`, since
+the upstream may have read it. Idle connections are dropped after ``keepalive_s`` (below
+common servers' own keep-alive timeout), so a request rarely meets one the server is
+closing. Bodiless responses (1xx, 204, 304) are read without waiting for a body, and
+every read is bounded by ``read_timeout_s``.
+
+Errors are raised as the classes below; :class:`~ponder.backends.upstream_http.HttpUpstream`
+maps them to ponder's upstream errors as it maps aiohttp's and httpx's.
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -32,6 +46,7 @@ __all__ = [
     "usable_for",
 ]
 
+_T = TypeVar("_T")
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 _MAX_HEAD = 64 * 1024
 
@@ -71,13 +86,15 @@ def usable_for(base_url: str) -> bool:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
 
-    def alive(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+    def alive(self, keepalive_s: float) -> bool:
+        fresh = time.monotonic() - self.idle_since < keepalive_s
+        return fresh and not self.writer.is_closing() and not self.reader.at_eof()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -93,8 +110,9 @@ class Http11Pool:
         *,
         headers: Mapping[str, str] | None = None,
         connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = None,
+        read_timeout_s: float | None = 600.0,
         max_connections: int = 32,
+        keepalive_s: float = 4.0,
     ) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme != "http" or not parts.hostname:
@@ -109,6 +127,7 @@ class Http11Pool:
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.keepalive_s = keepalive_s
         self._idle: list[_Conn] = []
         self.max_connections = max(max_connections, 1)
         self._slots = asyncio.Semaphore(self.max_connections)
@@ -147,28 +166,24 @@ class Http11Pool:
         if loop is not self._loop:
             # Connections belong to the loop that opened them (a client reused across
             # asyncio.run calls must not touch the old loop's sockets).
-            for conn in self._idle:
-                conn.close()
+            for stale in self._idle:
+                stale.close()
             self._idle.clear()
             self._slots = asyncio.Semaphore(self.max_connections)
             self._loop = loop
         async with self._slots:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.alive():
-                    conn.close()
-                    continue
-                try:
-                    return await self._exchange(conn, request)
-                except _Stale:
-                    # The server closed an idle connection before reading this request
-                    # (nothing of a response came back): safe to send it once more.
-                    continue
-            conn = await self._connect()
-            try:
-                return await self._exchange(conn, request)
-            except _Stale as exc:
-                raise Dropped(str(exc.__cause__ or "connection closed")) from exc
+            conn = None
+            while self._idle and conn is None:
+                idle = self._idle.pop()
+                if idle.alive(self.keepalive_s):
+                    conn = idle
+                else:
+                    idle.close()
+            if conn is None:
+                conn = await self._connect()
+            # Sent once: a connection that fails now, pooled or new, may have delivered the
+            # request (a server can read it and then close), so it is never sent again.
+            return await self._exchange(conn, request)
 
     async def _exchange(self, conn: _Conn, request: bytes) -> Response:
         reusable = False
@@ -178,14 +193,16 @@ class Http11Pool:
                 head = await self._read(conn.reader.readuntil(b"\r\n\r\n"))
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 partial = getattr(exc, "partial", b"")
-                if not partial:
-                    raise _Stale() from exc
-                raise Dropped(f"connection closed mid-response: {exc}") from exc
+                what = "mid-response" if partial else "before any response"
+                raise Dropped(f"connection closed {what}: {exc or type(exc).__name__}") from exc
             status, headers, version = _parse_head(head)
             while 100 <= status < 200:  # interim responses (100 Continue) carry no body
                 head = await self._read(conn.reader.readuntil(b"\r\n\r\n"))
                 status, headers, version = _parse_head(head)
-            content, to_eof = await self._body(conn.reader, headers)
+            if status in (204, 304):  # no body, whatever the headers say (RFC 9112 6.3)
+                content, to_eof = b"", False
+            else:
+                content, to_eof = await self._body(conn.reader, headers)
             keep = headers.get("connection", "").lower()
             reusable = not to_eof and (
                 keep == "keep-alive" if version == "HTTP/1.0" else keep != "close"
@@ -199,11 +216,12 @@ class Http11Pool:
             # Anything unfinished (an error, a timeout, a cancelled request) leaves the
             # connection in an unknown state: it is closed, never pooled.
             if reusable and not self._closed:
+                conn.idle_since = time.monotonic()
                 self._idle.append(conn)
             else:
                 conn.close()
 
-    async def _read(self, op):  # type: ignore[no-untyped-def]
+    async def _read(self, op: Awaitable[_T]) -> _T:
         if self.read_timeout_s is None:
             return await op
         try:
@@ -216,7 +234,7 @@ class Http11Pool:
         self, reader: asyncio.StreamReader, headers: dict[str, str]
     ) -> tuple[bytes, bool]:
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 line = await self._read(reader.readuntil(b"\r\n"))
                 try:
@@ -237,10 +255,6 @@ class Http11Pool:
                 raise Dropped(f"bad content-length {length!r}") from exc
             return (await self._read(reader.readexactly(n)) if n else b""), False
         return await self._read(reader.read()), True
-
-
-class _Stale(Exception):
-    """Internal: a pooled connection failed before any response byte arrived."""
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], str]:

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible HTTP server as a backend: vLLM, SGLang, llama.cpp, Ollama, OpenAI.
 
-One pooled ``httpx.AsyncClient`` per backend. ``flavor`` names the server so
-that its extensions are used where they exist:
+One pooled HTTP client per backend (:class:`~ponder.backends.upstream_http.HttpUpstream`:
+aiohttp, or httpx with a custom transport). ``flavor`` names the server so that its
+extensions are used where they exist:
 
 - ``n`` samples in one request where the server honours it (vLLM/SGLang share
   the prompt's prefix cache); otherwise, or when a server silently returns
@@ -13,27 +14,48 @@ that its extensions are used where they exist:
   cannot continue;
 - thinking: vLLM ``thinking_token_budget`` with Qwen3's
   ``chat_template_kwargs.enable_thinking``, OpenAI ``reasoning_effort``, or a
-  client-side cap for servers with no native control (think until the budget,
-  force the end of thinking, then ask for the answer);
+  client-side cap for servers with no native control
+  (:mod:`~ponder.backends.client_cap`);
 - reasoning is read from ``reasoning_content`` / ``reasoning`` or from
-  ``<think>`` tags in the text. Usage comes from the server; reasoning tokens
+  ``<think>`` tags in the text. Usage comes from the server, checked against what
+  the call asked for (:mod:`~ponder.backends.usage_attribution`); reasoning tokens
   it does not report are estimated by tokenizing the reasoning text (via the
   server's tokenize endpoint where it has one) and flagged estimated.
+
+Each call goes to the upstream once: a failure comes back as an error that says
+whether it is safe to send again (see :mod:`~ponder.backends.upstream_http`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from ponder.backends import http11
-from ponder.errors import ContextOverflow, InvalidRequest, UpstreamError, UpstreamTimeout
+from ponder.backends.client_cap import ClientThinkingCap
+from ponder.backends.openai_wire import (
+    Choice,
+    ServerUsage,
+    effort_for_budget,
+    estimate_tokens,
+    finish_reason,
+    parse_choices,
+    render_chat,
+    server_usage,
+)
+from ponder.backends.scratchpad import ThinkSplitter, scratchpad_messages, split_think
+from ponder.backends.upstream_http import DEFAULT_READ_TIMEOUT_S, ClientKind, HttpUpstream
+from ponder.backends.usage_attribution import (
+    Mode,
+    UsageBounds,
+    attribute,
+    prompt_token_bound,
+)
+from ponder.errors import InvalidRequest, UpstreamAnswerLost
 from ponder.types import (
     Capabilities,
     Delta,
@@ -41,8 +63,6 @@ from ponder.types import (
     Generation,
     GenRequest,
     Message,
-    ThinkingConfig,
-    TokenLogprob,
     Usage,
 )
 
@@ -60,416 +80,6 @@ Flavor = Literal["generic", "vllm", "sglang", "llama_cpp", "ollama", "openai"]
 ThinkingControl = Literal["vllm", "sglang", "openai", "client", "none"]
 Continuation = Literal["chat", "completions", "none"]
 TokenCounter = Callable[[str], Awaitable[int]]
-_Mode = Literal["split", "reasoning", "text"]
-
-SCRATCHPAD = (
-    "Before answering, think step by step inside {open} ... {close}. "
-    "After {close}, give only the final answer."
-)
-ASK_FOR_ANSWER = "Stop thinking now. Give your final answer."
-# Statuses after which the same request may succeed (529: Anthropic "overloaded").
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate (about four characters per token)."""
-    return math.ceil(len(text) / 4) if text else 0
-
-
-# ---------------------------------------------------------------------------- HTTP
-
-
-def _reason(body: bytes) -> str:
-    """The upstream's own words from an error body (OpenAI, Anthropic or FastAPI shape)."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            for key in ("message", "detail", "msg"):
-                if isinstance(err.get(key), str):
-                    return str(err[key])
-        if isinstance(err, str):
-            return err
-        if "detail" in data:
-            return json.dumps(data["detail"])[:500]
-    return text[:500]
-
-
-def _retry_after(resp: httpx.Response | http11.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
-class HttpUpstream:
-    """A pooled async HTTP client for one upstream that maps every failure to an error value."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        name: str,
-        headers: dict[str, str] | None = None,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = None,
-        max_connections: int = 32,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers or {},
-            # Total and first-token limits are the guard's; here only the socket-level ones.
-            timeout=httpx.Timeout(None, connect=connect_timeout_s, read=read_timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-        )
-        self._urls: dict[str, httpx.URL] = {}
-        # Plain-http upstreams (self-hosted servers) get the lean client for JSON calls;
-        # streams, https and proxied setups stay on httpx.
-        self.lean: http11.Http11Pool | None = None
-        if transport is None and http11.usable_for(self.base_url):
-            self.lean = http11.Http11Pool(
-                self.base_url,
-                headers=headers,
-                connect_timeout_s=connect_timeout_s,
-                read_timeout_s=read_timeout_s,
-                max_connections=max_connections,
-            )
-
-    async def aclose(self) -> None:
-        if self.lean is not None:
-            await self.lean.aclose()
-        await self.client.aclose()
-
-    def _url(self, path: str) -> httpx.URL:
-        # A relative path is parsed and merged with base_url on every request; the
-        # absolute URL of each route is built once instead.
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(f"{self.base_url}/{path.lstrip('/')}")
-        return url
-
-    def _error(self, exc: Exception) -> UpstreamError:
-        where = f"upstream {self.name} ({self.base_url})"
-        if isinstance(exc, httpx.ConnectTimeout | http11.ConnectTimeout):
-            return UpstreamTimeout(
-                f"{where} did not accept a connection in time; check that it is running",
-                upstream=self.name,
-                reason=str(exc) or "connect timeout",
-                retryable=True,
-            )
-        if isinstance(exc, httpx.TimeoutException | http11.ReadTimeout):
-            return UpstreamTimeout(
-                f"{where} stopped sending data (read timeout)",
-                upstream=self.name,
-                reason=str(exc) or "read timeout",
-                retryable=True,
-            )
-        if isinstance(exc, httpx.ConnectError | http11.ConnectFailed):
-            return UpstreamError(
-                f"{where} is unreachable: {exc}; check its address and that it is running",
-                upstream=self.name,
-                reason=str(exc),
-                retryable=True,
-            )
-        if isinstance(exc, httpx.TransportError | http11.Dropped):
-            return UpstreamError(
-                f"{where} dropped the connection: {exc or type(exc).__name__}",
-                upstream=self.name,
-                reason=str(exc) or type(exc).__name__,
-                retryable=True,
-            )
-        return UpstreamError(f"{where} failed: {exc}", upstream=self.name, reason=str(exc))
-
-    def _status_error(self, resp: httpx.Response | http11.Response, body: bytes) -> UpstreamError:
-        reason = _reason(body)
-        status = resp.status_code
-        low = reason.lower()
-        if status == 400 and ("context length" in low or "maximum context" in low):
-            raise ContextOverflow(
-                f"the prompt does not fit upstream {self.name}'s context: {reason}",
-                param="messages",
-            )
-        return UpstreamError(
-            f"upstream {self.name} answered {status}: {reason}",
-            upstream=self.name,
-            upstream_status=status,
-            reason=reason,
-            retryable=status in RETRYABLE_STATUSES,
-            retry_after_s=_retry_after(resp),
-        )
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp: httpx.Response | http11.Response
-        try:
-            if self.lean is not None:
-                resp = await self.lean.post(path, json.dumps(body).encode())
-            else:
-                resp = await self.client.post(self._url(path), json=body)
-            content = resp.content
-        except (httpx.HTTPError, http11.Http11Error) as exc:
-            raise self._error(exc) from exc
-        if resp.status_code >= 400:
-            raise self._status_error(resp, content)
-        return self._json_object(
-            content,
-            not_json=f"a body that is not JSON: {content[:200]!r}",
-            not_object="JSON that is not an object",
-            reason="malformed JSON",
-        )
-
-    async def post_sse(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield the JSON payload of each server-sent event; ``{"[DONE]": True}`` at ``[DONE]``."""
-        try:
-            async with self.client.stream("POST", self._url(path), json=body) as resp:
-                if resp.status_code >= 400:
-                    raise self._status_error(resp, await resp.aread())
-                data_lines: list[str] = []
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        data_lines.append(line[5:].strip())
-                    elif not line.strip() and data_lines:
-                        yield self._event("\n".join(data_lines))
-                        data_lines = []
-                if data_lines:
-                    yield self._event("\n".join(data_lines))
-        except httpx.HTTPError as exc:
-            raise self._error(exc) from exc
-
-    def _event(self, payload: str) -> dict[str, Any]:
-        if payload == "[DONE]":
-            return {"[DONE]": True}
-        return self._json_object(
-            payload,
-            not_json=f"a stream event that is not JSON: {payload[:200]!r}",
-            not_object="a stream event that is not an object",
-            reason="malformed JSON in stream",
-        )
-
-    def _json_object(
-        self, text: str | bytes, *, not_json: str, not_object: str, reason: str
-    ) -> dict[str, Any]:
-        """Parse an upstream JSON object; anything else is a retryable upstream error."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise UpstreamError(
-                f"upstream {self.name} sent {not_json}",
-                upstream=self.name,
-                reason=reason,
-                retryable=True,
-            ) from exc
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                f"upstream {self.name} sent {not_object}",
-                upstream=self.name,
-                reason=reason,
-                retryable=True,
-            )
-        return data
-
-
-# ---------------------------------------------------------------------------- text
-
-
-def split_think(
-    text: str, open_tag: str = "<think>", close_tag: str = "</think>"
-) -> tuple[str, str]:
-    """``(reasoning, answer)`` from text that may hold a ``<think>`` block.
-
-    A close tag without an open one counts too: chat templates of thinking
-    models often put the open tag into the prompt. An unclosed thought is all
-    reasoning.
-    """
-    stripped = text.lstrip()
-    if stripped.startswith(open_tag):
-        rest = stripped[len(open_tag) :]
-        if close_tag in rest:
-            thought, answer = rest.split(close_tag, 1)
-            return thought.strip(), answer.lstrip()
-        return rest.strip(), ""
-    if close_tag in text:
-        thought, answer = text.split(close_tag, 1)
-        return thought.strip(), answer.lstrip()
-    return "", text
-
-
-class ThinkSplitter:
-    """Incremental :func:`split_think` for streams; holds back partial tags."""
-
-    def __init__(self, open_tag: str = "<think>", close_tag: str = "</think>") -> None:
-        self.open_tag, self.close_tag = open_tag, close_tag
-        self.state: Literal["start", "thinking", "answer"] = "start"
-        self.buf = ""
-        self._answer_started = False
-
-    def feed(self, chunk: str) -> tuple[str, str]:
-        self.buf += chunk
-        reasoning = text = ""
-        if self.state == "start":
-            head = self.buf.lstrip()
-            if head.startswith(self.open_tag):
-                self.state, self.buf = "thinking", head[len(self.open_tag) :].lstrip()
-            elif self.open_tag.startswith(head):
-                return "", ""  # could still become the open tag
-            else:
-                self.state = "answer"
-        if self.state == "thinking":
-            if self.close_tag in self.buf:
-                thought, rest = self.buf.split(self.close_tag, 1)
-                reasoning, self.buf, self.state = thought, rest.lstrip(), "answer"
-            else:
-                keep = _partial_suffix(self.buf, self.close_tag)
-                reasoning, self.buf = (
-                    self.buf[: len(self.buf) - keep],
-                    self.buf[len(self.buf) - keep :],
-                )
-                return reasoning, ""
-        if self.state == "answer":
-            text, self.buf = self.buf, ""
-            if not self._answer_started:
-                text = text.lstrip()
-                self._answer_started = bool(text)
-        return reasoning, text
-
-    def flush(self) -> tuple[str, str]:
-        rest, self.buf = self.buf, ""
-        if self.state == "thinking":
-            return rest, ""
-        return "", rest
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-k:]):
-            return k
-    return 0
-
-
-def render_chat(messages: Sequence[Message], template: str, *, continue_final: bool) -> str:
-    """Render messages to a prompt for the raw completions endpoint.
-
-    ``template`` is ``"chatml"`` (Qwen, many others) or Jinja source using the
-    usual ``messages`` / ``add_generation_prompt`` variables (needs jinja2).
-    With ``continue_final`` the last (assistant) message is left open.
-    """
-    msgs = list(messages)
-    partial = msgs.pop().content if continue_final else None
-    if template == "chatml":
-        out = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in msgs)
-        out += "<|im_start|>assistant\n"
-    else:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        out = env.from_string(template).render(
-            messages=[{"role": m.role, "content": m.content} for m in msgs],
-            add_generation_prompt=True,
-        )
-    return out + (partial or "")
-
-
-def _scratchpad(messages: list[Message], cfg: ThinkingConfig) -> list[Message]:
-    instruction = SCRATCHPAD.format(open=cfg.open_tag, close=cfg.close_tag)
-    if messages and messages[0].role == "system":
-        return [
-            Message(role="system", content=f"{messages[0].content}\n\n{instruction}"),
-            *messages[1:],
-        ]
-    return [Message(role="system", content=instruction), *messages]
-
-
-def effort_for_budget(budget_tokens: int) -> str:
-    """OpenAI ``reasoning_effort`` for a token budget (a coarse, documented mapping)."""
-    if budget_tokens <= 1024:
-        return "low"
-    if budget_tokens <= 8192:
-        return "medium"
-    return "high"
-
-
-# ---------------------------------------------------------------------------- parsing
-
-
-@dataclass
-class _Choice:
-    text: str
-    reasoning: str
-    finish: FinishReason
-    logprobs: list[TokenLogprob] | None
-    # Output tokens known exactly for this choice (from its logprobs), if any.
-    tokens: int | None = None
-
-
-@dataclass
-class _ServerUsage:
-    prompt: int
-    cached: int
-    completion: int
-    reasoning: int | None
-
-
-def _finish(value: object) -> FinishReason:
-    return "length" if value == "length" else "stop"
-
-
-def _server_usage(data: dict[str, Any]) -> _ServerUsage | None:
-    u = data.get("usage")
-    if not isinstance(u, dict) or "completion_tokens" not in u:
-        return None
-    pdet = u.get("prompt_tokens_details") or {}
-    cdet = u.get("completion_tokens_details") or {}
-    reasoning = cdet.get("reasoning_tokens") if isinstance(cdet, dict) else None
-    return _ServerUsage(
-        prompt=int(u.get("prompt_tokens") or 0),
-        cached=int((pdet.get("cached_tokens") if isinstance(pdet, dict) else 0) or 0),
-        completion=int(u.get("completion_tokens") or 0),
-        reasoning=int(reasoning) if isinstance(reasoning, int) else None,
-    )
-
-
-def _chat_logprobs(lp: object) -> list[TokenLogprob] | None:
-    if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
-        return None
-    return [
-        TokenLogprob(
-            token=str(t.get("token", "")),
-            logprob=float(t.get("logprob", 0.0)),
-            top={str(a["token"]): float(a["logprob"]) for a in t.get("top_logprobs") or []},
-        )
-        for t in lp["content"]
-    ]
-
-
-def _completion_logprobs(lp: object) -> list[TokenLogprob] | None:
-    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
-        return None
-    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-    return [
-        TokenLogprob(
-            token=str(tok),
-            logprob=float(val if val is not None else 0.0),
-            top={str(k): float(v) for k, v in (top or {}).items()},
-        )
-        for tok, val, top in zip(lp["tokens"], lp.get("token_logprobs") or [], tops, strict=False)
-    ]
-
-
-# ---------------------------------------------------------------------------- backend
-
 
 _PROFILES: dict[str, tuple[bool | None, ThinkingControl, Continuation]] = {
     # flavor: (native n, thinking control, continuation)
@@ -482,7 +92,7 @@ _PROFILES: dict[str, tuple[bool | None, ThinkingControl, Continuation]] = {
 }
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(ClientThinkingCap):
     """A backend over an OpenAI-compatible ``/v1`` HTTP API."""
 
     def __init__(
@@ -499,9 +109,10 @@ class OpenAICompatBackend:
         chat_template: str | None = None,
         max_concurrency: int = 8,
         connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = None,
+        read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        http_client: ClientKind | None = None,
         token_counter: TokenCounter | None = None,
         stream_usage: bool = True,
         max_context: int | None = None,
@@ -542,6 +153,7 @@ class OpenAICompatBackend:
             read_timeout_s=read_timeout_s,
             max_connections=max(max_concurrency, 1) * 2,
             transport=transport,
+            client=http_client,
         )
         self._sem = asyncio.Semaphore(max(max_concurrency, 1))
         self._token_counter = token_counter
@@ -574,22 +186,39 @@ class OpenAICompatBackend:
         if path is not None and not self._tokenize_broken:
             # The tokenize routes live beside /v1, not under it.
             root = self.http.base_url.removesuffix("/v1")
-            try:
-                resp = await self.http.client.post(root + path, json=body)
-                data = resp.json()
-                if resp.status_code == 200 and isinstance(data, dict):
-                    if isinstance(data.get("count"), int):
-                        return int(data["count"])
-                    if isinstance(data.get("tokens"), list):
-                        return len(data["tokens"])
-            except (httpx.HTTPError, ValueError):
-                pass
+            data = await self.http.post_aux(root + path, body)
+            if isinstance(data, dict):
+                if isinstance(data.get("count"), int):
+                    return int(data["count"])
+                if isinstance(data.get("tokens"), list):
+                    return len(data["tokens"])
             self._tokenize_broken = True
         return estimate_tokens(text)
 
     async def _prompt_estimate(self, messages: Sequence[Message]) -> int:
         # A few tokens of chat-template framing per message.
         return sum([await self.count_tokens(m.content) + 4 for m in messages])
+
+    async def _attribute(
+        self,
+        choices: list[Choice],
+        usage: ServerUsage | None,
+        req: GenRequest,
+        messages: Sequence[Message],
+        mode: Mode,
+    ) -> list[tuple[Choice, Usage]]:
+        """Usage per choice, checked against what ``req`` could use (see usage_attribution)."""
+        return await attribute(
+            choices,
+            usage,
+            mode,
+            count_tokens=self.count_tokens,
+            prompt_estimate=lambda: self._prompt_estimate(messages),
+            bounds=UsageBounds(
+                prompt=prompt_token_bound(messages), completion_per_choice=req.max_tokens
+            ),
+            upstream=self.name,
+        )
 
     # ------------------------------------------------------------ request bodies
 
@@ -672,7 +301,7 @@ class OpenAICompatBackend:
 
     async def _call(
         self, req: GenRequest, messages: Sequence[Message]
-    ) -> tuple[list[_Choice], _ServerUsage | None]:
+    ) -> tuple[list[Choice], ServerUsage | None]:
         """One request; returns up to ``req.n`` choices (a server may return fewer)."""
         completions = self._use_completions(req, messages)
         if completions:
@@ -682,149 +311,48 @@ class OpenAICompatBackend:
             body = self._chat_body(req, messages)
             path = "/chat/completions"
         async with self._sem:
-            data = await self.http.post_json(path, body)
+            data = await self.http.post_json(path, body, deadline=req.deadline)
         raw = data.get("choices")
-        if not isinstance(raw, list) or not raw:
-            raise UpstreamError(
+        if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
+            raise UpstreamAnswerLost(
                 f"upstream {self.name} answered without choices: {json.dumps(data)[:200]}",
                 upstream=self.name,
                 reason="no choices",
-                retryable=True,
             )
-        out: list[_Choice] = []
-        for c in sorted(raw, key=lambda c: int(c.get("index", 0)))[: req.n]:
-            if completions:
-                text, reasoning = str(c.get("text") or ""), ""
-                lps = _completion_logprobs(c.get("logprobs"))
-            else:
-                msg = c.get("message") or {}
-                text = str(msg.get("content") or "")
-                reasoning = str(msg.get("reasoning_content") or msg.get("reasoning") or "")
-                lps = _chat_logprobs(c.get("logprobs"))
-            if lps is not None and not req.top_logprobs:
-                for t in lps:
-                    t.top = {}
-            out.append(
-                _Choice(
-                    text=text,
-                    reasoning=reasoning,
-                    finish=_finish(c.get("finish_reason")),
-                    logprobs=lps if req.logprobs else None,
-                    tokens=len(lps) if lps is not None else None,
-                )
-            )
-        return out, _server_usage(data)
+        choices = parse_choices(
+            raw,
+            n=req.n,
+            completions=completions,
+            logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs,
+        )
+        return choices, server_usage(data)
 
     async def _sample(
-        self, req: GenRequest, messages: Sequence[Message], mode: _Mode = "split"
-    ) -> list[tuple[_Choice, Usage]]:
+        self, req: GenRequest, messages: Sequence[Message], mode: Mode = "split"
+    ) -> list[tuple[Choice, Usage]]:
         """``req.n`` choices, each with its usage: native ``n`` where it works, else concurrent calls."""
-        results: list[tuple[_Choice, Usage]] = []
+        results: list[tuple[Choice, Usage]] = []
         if req.n == 1 or self.native_n is not False:
             choices, usage = await self._call(req, messages)
-            results.extend(await self._attribute(choices, usage, messages, mode))
+            results.extend(await self._attribute(choices, usage, req, messages, mode))
             if len(choices) < req.n and self.native_n is None:
                 self.native_n = False  # the server ignores n; stop asking
                 self.capabilities = self.capabilities.model_copy(update={"native_n": False})
         missing = req.n - len(results)
         if missing > 0:
 
-            async def one(i: int) -> list[tuple[_Choice, Usage]]:
+            async def one(i: int) -> list[tuple[Choice, Usage]]:
                 # Distinct seeds, or seeded samples would all be the same.
                 seed = None if req.seed is None else req.seed + i
                 sub = req.model_copy(update={"n": 1, "seed": seed})
                 choices, usage = await self._call(sub, messages)
-                return await self._attribute(choices, usage, messages, mode)
+                return await self._attribute(choices, usage, sub, messages, mode)
 
             start = len(results)
             for part in await asyncio.gather(*(one(start + k) for k in range(missing))):
                 results.extend(part)
         return results[: req.n]
-
-    async def _attribute(
-        self,
-        choices: list[_Choice],
-        usage: _ServerUsage | None,
-        messages: Sequence[Message],
-        mode: _Mode,
-    ) -> list[tuple[_Choice, Usage]]:
-        """Split one call's usage over its choices; the prompt goes to the first.
-
-        ``mode`` says what the generated text is: ``split`` (reasoning fields or
-        ``<think>`` tags mark the thinking), ``reasoning`` (all of it is thinking,
-        for the client-side cap) or ``text`` (all of it is answer).
-        """
-        for ch in choices:
-            if mode == "split" and not ch.reasoning:
-                thought, answer = split_think(ch.text)
-                if thought:
-                    ch.reasoning, ch.text = thought, answer
-            elif mode == "reasoning":
-                head = ch.text.lstrip()
-                body = head[len("<think>") :] if head.startswith("<think>") else ch.text
-                ch.reasoning, ch.text = ch.reasoning + body, ""
-        if usage is None:
-            prompt = await self._prompt_estimate(messages)
-            out = []
-            for i, ch in enumerate(choices):
-                r = await self.count_tokens(ch.reasoning)
-                exact = ch.tokens is not None and not ch.reasoning
-                o = int(ch.tokens or 0) if exact else await self.count_tokens(ch.text)
-                out.append(
-                    (
-                        ch,
-                        Usage(
-                            input=prompt if i == 0 else 0,
-                            reasoning=r,
-                            output=o,
-                            input_estimated=True,
-                            reasoning_estimated=r > 0,
-                            output_estimated=not exact,
-                        ),
-                    )
-                )
-            return out
-        # The reported total is kept exactly; over several choices it is split by their
-        # token counts (from logprobs) or else in proportion to their length.
-        if len(choices) == 1:
-            per = [usage.completion]
-        elif all(c.tokens is not None for c in choices):
-            per = _split_total(usage.completion, [int(c.tokens or 0) for c in choices])
-        else:
-            per = _split_total(
-                usage.completion, [await self.count_tokens(c.reasoning + c.text) for c in choices]
-            )
-        r_split = (
-            _split_total(usage.reasoning, [await self.count_tokens(c.reasoning) for c in choices])
-            if usage.reasoning is not None
-            else None
-        )
-        out = []
-        for i, ch in enumerate(choices):
-            est = False
-            if r_split is not None:
-                r = min(r_split[i], per[i])
-            elif mode == "reasoning":
-                r = per[i]
-            elif ch.reasoning:
-                # Not reported: tokenize the reasoning text; the output is the rest.
-                r, est = min(await self.count_tokens(ch.reasoning), per[i]), True
-            else:
-                r = 0
-            out.append(
-                (
-                    ch,
-                    Usage(
-                        input=max(usage.prompt - usage.cached, 0) if i == 0 else 0,
-                        cached_input=usage.cached if i == 0 else 0,
-                        reasoning=r,
-                        output=per[i] - r,
-                        reasoning_estimated=est,
-                        output_estimated=est,
-                    ),
-                )
-            )
-        return out
 
     # ------------------------------------------------------------ generate
 
@@ -839,9 +367,7 @@ class OpenAICompatBackend:
     async def generate(self, req: GenRequest) -> list[Generation]:
         if self._client_cap(req):
             return await self._generate_capped(req)
-        messages = list(req.messages)
-        if req.thinking is not None and req.thinking.prompted and self._prompts_for_thinking():
-            messages = _scratchpad(messages, req.thinking)
+        messages = self._messages(req)
         return [
             Generation(
                 text=ch.text,
@@ -853,99 +379,12 @@ class OpenAICompatBackend:
             for ch, u in await self._sample(req, messages)
         ]
 
-    def _prompts_for_thinking(self) -> bool:
+    def _messages(self, req: GenRequest) -> list[Message]:
+        messages = list(req.messages)
         # Servers with native thinking control serve models that think on their own.
-        return self.thinking_control == "client"
-
-    def _cap_plan(self, req: GenRequest) -> tuple[ThinkingConfig, int, list[Message]]:
-        cfg = req.thinking
-        assert cfg is not None
-        # Keep room for the answer, as the embedded engine does.
-        reserve = max(min(req.max_tokens // 4, 64), 1)
-        cap = max(min(cfg.budget_tokens, req.max_tokens - reserve), 0)
-        messages = _scratchpad(list(req.messages), cfg) if cfg.prompted else list(req.messages)
-        return cfg, cap, messages
-
-    def _think_call(
-        self, req: GenRequest, messages: list[Message], cfg: ThinkingConfig, thought: str, cap: int
-    ) -> tuple[GenRequest, list[Message]]:
-        """The request that thinks (on) from ``thought``, stopping at the close tag."""
-        sub = req.model_copy(
-            update={
-                "max_tokens": cap,
-                "stop": [cfg.close_tag],
-                "logprobs": False,
-                "thinking": None,
-                "continue_final": self.continuation != "none",
-            }
-        )
-        if self.continuation == "none":
-            return sub, messages
-        prefix = f"{cfg.open_tag}\n{thought}"
-        return sub, [*messages, Message(role="assistant", content=prefix)]
-
-    def _answer_call(
-        self, req: GenRequest, messages: list[Message], cfg: ThinkingConfig, thought: str, left: int
-    ) -> tuple[GenRequest, list[Message]]:
-        """The request that writes the answer after a closed (or forcibly closed) thought."""
-        closed = f"{cfg.open_tag}\n{thought.strip()}\n{cfg.close_tag}\n\n"
-        sub = req.model_copy(
-            update={
-                "n": 1,
-                "max_tokens": max(left, 1),
-                "thinking": None,
-                "continue_final": self.continuation != "none",
-            }
-        )
-        if self.continuation != "none":
-            return sub, [*messages, Message(role="assistant", content=closed)]
-        return sub, [
-            *messages,
-            Message(role="assistant", content=closed),
-            Message(role="user", content=ASK_FOR_ANSWER),
-        ]
-
-    async def _generate_capped(self, req: GenRequest) -> list[Generation]:
-        """Client-side thinking cap for servers with no native control."""
-        cfg, cap, messages = self._cap_plan(req)
-        if cap < 8:
-            # Too small a budget to open and close a thought: answer directly.
-            return await self.generate(req.model_copy(update={"thinking": None}))
-        sub, msgs = self._think_call(req, messages, cfg, "", cap)
-        first = await self._sample(sub, msgs, "reasoning")
-
-        async def finish_one(choice: _Choice, usage: Usage) -> Generation:
-            thought, total = choice.reasoning, usage
-            extensions = 0
-            # s1-style: a thought closed too early is extended with "Wait".
-            while (
-                choice.finish == "stop"
-                and total.reasoning < cfg.min_tokens
-                and extensions < cfg.max_extensions
-                and self.continuation != "none"
-                and cap - total.reasoning > 0
-            ):
-                extensions += 1
-                thought = f"{thought.rstrip()}\n{cfg.extend_with}"
-                sub2, msgs2 = self._think_call(
-                    req.model_copy(update={"n": 1}), messages, cfg, thought, cap - total.reasoning
-                )
-                ((choice, more),) = await self._sample(sub2, msgs2, "reasoning")
-                thought += choice.reasoning
-                total = total + more
-            sub3, msgs3 = self._answer_call(
-                req, messages, cfg, thought, req.max_tokens - total.reasoning
-            )
-            ((answer, ausage),) = await self._sample(sub3, msgs3, "text")
-            return Generation(
-                text=answer.text,
-                reasoning=thought.strip(),
-                finish_reason=answer.finish,
-                usage=total + ausage,
-                logprobs=answer.logprobs,
-            )
-
-        return list(await asyncio.gather(*(finish_one(c, u) for c, u in first)))
+        if req.thinking is not None and req.thinking.prompted and self.thinking_control == "client":
+            messages = scratchpad_messages(messages, req.thinking)
+        return messages
 
     # ------------------------------------------------------------ stream
 
@@ -956,10 +395,7 @@ class OpenAICompatBackend:
             async for d in self._stream_capped(req):
                 yield d
             return
-        messages = list(req.messages)
-        if req.thinking is not None and req.thinking.prompted and self._prompts_for_thinking():
-            messages = _scratchpad(messages, req.thinking)
-        async for d in self._stream_once(req, messages, mode="split"):
+        async for d in self._stream_once(req, self._messages(req), mode="split"):
             yield d
 
     async def _stream_once(
@@ -967,7 +403,7 @@ class OpenAICompatBackend:
         req: GenRequest,
         messages: Sequence[Message],
         *,
-        mode: _Mode,
+        mode: Mode,
     ) -> AsyncIterator[Delta]:
         """Stream one call; ``mode`` as in :meth:`_attribute`.
 
@@ -987,23 +423,24 @@ class OpenAICompatBackend:
         reasoning_parts: list[str] = []
         text_parts: list[str] = []
         finish: FinishReason | None = None
-        usage: _ServerUsage | None = None
+        usage: ServerUsage | None = None
         done = False
-        async with self._sem:
-            async for event in self.http.post_sse(path, body):
+        events = self.http.post_sse(path, body, deadline=req.deadline)
+        # Closed here, in this task, however the loop ends (not later by the collector).
+        async with self._sem, contextlib.aclosing(events):
+            async for event in events:
                 if event.get("[DONE]"):
                     done = True
                     break
                 if "error" in event:
                     err = event["error"]
                     reason = err.get("message", err) if isinstance(err, dict) else err
-                    raise UpstreamError(
+                    raise UpstreamAnswerLost(
                         f"upstream {self.name} failed mid-stream: {reason}",
                         upstream=self.name,
                         reason=str(reason),
-                        retryable=True,
                     )
-                usage = _server_usage(event) or usage
+                usage = server_usage(event) or usage
                 for c in event.get("choices") or []:
                     if completions:
                         content, r = str(c.get("text") or ""), ""
@@ -1023,7 +460,7 @@ class OpenAICompatBackend:
                         text_parts.append(t)
                         yield Delta(reasoning=r, text=t)
                     if c.get("finish_reason"):
-                        finish = _finish(c["finish_reason"])
+                        finish = finish_reason(c["finish_reason"])
         if mode == "split":
             r, t = splitter.flush()
             if r or t:
@@ -1031,61 +468,16 @@ class OpenAICompatBackend:
                 text_parts.append(t)
                 yield Delta(reasoning=r, text=t)
         if finish is None and not done:
-            raise UpstreamError(
+            raise UpstreamAnswerLost(
                 f"upstream {self.name} ended the stream before it finished (truncated)",
                 upstream=self.name,
                 reason="truncated stream",
-                retryable=True,
             )
-        choice = _Choice(
+        choice = Choice(
             text="".join(text_parts),
             reasoning="".join(reasoning_parts),
             finish=finish or "stop",
             logprobs=None,
         )
-        ((_, u),) = await self._attribute([choice], usage, messages, mode)
+        ((_, u),) = await self._attribute([choice], usage, req, messages, mode)
         yield Delta(finish_reason=choice.finish, usage=u)
-
-    async def _stream_capped(self, req: GenRequest) -> AsyncIterator[Delta]:
-        cfg, cap, messages = self._cap_plan(req)
-        if cap < 8:
-            async for d in self.stream(req.model_copy(update={"thinking": None})):
-                yield d
-            return
-        sub, msgs = self._think_call(req, messages, cfg, "", cap)
-        thought_parts: list[str] = []
-        think_usage = Usage()
-        async for d in self._stream_once(sub, msgs, mode="reasoning"):
-            if d.usage is not None:
-                think_usage = d.usage
-            elif d.reasoning:
-                piece = d.reasoning
-                if not thought_parts and self.continuation == "none":
-                    piece = piece.replace(cfg.open_tag, "", 1)
-                thought_parts.append(piece)
-                yield Delta(reasoning=piece)
-        thought = "".join(thought_parts)
-        sub2, msgs2 = self._answer_call(
-            req, messages, cfg, thought, req.max_tokens - think_usage.completion_tokens
-        )
-        async for d in self._stream_once(sub2, msgs2, mode="text"):
-            if d.usage is not None:
-                yield Delta(finish_reason=d.finish_reason, usage=think_usage + d.usage)
-            else:
-                yield d
-
-
-def _split_total(total: int, weights: list[int]) -> list[int]:
-    """Split ``total`` into integers proportional to ``weights`` that sum exactly to it."""
-    if not weights:
-        return []
-    wsum = sum(weights)
-    if wsum == 0:
-        base = [total // len(weights)] * len(weights)
-        base[0] += total - sum(base)
-        return base
-    parts = [total * w // wsum for w in weights]
-    order = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % wsum))
-    for i in order[: total - sum(parts)]:
-        parts[i] += 1
-    return parts

@@ -14,7 +14,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ponder.backends.openai_compat import render_chat, split_think
+from ponder.backends.openai_wire import render_chat
+from ponder.backends.scratchpad import split_think
 from ponder.errors import InvalidRequest, ModelNotAvailable
 from ponder.types import Capabilities, Delta, Generation, GenRequest, TokenLogprob, Usage
 

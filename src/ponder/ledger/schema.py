@@ -79,6 +79,9 @@ reservations = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
     # JSON list of [scope, subject, metric, window, window_start, amount].
     sa.Column("items", sa.Text, nullable=False),
+    # The process holding it (host:pid:start, see ponder.ledger.owners): a restart
+    # frees the holds of a dead process on its host at once, not after expires_at.
+    sa.Column("owner", sa.String(160), nullable=True),
 )
 
 requests = sa.Table(
@@ -145,6 +148,8 @@ jobs = sa.Table(
     sa.Column("http_status", sa.Integer, nullable=True),
     sa.Column("result", sa.Text, nullable=True),  # chat.completion JSON
     sa.Column("error", sa.Text, nullable=True),  # OpenAI error body JSON
+    # JSON list of the earlier attempts that did not finish (interrupted, requeued).
+    sa.Column("history", sa.Text, nullable=True),
     sa.Index("ix_ponder_jobs_status_created", "status", "created_at"),
     sa.Index("ix_ponder_jobs_key_created", "key_id", "created_at"),
 )
@@ -175,6 +180,11 @@ def _v3(conn: sa.Connection) -> None:
     _add_column(conn, requests, "features")
 
 
+def _v4(conn: sa.Connection) -> None:
+    _add_column(conn, reservations, "owner")
+    _add_column(conn, jobs, "history")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)

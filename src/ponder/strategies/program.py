@@ -21,7 +21,7 @@ from ponder.strategies.base import RunContext, Work, check_int, check_temperatur
 from ponder.strategies.basic import majority_vote
 from ponder.types import Candidate, Generation, Message, Outcome, Problem, Score
 from ponder.verifiers.answers import extract_code, normalize_answer
-from ponder.verifiers.sandbox import SandboxLimits, arun_python
+from ponder.verifiers.sandbox import SandboxLimits, arun_python, check_sandbox
 
 __all__ = ["ProgramAided", "run_sql", "sqlite_schema"]
 
@@ -158,6 +158,8 @@ class ProgramAided:
 
     async def run(self, problem: Problem, ctx: RunContext) -> Outcome:
         database = self.database or problem.metadata.get("sqlite_path")
+        if self.language == "python":
+            check_sandbox()  # refuse before generating: nothing spent on code that cannot run
         messages = self._messages(problem, database)
         temperature = (
             self.temperature if self.temperature is not None else (0.0 if self.n == 1 else 0.7)

@@ -17,9 +17,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ponder.config import SandboxSettings
 from ponder.types import Candidate, Problem, Score
 from ponder.verifiers.answers import extract_code
-from ponder.verifiers.sandbox import SandboxLimits, SandboxResult, arun_python
+from ponder.verifiers.sandbox import SandboxLimits, SandboxResult, arun_python, check_sandbox
 
 __all__ = [
     "CodeExecutionVerifier",
@@ -328,6 +329,11 @@ class CodeExecutionVerifier:
     they return: ``detail["cluster"]`` names a candidate's group and
     ``detail["cluster_size"]`` how many tied candidates behave the same, which
     best-of-N uses to break the tie. The score itself is unchanged.
+
+    Programs run in the OS sandbox of :mod:`ponder.verifiers.sandbox` (``sandbox``:
+    its settings, default the process-wide ones); where the host cannot isolate,
+    :meth:`score` raises :class:`~ponder.verifiers.sandbox.SandboxUnavailable`
+    rather than run anything unsandboxed.
     """
 
     timeout_s: float = 5.0
@@ -335,6 +341,7 @@ class CodeExecutionVerifier:
     concurrency: int = 2
     probes: int = 12
     probe_timeout_s: float = 0.5
+    sandbox: SandboxSettings | None = None
 
     def tests_for(self, problem: Problem) -> list[str]:
         given = problem.metadata.get("public_tests")
@@ -355,10 +362,15 @@ class CodeExecutionVerifier:
 
     async def run(self, problem: Problem, candidate: Candidate) -> SandboxResult:
         return await arun_python(
-            self._program(problem, candidate), tests=self.tests_for(problem), limits=self._limits()
+            self._program(problem, candidate),
+            tests=self.tests_for(problem),
+            limits=self._limits(),
+            settings=self.sandbox,
         )
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate]) -> list[Score]:
+        if candidates:
+            check_sandbox(self.sandbox)  # refuse once, before any candidate runs
         gate = asyncio.Semaphore(max(1, self.concurrency))
 
         async def one(c: Candidate) -> Score:
@@ -397,7 +409,9 @@ class CodeExecutionVerifier:
         async def signature(i: int) -> str:
             async with gate:
                 result = await arun_python(
-                    self._program(problem, candidates[i]) + footer, limits=limits
+                    self._program(problem, candidates[i]) + footer,
+                    limits=limits,
+                    settings=self.sandbox,
                 )
             # A run that never reached the footer is its own group of one.
             return behaviour_signature(result) or f"!no-output:{i}"

@@ -1,0 +1,165 @@
+"""The OpenAI wire format as the HTTP backends read and write it: parsing, prompts, mappings.
+
+Pure functions over JSON-like data: choices, usage and logprobs out of a response,
+a chat prompt rendered for the raw completions endpoint, and the coarse mappings
+(finish reason, reasoning effort, a tokenizer-free token estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ponder.types import FinishReason, Message, TokenLogprob
+
+__all__ = [
+    "Choice",
+    "ServerUsage",
+    "effort_for_budget",
+    "estimate_tokens",
+    "finish_reason",
+    "parse_choices",
+    "render_chat",
+    "server_usage",
+]
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters per token)."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def effort_for_budget(budget_tokens: int) -> str:
+    """OpenAI ``reasoning_effort`` for a token budget (a coarse, documented mapping)."""
+    if budget_tokens <= 1024:
+        return "low"
+    if budget_tokens <= 8192:
+        return "medium"
+    return "high"
+
+
+@dataclass
+class Choice:
+    """One choice of a response, before its usage is attributed."""
+
+    text: str
+    reasoning: str
+    finish: FinishReason
+    logprobs: list[TokenLogprob] | None
+    # Output tokens known exactly for this choice (from its logprobs), if any.
+    tokens: int | None = None
+
+
+@dataclass
+class ServerUsage:
+    """Usage as the server reported it for one call (all choices together)."""
+
+    prompt: int
+    cached: int
+    completion: int
+    reasoning: int | None
+
+
+def finish_reason(value: object) -> FinishReason:
+    return "length" if value == "length" else "stop"
+
+
+def _count(value: object) -> int:
+    # A negative or non-integer count from a server is no count at all.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def server_usage(data: dict[str, Any]) -> ServerUsage | None:
+    u = data.get("usage")
+    if not isinstance(u, dict) or "completion_tokens" not in u:
+        return None
+    pdet = u.get("prompt_tokens_details") or {}
+    cdet = u.get("completion_tokens_details") or {}
+    reasoning = cdet.get("reasoning_tokens") if isinstance(cdet, dict) else None
+    return ServerUsage(
+        prompt=_count(u.get("prompt_tokens")),
+        cached=_count(pdet.get("cached_tokens") if isinstance(pdet, dict) else 0),
+        completion=_count(u.get("completion_tokens")),
+        reasoning=_count(reasoning) if isinstance(reasoning, int) else None,
+    )
+
+
+def _chat_logprobs(lp: object) -> list[TokenLogprob] | None:
+    if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
+        return None
+    return [
+        TokenLogprob(
+            token=str(t.get("token", "")),
+            logprob=float(t.get("logprob", 0.0)),
+            top={str(a["token"]): float(a["logprob"]) for a in t.get("top_logprobs") or []},
+        )
+        for t in lp["content"]
+    ]
+
+
+def _completion_logprobs(lp: object) -> list[TokenLogprob] | None:
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
+        return None
+    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+    return [
+        TokenLogprob(
+            token=str(tok),
+            logprob=float(val if val is not None else 0.0),
+            top={str(k): float(v) for k, v in (top or {}).items()},
+        )
+        for tok, val, top in zip(lp["tokens"], lp.get("token_logprobs") or [], tops, strict=False)
+    ]
+
+
+def parse_choices(
+    raw: list[Any], *, n: int, completions: bool, logprobs: bool, top_logprobs: int
+) -> list[Choice]:
+    """Up to ``n`` choices of a chat (or raw completions) response, in index order."""
+    out: list[Choice] = []
+    for c in sorted(raw, key=lambda c: int(c.get("index", 0)))[:n]:
+        if completions:
+            text, reasoning = str(c.get("text") or ""), ""
+            lps = _completion_logprobs(c.get("logprobs"))
+        else:
+            msg = c.get("message") or {}
+            text = str(msg.get("content") or "")
+            reasoning = str(msg.get("reasoning_content") or msg.get("reasoning") or "")
+            lps = _chat_logprobs(c.get("logprobs"))
+        if lps is not None and not top_logprobs:
+            for t in lps:
+                t.top = {}
+        out.append(
+            Choice(
+                text=text,
+                reasoning=reasoning,
+                finish=finish_reason(c.get("finish_reason")),
+                logprobs=lps if logprobs else None,
+                tokens=len(lps) if lps is not None else None,
+            )
+        )
+    return out
+
+
+def render_chat(messages: Sequence[Message], template: str, *, continue_final: bool) -> str:
+    """Render messages to a prompt for the raw completions endpoint.
+
+    ``template`` is ``"chatml"`` (Qwen, many others) or Jinja source using the
+    usual ``messages`` / ``add_generation_prompt`` variables (needs jinja2).
+    With ``continue_final`` the last (assistant) message is left open.
+    """
+    msgs = list(messages)
+    partial = msgs.pop().content if continue_final else None
+    if template == "chatml":
+        out = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in msgs)
+        out += "<|im_start|>assistant\n"
+    else:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        out = env.from_string(template).render(
+            messages=[{"role": m.role, "content": m.content} for m in msgs],
+            add_generation_prompt=True,
+        )
+    return out + (partial or "")
