@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
+from ponder.backends.upstream_log import UsageAnomaly, current_upstream_report
 from ponder.budget.quota import Limit
 from ponder.config import ServerSettings
 from ponder.ledger import Store
@@ -267,3 +268,37 @@ async def test_hold_is_held_while_the_client_waits(store: Store) -> None:
         assert store.rows() == []
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- usage anomalies
+
+
+class InflatingUpstream(HangingBackend):
+    """Answers at once, and reports (as the upstream client does after clamping) that
+    its upstream claimed far more tokens than the call could use."""
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        report = current_upstream_report()
+        assert report is not None, "the gateway records every call's upstream report"
+        report.anomalies.append(
+            UsageAnomaly(
+                upstream="up",
+                reported_prompt=5,
+                reported_completion=100_000,
+                allowed_prompt=600,
+                allowed_completion=req.max_tokens,
+            )
+        )
+        return [Generation(text="The answer is 4", usage=Usage(input=5, output=4))]
+
+
+async def test_clamped_usage_is_on_the_row_and_alerted(store: Store) -> None:
+    backend = InflatingUpstream()
+    app, gateway = _gateway(backend, store)
+    r = await _post(app, {"messages": USER, "max_tokens": 16})
+    assert r.status_code == 200, r.text
+    (row,) = store.rows()
+    assert row.plan["upstream"]["usage_clamped"] == 100_000 - 16
+    (alert,) = [a for a in gateway.alerts.sent if a.kind == "usage_anomaly"]
+    assert alert.data["clamped_tokens"] == 100_000 - 16
+    assert alert.data["request_id"] == row.id

@@ -9,12 +9,14 @@ reachable under the one reservation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.backends.base import Backend
+from ponder.backends.upstream_log import UpstreamReport, record_upstream
 from ponder.budget.metered import MeteredBackend
 from ponder.budget.quota import QuotaGuard
 from ponder.errors import BudgetExhausted, InvalidRequest, UpstreamTimeout
@@ -52,6 +54,9 @@ class RunState:
     job_error: str | None = None
     # Set once the ledger row is written: an abandoned stream settles only if not.
     settled: bool = False
+    # Every upstream attempt of the run and every usage figure an upstream reported
+    # beyond what its call could use (dropped from the usage, so never charged).
+    upstream: UpstreamReport = field(default_factory=UpstreamReport)
 
     @classmethod
     def start(cls, admitted: Admitted, backend: Backend) -> RunState:
@@ -107,12 +112,34 @@ class DeadlineCalls:
     "deadline" finish instead; one with nothing yet raises :class:`UpstreamTimeout`.
     """
 
-    def __init__(self, inner: Any, deadline: float | None, on_expired: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        deadline: float | None,
+        on_expired: Callable[[], None],
+        report: UpstreamReport | None = None,
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.capabilities = inner.capabilities
         self.deadline = deadline
         self.on_expired = on_expired
+        # Where each call's upstream attempts and usage anomalies are collected.
+        self.report = report
+
+    @contextlib.contextmanager
+    def _recorded(self) -> Iterator[None]:
+        # One report per call step (a context variable set and reset in the same task,
+        # also for a stream's steps), added to the run's.
+        if self.report is None:
+            yield
+            return
+        with record_upstream() as mine:
+            try:
+                yield
+            finally:
+                self.report.attempts.extend(mine.attempts)
+                self.report.anomalies.extend(mine.anomalies)
 
     def _left(self) -> float | None:
         if self.deadline is None:
@@ -129,10 +156,16 @@ class DeadlineCalls:
 
     async def generate(self, req: GenRequest) -> list[Generation]:
         try:
-            async with asyncio.timeout(self._left()):
-                return await self.inner.generate(req)
+            with self._recorded():
+                async with asyncio.timeout(self._left()):
+                    return await self.inner.generate(req)
         except TimeoutError:
             raise self._expired() from None
+        except BudgetExhausted as exc:
+            # The engine itself stopped at the deadline it was given: same outcome.
+            if exc.reason == "deadline":
+                self.on_expired()
+            raise
 
     async def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
         deltas = aiter(self.inner.stream(req))
@@ -140,10 +173,15 @@ class DeadlineCalls:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._left()):
-                        delta = await anext(deltas)
+                    with self._recorded():
+                        async with asyncio.timeout(self._left()):
+                            delta = await anext(deltas)
                 except StopAsyncIteration:
                     return
+                except BudgetExhausted as exc:
+                    if exc.reason == "deadline":
+                        self.on_expired()
+                    raise
                 except TimeoutError:
                     self.on_expired()
                     if not produced:
@@ -200,14 +238,15 @@ class Execution:
             self.expired = True
             self.meter.exhausted = "deadline"
 
-        self.meter = MeteredBackend(DeadlineCalls(state.guard, deadline, expired), p.budget)
+        report = state.upstream
+        self.meter = MeteredBackend(DeadlineCalls(state.guard, deadline, expired, report), p.budget)
         self.tracker = ProgressTracker(p.instance, self.meter, on_progress) if on_progress else None
         self.ctx = RunContext(
             backend=self.meter,
             tracer=Tracer(self.tracker),
             sampling=p.sampling,
             tiers={
-                name: DeadlineCalls(TierCalls(state.guard, name, b), deadline, expired)
+                name: DeadlineCalls(TierCalls(state.guard, name, b), deadline, expired, report)
                 for name, b in tiers.items()
             },
         )
