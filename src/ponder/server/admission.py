@@ -156,15 +156,6 @@ class Admission:
     ) -> Admitted:
         """Bound the plan to the caller's caps and reserve its worst case (or raise 429)."""
         p, demand = await self.bound(p, caller, limits)
-        too_big = {m: v for m, v in demand.as_dict().items() if v > MAX_QUOTA_LIMIT}
-        if too_big:
-            # Sums of this against quota counters would overflow the store's 64-bit columns.
-            metric, value = next(iter(too_big.items()))
-            raise InvalidRequest(
-                f"the request's worst case ({value} {metric}) is beyond what any quota can "
-                "hold; lower max_tokens, ponder.budget or the strategy's sample count",
-                param="max_tokens",
-            )
         reservation = await self.reserve(caller, demand, p, limits)
         held = reservation is not None and bool(reservation.items)
         return Admitted(
@@ -242,6 +233,16 @@ class Admission:
             reasoning_tokens=min(gen, thinking * samples) if thinking else 0,
             cost=price.worst_case_micro(prompt, gen, deadline or 0.0),
         )
+        too_big = {m: v for m, v in demand.as_dict().items() if v > MAX_QUOTA_LIMIT}
+        if too_big:
+            # Sums of this against quota counters would overflow the store's 64-bit
+            # columns. Here, not in admit: queued jobs are bounded at enqueue too.
+            metric, value = next(iter(too_big.items()))
+            raise InvalidRequest(
+                f"the request's worst case ({value} {metric}) is beyond what any quota can "
+                "hold; lower max_tokens, ponder.budget or the strategy's sample count",
+                param="max_tokens",
+            )
         return p, demand
 
     async def reserve(

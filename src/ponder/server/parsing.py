@@ -43,43 +43,48 @@ class BodyTooLarge(InvalidRequest):
 
 
 def check_text(text: str, where: str) -> None:
-    """Refuse text no store or upstream can take: NUL bytes and lone UTF-16 surrogates."""
+    """Refuse text no store or upstream can take: NUL bytes and lone UTF-16 surrogates.
+
+    ``where`` is the field's path in the body ("" for the body itself)."""
     if "\x00" in text:
-        raise InvalidJSON(f"{where}: text must not contain NUL (\\u0000) characters", param=where)
+        raise InvalidJSON(
+            f"{where or 'body'}: text must not contain NUL (\\u0000) characters",
+            param=where or None,
+        )
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidJSON(
-                f"{where}: text contains a lone UTF-16 surrogate "
+                f"{where or 'body'}: text contains a lone UTF-16 surrogate "
                 f"({text[exc.start]!a}); send valid Unicode",
-                param=where,
+                param=where or None,
             ) from exc
 
 
 def _check_tree(value: Any) -> None:
     """Depth, integer range and text of a decoded body, without recursion."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, "body")]
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, where = stack.pop()
         if isinstance(node, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise InvalidJSON(
                     f"request body nests deeper than {MAX_JSON_DEPTH} levels (at {where})",
-                    param=where,
+                    param=where or None,
                 )
             if isinstance(node, dict):
                 for key, item in node.items():
                     check_text(key, where)
-                    stack.append((item, depth + 1, f"{where}.{key}"))
+                    stack.append((item, depth + 1, f"{where}.{key}" if where else key))
             else:
                 stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(node))
         elif isinstance(node, str):
             check_text(node, where)
         elif isinstance(node, int) and not -MAX_JSON_INT - 1 <= node <= MAX_JSON_INT:
             raise InvalidJSON(
-                f"{where}: integer out of range (at most {MAX_JSON_INT} in magnitude)",
-                param=where,
+                f"{where or 'body'}: integer out of range (at most {MAX_JSON_INT} in magnitude)",
+                param=where or None,
             )
 
 
