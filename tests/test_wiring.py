@@ -14,7 +14,9 @@ from ponder.wiring import build_gateway, engine_tier_backend
 
 
 def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
-    engine = EngineSettings(n_ctx=2048, max_sequences=4, n_batch=64, threads=3, seed=7)
+    engine = EngineSettings(
+        n_ctx=2048, max_sequences=4, n_batch=64, threads=3, seed=7, prefix_cache=False
+    )
     expected = {
         "n_ctx": 2048,
         "max_sequences": 4,
@@ -22,6 +24,7 @@ def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
         "threads": 3,
         "cache_dir": tmp_path,
         "seed": 7,
+        "prefix_cache": False,
     }
     assert engine.backend_options(tmp_path) == expected
     assert engine.backend_options(tmp_path, threads=5) == {**expected, "threads": 5}

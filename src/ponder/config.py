@@ -54,6 +54,8 @@ class EngineSettings(BaseModel):
     n_batch: int = Field(default=512, ge=16)
     threads: int | None = None
     seed: int = 0
+    # Keep finished sequences' KV for later calls that share a prefix (cached_input).
+    prefix_cache: bool = True
 
     def backend_options(self, cache_dir: Path, *, threads: int | None = None) -> dict[str, Any]:
         """These settings as keyword arguments of the embedded backend (``LlamaCppBackend``,
@@ -65,6 +67,7 @@ class EngineSettings(BaseModel):
             "threads": self.threads if threads is None else threads,
             "cache_dir": cache_dir,
             "seed": self.seed,
+            "prefix_cache": self.prefix_cache,
         }
 
 

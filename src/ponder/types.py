@@ -21,11 +21,15 @@ __all__ = [
     "Generation",
     "Message",
     "Outcome",
+    "OutputConstraint",
     "Problem",
     "Role",
     "Score",
     "ThinkingConfig",
     "TokenLogprob",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
     "TraceEvent",
     "TraceNode",
     "Usage",
@@ -33,16 +37,64 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
-FinishReason = Literal["stop", "length", "deadline", "budget", "error"]
+FinishReason = Literal["stop", "length", "deadline", "budget", "error", "tool_calls"]
+# "auto": the model may call a tool; "none": it must answer in text; "required": it
+# must call one; a function name: it must call that one.
+ToolChoice = Literal["auto", "none", "required"] | str
+
+
+class ToolCall(BaseModel):
+    """One function call made by the model; ``arguments`` is JSON text, as in OpenAI."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ToolSpec(BaseModel):
+    """A function the model may call: its name, description and JSON Schema parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    # OpenAI's strict mode: the arguments must match the schema exactly.
+    strict: bool = False
+
+
+class OutputConstraint(BaseModel):
+    """What the generated text must match, enforced token by token on engines that can.
+
+    ``json_object``: any JSON object; ``json_schema``: an instance of ``schema``;
+    ``regex``: a match of ``pattern``; ``lark``: a sentence of ``grammar`` (llguidance's
+    Lark dialect, used for tool calls).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["json_object", "json_schema", "regex", "lark"]
+    json_schema: dict[str, Any] | None = None
+    pattern: str | None = None
+    grammar: str | None = None
 
 
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message.
+
+    Assistant messages may carry ``tool_calls`` (with empty ``content``); a ``tool``
+    message answers the call named by ``tool_call_id``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     role: Role
     content: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 def as_messages(prompt: str | Sequence[Message | dict[str, Any]]) -> list[Message]:
@@ -164,6 +216,12 @@ class GenRequest(BaseModel):
     # Absolute time.monotonic() after which the backend should stop decoding.
     deadline: float | None = None
     model: str | None = None
+    # Functions the model may call (rendered through the model's chat template).
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    # Grammar the answer must follow (engines without constrained decoding ignore it;
+    # the caller validates their output instead).
+    constraint: OutputConstraint | None = None
 
     @field_validator("messages")
     @classmethod
@@ -192,6 +250,8 @@ class Generation(BaseModel):
     finish_reason: FinishReason = "stop"
     usage: Usage = Field(default_factory=Usage)
     logprobs: list[TokenLogprob] | None = None
+    # Calls parsed out of the text (``text`` then holds only the visible prose, if any).
+    tool_calls: list[ToolCall] | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -218,6 +278,10 @@ class Capabilities(BaseModel):
     thinking_budget: bool = False
     continue_final: bool = False
     prefix_cache: bool = False
+    # Token-level grammar constraints (GenRequest.constraint) are enforced.
+    constrained_decoding: bool = False
+    # GenRequest.tools reach the model (rendered or passed through).
+    tools: bool = False
     max_context: int | None = None
 
 

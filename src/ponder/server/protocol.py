@@ -26,10 +26,11 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from ponder.errors import PonderError, openai_error_body
-from ponder.types import Role
+from ponder.types import OutputConstraint, Role, TokenLogprob, ToolCall, ToolChoice, ToolSpec
 
 __all__ = [
     "MAX_DEADLINE_S",
@@ -41,11 +42,15 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "Choice",
+    "ChoiceLogprobs",
     "ChunkChoice",
     "ChunkDelta",
+    "ChunkToolCall",
     "ContinuedJob",
     "DocumentParam",
     "ErrorResult",
+    "FunctionCall",
+    "FunctionParam",
     "KeyCreate",
     "ModelCard",
     "ModelList",
@@ -53,16 +58,23 @@ __all__ = [
     "PonderInfo",
     "PonderOptions",
     "PonderProgress",
+    "NamedToolChoice",
     "QuotaSet",
     "ReasoningEffort",
+    "ResponseFormat",
     "StreamOptions",
     "StreamProgress",
     "StreamResult",
     "ThinkingParam",
+    "TokenLogprobInfo",
+    "ToolParam",
+    "WireToolCall",
     "completion_id",
     "error_result",
     "internal_error",
+    "logprobs_to_openai",
     "openai_error_body",
+    "tool_calls_to_openai",
 ]
 
 logger = logging.getLogger("ponder.server")
@@ -76,7 +88,19 @@ MAX_QUOTA_LIMIT = 2**53 - 1
 MAX_DEADLINE_S = 7 * 24 * 3600.0
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
-OpenAIFinishReason = Literal["stop", "length", "content_filter"]
+OpenAIFinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+# Function names are written into the prompt by the chat template: letters, digits,
+# '_', '.', '-' only, so a name can never carry control-token text.
+_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+_UNSUPPORTED_PARTS = {
+    "image_url": "images",
+    "input_image": "images",
+    "image": "images",
+    "input_audio": "audio",
+    "audio": "audio",
+    "file": "files",
+    "input_file": "files",
+}
 
 
 def completion_id() -> str:
@@ -90,6 +114,42 @@ def _now() -> int:
 # --------------------------------------------------------------------------- requests
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    # JSON text, as OpenAI sends it (a model's arguments may be invalid JSON).
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _arguments_text(cls, v: Any) -> Any:
+        # Some clients send the arguments as an object; keep them as JSON text.
+        import json
+
+        return json.dumps(v) if isinstance(v, dict) else v
+
+
+class WireToolCall(BaseModel):
+    """A tool call in an assistant message (request) or in ``message.tool_calls`` (response)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def to_core(self) -> ToolCall:
+        return ToolCall(id=self.id, name=self.function.name, arguments=self.function.arguments)
+
+
+def tool_calls_to_openai(calls: list[ToolCall]) -> list[WireToolCall]:
+    return [
+        WireToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+        for c in calls
+    ]
+
+
 class ChatMessage(BaseModel):
     """One message as OpenAI clients send it; content parts are joined into plain text."""
 
@@ -98,6 +158,10 @@ class ChatMessage(BaseModel):
     role: Role
     # Assistant messages that only carry tool calls have no content.
     content: str | None = None
+    tool_calls: list[WireToolCall] | None = None
+    # A "tool" message answers the call with this id.
+    tool_call_id: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -108,6 +172,13 @@ class ChatMessage(BaseModel):
             raise ValueError("must be a string or a list of content parts")
         texts: list[str] = []
         for i, part in enumerate(v):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in _UNSUPPORTED_PARTS:
+                raise ValueError(
+                    f"part {i} is {kind!r}: {_UNSUPPORTED_PARTS[kind]} are not supported "
+                    "(this gateway's models read text); send only text parts "
+                    '({"type": "text", "text": "..."})'
+                )
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ValueError(
@@ -119,6 +190,17 @@ class ChatMessage(BaseModel):
                 raise ValueError(f"part {i} needs a string 'text'")
             texts.append(text)
         return "\n".join(texts)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
+
+    def core_tool_calls(self) -> list[ToolCall]:
+        return [c.to_core() for c in self.tool_calls or []]
 
 
 class StreamOptions(BaseModel):
@@ -173,6 +255,62 @@ class PonderOptions(BaseModel):
     documents: list[DocumentParam] = Field(default_factory=list)
 
 
+class FunctionParam(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolParam(BaseModel):
+    """One entry of ``tools``: ``{"type": "function", "function": {...}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionParam
+
+
+class _ChoiceFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice: {"type": "function", "function": {"name": "get_weather"}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: _ChoiceFunction
+
+
+class _JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # "schema" shadows a BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``text``, ``json_object`` or ``json_schema`` (OpenAI's shapes)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_present(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object with name and schema')
+        return self
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``."""
 
@@ -192,7 +330,52 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     reasoning_effort: ReasoningEffort | None = None
     thinking: ThinkingParam | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Recorded, not used for routing: OpenAI's end-user id and free-form tags.
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = None
     ponder: PonderOptions = Field(default_factory=PonderOptions)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        # Names, duplicates, schemas and tool_choice against tools (raise with the field).
+        self.tool_specs()
+        self.tool_choice_value()
+        self.output_constraint()
+        return self
+
+    def tool_specs(self) -> list[ToolSpec]:
+        """The functions the model may call (a malformed schema raises a 400)."""
+        from ponder.tools import tools_from_openai
+
+        if not self.tools:
+            return []
+        return tools_from_openai([t.model_dump(exclude_none=True) for t in self.tools])
+
+    def tool_choice_value(self) -> ToolChoice:
+        """``auto`` / ``none`` / ``required`` / a function name (``auto`` when unset)."""
+        from ponder.tools import tool_choice_from_openai
+
+        choice = self.tool_choice
+        raw = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+        return tool_choice_from_openai(raw, self.tool_specs())
+
+    def output_constraint(self) -> OutputConstraint | None:
+        """What ``response_format`` requires of the answer (``None`` for plain text)."""
+        from ponder.structured import constraint_from_response_format
+
+        if self.response_format is None:
+            return None
+        return constraint_from_response_format(
+            self.response_format.model_dump(by_alias=True, exclude_none=True)
+        )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -218,26 +401,68 @@ class ChatCompletionRequest(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # None when the answer is only tool calls (as OpenAI sends it).
+    content: str | None
     # Present only when the caller asked for it and may see it.
     reasoning_content: str | None = None
     # Why the answer was withheld (finish_reason "content_filter"), as in OpenAI.
     refusal: str | None = None
+    tool_calls: list[WireToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_hidden(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("reasoning_content", "refusal"):
+        for key in ("reasoning_content", "refusal", "tool_calls"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
+
+
+class _TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobInfo(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[_TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    """``choices[i].logprobs`` as OpenAI shapes it (``refusal`` is never produced here)."""
+
+    content: list[TokenLogprobInfo] | None = None
+    refusal: list[TokenLogprobInfo] | None = None
+
+
+def logprobs_to_openai(entries: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
+    """The engine's per-token logprobs in OpenAI's shape (``None`` when none were taken)."""
+    if entries is None:
+        return None
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobInfo(
+                token=e.token,
+                logprob=e.logprob,
+                bytes=list(e.token.encode("utf-8")),
+                top_logprobs=[
+                    _TopLogprob(token=t, logprob=lp, bytes=list(t.encode("utf-8")))
+                    for t, lp in sorted(e.top.items(), key=lambda kv: -kv[1])
+                ],
+            )
+            for e in entries
+        ]
+    )
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: OpenAIFinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ContinuedJob(BaseModel):
@@ -286,17 +511,43 @@ class ChatCompletion(BaseModel):
     ponder: PonderInfo
 
 
+class _ChunkFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    """A tool-call delta: the first for a call carries id and name, later ones more arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: _ChunkFunction
+
+    @classmethod
+    def whole(cls, index: int, call: ToolCall) -> ChunkToolCall:
+        """One delta with the complete call (OpenAI clients accept calls in one piece)."""
+        return cls(
+            index=index,
+            id=call.id,
+            type="function",
+            function=_ChunkFunction(name=call.name, arguments=call.arguments),
+        )
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta = Field(default_factory=ChunkDelta)
     finish_reason: OpenAIFinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class StreamProgress(BaseModel):
