@@ -78,7 +78,13 @@ class ServerSettings(BaseModel):
     max_tokens_default: int = 1024
     # Expose hidden reasoning to callers that ask for it (scopes come with auth).
     allow_reasoning: bool = True
-    request_timeout_s: float = 300.0
+    # Each latency class's default deadline (ponder.deadline_s may only shorten it): a run
+    # still going then ends with its best partial answer (truncated, stop_reason
+    # "deadline") or, with nothing usable, a 504 upstream_timeout.
+    deadline_interactive_s: float = Field(default=120.0, gt=0)
+    deadline_async_s: float = Field(default=1800.0, gt=0)
+    # A cap on every class's deadline (None: the class deadlines alone).
+    request_timeout_s: float | None = Field(default=None, gt=0)
     # Auth is enforced when this is true or once any API key exists, so a fresh
     # `ponder serve` works with no setup (see README, "Keys, quotas and the ledger").
     require_auth: bool = False

@@ -25,7 +25,7 @@ from ponder.server.execution import RunState
 from ponder.server.output import count_guardrails, guardrail_record
 from ponder.server.planning import Plan
 from ponder.server.protocol import ErrorResult, error_result, internal_error
-from ponder.telemetry.alerts import Alerts
+from ponder.telemetry.alerts import Alert, Alerts
 from ponder.telemetry.metrics import GatewayMetrics
 from ponder.telemetry.otel import OtelTracer
 from ponder.types import Usage
@@ -142,6 +142,7 @@ def build_row(
             "reserved": state.admitted.demand.as_dict(),
             **guardrail_record(p, state.screened),
             **_tier_record(state, costs),
+            **_upstream_record(state),
         },
         status=status,
         http_status=http_status,
@@ -169,6 +170,14 @@ def build_row(
         requests=1, tokens=usage.total_tokens, reasoning_tokens=usage.reasoning, cost=cost
     )
     return Settlement(row=row, actual=actual, tier_costs=costs)
+
+
+def _upstream_record(state: RunState) -> dict[str, Any]:
+    """The run's upstream attempts, errors and dropped usage, when it reached an upstream."""
+    report = state.upstream
+    if not report.attempts and not report.anomalies:
+        return {}
+    return {"upstream": report.summary()}
 
 
 class Settler:
@@ -234,8 +243,18 @@ class Settler:
     def observe(
         self, state: RunState, settlement: Settlement, crossings: Sequence[Crossing]
     ) -> None:
-        """Metrics, the runaway and quota alerts, and the trace of a settled run."""
+        """Metrics, the runaway, quota and usage-anomaly alerts, the trace of a settled run."""
         p, usage, row = state.plan, state.guard.usage, settlement.row
+        clamped = state.upstream.clamped_tokens
+        if clamped:
+            self.alerts.emit(
+                Alert(
+                    "usage_anomaly",
+                    f"request {state.id}: upstreams reported {clamped} tokens more than "
+                    f"its calls could use (tier {state.tier!r}); they were not charged",
+                    {"request_id": state.id, "tier": state.tier, "clamped_tokens": clamped},
+                )
+            )
         count_guardrails(self.metrics, p, state.screened)
         costs = settlement.tier_costs
         by_tier = None
