@@ -100,6 +100,7 @@ class Gateway:
         self.store = store
         self.prices = prices or PriceTable()
         self.metrics = metrics or GatewayMetrics()
+        self.metrics.watch_prefix_caches(self._prefix_cache_stats)
         self.alerts = alerts or Alerts()
         self.quota_thresholds = tuple(quota_thresholds)
         self.otel = otel
@@ -205,6 +206,20 @@ class Gateway:
         self.admission.check_scopes(caller, request)
 
     # ---- POST /v1/chat/completions
+
+    def _prefix_cache_stats(self) -> list[tuple[str, dict[str, float]]]:
+        """``(tier, stats)`` of every tier whose engine keeps a prefix cache (metrics)."""
+        found = []
+        for tier, backend in self.tiers.items():
+            engine: Any = backend
+            for _ in range(4):  # through the resilience and accounting wrappers
+                if hasattr(engine, "prefix_cache_stats") or not hasattr(engine, "inner"):
+                    break
+                engine = engine.inner
+            stats = getattr(engine, "prefix_cache_stats", None)
+            if callable(stats) and (values := stats()):
+                found.append((tier, values))
+        return found
 
     async def chat(
         self,
