@@ -246,7 +246,10 @@ class Settler:
         """Metrics, the runaway, quota and usage-anomaly alerts, the trace of a settled run."""
         p, usage, row = state.plan, state.guard.usage, settlement.row
         clamped = state.upstream.clamped_tokens
+        for attempt in state.upstream.attempts:
+            self.metrics.upstream_attempts.labels(state.tier, attempt.error or "ok").inc()
         if clamped:
+            self.metrics.usage_clamped.labels(state.tier).inc(clamped)
             self.alerts.emit(
                 Alert(
                     "usage_anomaly",

@@ -60,6 +60,18 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_attempts = Counter(
+            "ponder_upstream_attempts",
+            "Requests sent (or tried) to upstreams, by outcome: ok or the error code",
+            ("tier", "outcome"),
+            registry=r,
+        )
+        self.usage_clamped = Counter(
+            "ponder_usage_clamped_tokens",
+            "Tokens upstreams reported beyond what the calls could use (not charged)",
+            ("tier",),
+            registry=r,
+        )
         self.guardrails = Counter(
             "ponder_guardrail_actions",
             "Guardrail actions: untrusted blocks wrapped (kind tool / document), leaks "
