@@ -1,23 +1,10 @@
-"""The two processes that run inside the sandbox: the judge and the candidate's worker.
+"""The judge and the candidate's worker: the two processes inside the sandbox.
 
-This file is executed by a bare interpreter inside the sandbox (``python -I -S -B
--c <this source> judge``), so it imports only the standard library and must stay
-compatible with any Python 3.8+ the host offers for sandboxing.
-
-- The **judge** forks the worker *before* it reads its job, so the worker never
-  holds a copy of the tests, and the child drops every descriptor but its pipes and
-  the program's output files. The judge then makes itself non-dumpable (so a
-  same-uid process can neither ptrace it nor open its ``/proc/<pid>/mem``,
-  ``environ`` or ``fd``), reads its job (program, tests, limits) from stdin, and
-  runs every test snippet in its *own* process. Names the tests use that the
-  program defines are proxies: calling one sends the arguments to the worker and
-  decodes the reply into plain builtin values (``None``, numbers, strings, bytes,
-  lists, tuples, dicts, sets). So every ``assert`` is evaluated by the judge on
-  values the program cannot give a custom ``__eq__``, and the verdict lines go to
-  the judge's stdout, a file outside the sandbox that the worker has no handle on.
-- The **worker** sets its resource limits, executes the program and then answers
-  the judge's calls. Whatever it does (forge replies, exit, kill the judge) can
-  only make a test fail or return a value of its choosing; it cannot write a verdict.
+Executed by a bare interpreter in the sandbox (``python -I -S -B -c <this source>
+judge``): standard library only, Python 3.8+. The judge forks the worker before it
+reads its job, makes itself non-dumpable and evaluates every test itself on plain
+values decoded from the worker's replies, so the program can fail a test but never
+write a verdict (the design is in :mod:`ponder.verifiers.sandbox`).
 """
 
 from __future__ import annotations
