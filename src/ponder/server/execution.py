@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ponder.backends.base import Backend
 from ponder.budget.metered import MeteredBackend
@@ -24,9 +25,10 @@ from ponder.server.protocol import ContinuedJob
 from ponder.strategies import RunContext
 from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
+from ponder.tools import with_tool_calls
 from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
 
-__all__ = ["Execution", "RunState", "TierCalls"]
+__all__ = ["Execution", "RunState", "TierCalls", "ToolParsing", "with_tool_parsing"]
 
 
 @dataclass
@@ -48,7 +50,9 @@ class RunState:
 
     @classmethod
     def start(cls, admitted: Admitted, backend: Backend) -> RunState:
-        guard = QuotaGuard(backend, allowance=admitted.allowance, tier=admitted.tier)
+        guard = QuotaGuard(
+            with_tool_parsing(backend), allowance=admitted.allowance, tier=admitted.tier
+        )
         return cls(admitted=admitted, guard=guard)
 
     @property
@@ -68,6 +72,37 @@ class RunState:
         return self.admitted.tier
 
 
+class ToolParsing:
+    """A text-only backend whose generations get their ``<tool_call>`` blocks parsed
+    into ``tool_calls`` (so strategies vote on calls whatever the engine)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+
+    def __getattr__(self, attr: str) -> Any:
+        # Token counting and the like stay the inner backend's.
+        return getattr(self.inner, attr)
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        gens = await self.inner.generate(req)
+        if not req.tools:
+            return gens
+        return [with_tool_calls(g, req.tools, req.tool_choice) for g in gens]
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        # Streams are parsed by the gateway as they go (ToolCallStreamParser).
+        return self.inner.stream(req)
+
+
+def with_tool_parsing(backend: Backend) -> Backend:
+    """``backend``, or a :class:`ToolParsing` over it when it does not parse calls itself."""
+    if backend.capabilities.tools or isinstance(backend, ToolParsing):
+        return backend
+    return ToolParsing(backend)
+
+
 class TierCalls:
     """Another model tier as a run's strategy sees it (``RunContext.tiers``): its calls
     are admitted against, and accounted in, the run's one reservation (``QuotaGuard``)."""
@@ -75,7 +110,7 @@ class TierCalls:
     def __init__(self, guard: QuotaGuard, tier: str, inner: Backend) -> None:
         self.guard = guard
         self.tier = tier
-        self.inner = inner
+        self.inner = with_tool_parsing(inner)
         self.name = inner.name
         self.capabilities = inner.capabilities
 
