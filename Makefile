@@ -4,9 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PONDER := $(VENV)/bin/ponder
 MODEL  ?= qwen2.5-coder-0.5b-instruct
+# The strong tier of the shipped routing policy (1.1 GB); `make serve` serves both.
+STRONG ?= qwen2.5-coder-1.5b-instruct
 STAMP  := $(VENV)/.installed
 
-.PHONY: install model browser sandbox serve test lint bench clean
+.PHONY: install model strong-model browser sandbox serve test lint bench clean
 
 # Re-runs only when pyproject.toml changes. llama-cpp-python builds from
 # source once (about 8 minutes on 2 cores); pip caches the wheel afterwards.
@@ -24,7 +26,10 @@ install: $(STAMP)
 model: $(STAMP)
 	$(PONDER) models pull $(MODEL)
 
-serve: model sandbox
+strong-model: $(STAMP)
+	$(PONDER) models pull $(STRONG)
+
+serve: model strong-model sandbox
 	$(PONDER) serve --model $(MODEL)
 
 # The dashboard's end-to-end test drives the system Chromium (never a downloaded one).

@@ -37,7 +37,14 @@ def request(n: int, tokens: int, seed: int) -> GenRequest:
 
 
 async def run(args: argparse.Namespace) -> None:
-    engine = LlamaCppBackend(args.model, n_ctx=args.n_ctx, max_sequences=max(args.n, 8))
+    # The prefix cache is off by default here: every variant sends the same prompt,
+    # and this compares batching, not prompt reuse (benchmarks/prefix_cache.py does).
+    engine = LlamaCppBackend(
+        args.model,
+        n_ctx=args.n_ctx,
+        max_sequences=max(args.n, 8),
+        prefix_cache=args.prefix_cache,
+    )
     try:
         await engine.generate(request(1, 8, 0))  # warm-up: page in weights
         results = {}
@@ -92,6 +99,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--prefix-cache", action="store_true", help="keep the engine's prefix cache on")
     asyncio.run(run(p.parse_args()))
 
 

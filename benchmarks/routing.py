@@ -209,6 +209,23 @@ class ReplayOnly:
         raise LookupError(f"request not in the {self.name} pool")
 
 
+class HitCheck:
+    """Counts the calls of one run that the pool does not already hold."""
+
+    def __init__(self, pool: PooledBackend) -> None:
+        self.pool, self.name, self.capabilities = pool, pool.name, pool.capabilities
+        self.misses = 0
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        stored = self.pool._pool.get(request_key(req, self.pool.model), [])  # noqa: SLF001
+        if len(stored) < req.n:
+            self.misses += 1
+        return await self.pool.generate(req)
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        return self.pool.stream(req)
+
+
 @dataclass
 class Pools:
     """The two recorded pools: the 0.5B (every rung but strong) and the 1.5B (strong)."""
@@ -264,17 +281,39 @@ class Clock:
         return self.inner.stream(req)
 
 
-# The four rungs every policy buys from: (strategy, params, on the strong tier).
-RUNGS = ("direct", "think", "search", "strong")
+# The rungs every policy buys from: (strategy, params, on the strong tier). ``program``
+# (program-aided, one greedy program, executed) is recorded for the math items only.
+RUNGS = ("direct", "think", "search", "strong", "program")
+PROGRAM_KINDS = ("math",)
 
 
-def rung_configs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any], bool]]:
-    return {
+def rung_configs(
+    args: argparse.Namespace, item: Item | None = None
+) -> dict[str, tuple[str, dict[str, Any], bool]]:
+    """The rungs of ``item`` (of every item when None)."""
+    out: dict[str, tuple[str, dict[str, Any], bool]] = {
         "direct": ("direct", {}, False),
         "think": ("cot", {"thinking_budget": args.think}, False),
         "search": ("self_consistency", {"n": args.n, "temperature": 0.7}, False),
         "strong": ("direct", {}, True),
     }
+    if item is None or has_program(item):
+        out["program"] = ("program_aided", {"n": 1}, False)
+    return out
+
+
+def task_class(item: Item) -> str:
+    """The class the router infers from the prompt (what a shipped policy keys on)."""
+    from ponder.router.classifier import infer_class
+    from ponder.router.features import extract
+
+    prompt = item.problem().prompt
+    return infer_class(prompt, extract(prompt))
+
+
+def has_program(item: Item) -> bool:
+    """Math items, and any item the router reads as math, get the program rung."""
+    return item.kind in PROGRAM_KINDS or task_class(item) == "math"
 
 
 def rung_requests(item: Item, args: argparse.Namespace) -> dict[str, GenRequest]:
@@ -284,6 +323,7 @@ def rung_requests(item: Item, args: argparse.Namespace) -> dict[str, GenRequest]
     pool call with logprobs also serves the same request without.
     """
     from ponder.strategies.base import RunContext, SamplingDefaults
+    from ponder.strategies.program import program_messages
     from ponder.types import ThinkingConfig
 
     ctx = RunContext(
@@ -292,22 +332,31 @@ def rung_requests(item: Item, args: argparse.Namespace) -> dict[str, GenRequest]
     )
     problem = item.problem()
     thinking = ThinkingConfig(budget_tokens=args.think, min_tokens=0)
-    return {
+    out = {
         "direct": ctx.request(problem, logprobs=True),
         "think": ctx.request(problem, thinking=thinking, logprobs=True),
         "search": ctx.request(problem, n=args.n, temperature=0.7),
         "strong": ctx.request(problem, logprobs=True),
     }
+    if has_program(item):
+        out["program"] = ctx.request(problem, messages=program_messages(problem))
+    return out
 
 
-def covered(pools: Pools, item: Item, args: argparse.Namespace) -> bool:
-    """Whether the pools hold every rung of ``item`` (with the logprobs a cascade reads)."""
+def missing_rungs(pools: Pools, item: Item, args: argparse.Namespace) -> list[str]:
+    """The rungs of ``item`` the pools lack (or hold without the logprobs a cascade reads)."""
+    missing = []
     for rung, req in rung_requests(item, args).items():
         pool = pools.of(rung)
         stored = pool._pool.get(request_key(req, pool.model), [])  # noqa: SLF001
         if len(stored) < req.n or (req.logprobs and any(g.logprobs is None for g in stored)):
-            return False
-    return True
+            missing.append(rung)
+    return missing
+
+
+def covered(pools: Pools, item: Item, args: argparse.Namespace) -> bool:
+    """Whether the pools hold every rung of ``item`` (with the logprobs a cascade reads)."""
+    return not missing_rungs(pools, item, args)
 
 
 def cascade_params(
@@ -332,6 +381,7 @@ async def solve(
     strategy: str,
     params: dict[str, Any],
     tiers: dict[str, Backend] | None = None,
+    verifier: Any = None,
 ) -> Outcome:
     return await Ponder(backend).asolve(
         item.problem(),
@@ -339,6 +389,7 @@ async def solve(
         max_tokens=max_tokens_for(item),
         seed=item_seed(item.id),
         tiers=tiers,
+        verifier=verifier,
         **params,
     )
 
@@ -367,7 +418,11 @@ async def build_pool(
     pools = Pools.open(
         out, TimedBackend(small, times, MODEL), TimedBackend(strong, times, STRONG_MODEL)
     )
-    todo = [it for it in items if not covered(pools, it, args)]
+    # Items that lack fewest rungs first: a new rung on the covered items before new items.
+    todo = sorted(
+        (it for it in items if not covered(pools, it, args)),
+        key=lambda it: len(missing_rungs(pools, it, args)),
+    )
     gate = asyncio.Semaphore(args.concurrency)
     started = time.monotonic()
     deadline = args.deadline_min * 60 if args.deadline_min is not None else None
@@ -381,11 +436,12 @@ async def build_pool(
             t0 = time.monotonic()
             for rung, req in rung_requests(item, args).items():
                 await pools.of(rung).generate(req)
-            # Every policy's requests must now be pool hits: check with the plain strategies.
-            before = pools.misses
-            for strategy, params, on_strong in rung_configs(args).values():
-                await solve(pools.strong if on_strong else pools.small, item, strategy, params)
-            state["check_misses"] += pools.misses - before
+            # Every policy's requests must now be pool hits: check with the plain strategies
+            # (counted per call: other items' generations run concurrently).
+            for strategy, params, on_strong in rung_configs(args, item).values():
+                check = HitCheck(pools.strong if on_strong else pools.small)
+                await solve(check, item, strategy, params)
+                state["check_misses"] += check.misses
             state["done"] += 1
             elapsed = time.monotonic() - started
             rate = state["done"] / elapsed * 60
@@ -428,6 +484,8 @@ class Row:
     strong_prompt: int = 0
     rungs: int = 1
     answer: str = ""
+    verdict: str | None = None  # pass / fail / unknown, by the plan's verifier
+    verifier: str | None = None
 
 
 def load_times(path: Path) -> dict[str, float]:
@@ -449,19 +507,24 @@ async def replay_one(
     strategy: str,
     params: dict[str, Any],
     on_strong: bool = False,
+    verifier_spec: Any = None,
 ) -> Row:
+    from ponder.verifiers.spec import build_verifier, verdict_of
+
     meter = Meter(times)
     small, strong = Clock(pools.small, meter), Clock(pools.strong, meter)
+    verifier = build_verifier(verifier_spec) if verifier_spec is not None else None
     outcome = await solve(
-        strong if on_strong else small, item, strategy, params, tiers={STRONG_TIER: strong}
+        strong if on_strong else small, item, strategy, params, {STRONG_TIER: strong}, verifier
     )
+    verdict = verdict_of(outcome, verifier_spec) if verifier_spec is not None else {}
     correct = await asyncio.to_thread(item.grade, outcome.answer)
     rungs = sum(1 for e in outcome.trace if e.name == "rung" and "confidence" in e.data)
     big = meter.usage.get(STRONG_MODEL, Usage())
     return Row(
         item, bool(correct), outcome.usage.reasoning, outcome.usage.output,
         outcome.usage.prompt_tokens, meter.seconds, big.completion_tokens, big.prompt_tokens,
-        max(rungs, 1), outcome.answer,
+        max(rungs, 1), outcome.answer, verdict.get("verdict"), verdict.get("verifier"),
     )  # fmt: skip
 
 
@@ -544,7 +607,7 @@ def record_rows(
     """
     out = []
     for it in items:
-        for rung, (strategy, params, on_strong) in rung_configs(args).items():
+        for rung, (strategy, params, on_strong) in rung_configs(args, it).items():
             r = per_rung[rung][it.id]
             model = STRONG_MODEL if on_strong else MODEL
             out.append({
@@ -583,7 +646,9 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
     per_rung: dict[str, dict[str, Row]] = {}
     for rung, (strategy, params, on_strong) in rung_configs(args).items():
         per_rung[rung] = {
-            it.id: await replay_one(pools, times, it, strategy, params, on_strong) for it in items
+            it.id: await replay_one(pools, times, it, strategy, params, on_strong)
+            for it in items
+            if rung in rung_configs(args, it)
         }
     # First-rung confidence of every item: a cascade with threshold 0 stops after direct.
     confidence = {it.id: await first_confidence(pools, times, it, args) for it in items}
@@ -663,6 +728,37 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
             it.id: await replay_one(pools, times, it, "cascade", params) for it in items
         }
 
+    # The shipped default policy: every candidate plan replayed on every item it applies
+    # to (the calibration records), fitted on train only (``ponder route calibrate``),
+    # then judged end to end: the router with that policy plans each prompt, and the
+    # plan (strategy, params, tier, inferred verifier) is replayed.
+    records_path = out / "calibration.jsonl"
+    plan_rows = await calibration_rows(pools, times, items, args)
+    with open(records_path, "w") as fh:
+        for (_, plan_name), r in plan_rows.items():
+            fh.write(json.dumps(calibration_record(r, plan_name, factor)) + "\n")
+    from ponder.router.calibrate import fit_policy, load_default_policy
+
+    fitted = fit_policy(
+        [calibration_record(r, n, factor) for (_, n), r in plan_rows.items()],
+        source=f"benchmarks/routing.py replay ({len(train)} train items of {len(items)})",
+    )
+    (out / "policy.json").write_text(json.dumps(fitted, indent=1))
+    write_to = getattr(args, "write_policy", None)
+    if write_to:
+        Path(write_to).write_text(json.dumps(fitted, indent=1) + "\n")
+    shipped = load_default_policy(write_to) if write_to else load_default_policy()
+    same_as_shipped = shipped.get("forms") == fitted["forms"]
+    default_rows: dict[str, dict[str, Row]] = {}
+    default_plans: dict[str, dict[str, str]] = {}
+    for name, tiers in (("default", [SMALL_TIER, STRONG_TIER]), ("default-small", [SMALL_TIER])):
+        router = Router(RouterSettings(), tiers=tiers)
+        default_rows[name], default_plans[name] = {}, {}
+        for it in items:
+            plan = router.plan_text(it.problem().prompt)
+            default_plans[name][it.id] = f"{plan.strategy}@{plan.tier or SMALL_TIER}"
+            default_rows[name][it.id] = await replay_plan(pools, times, it, plan, args)
+
     def fixed(rung: str) -> Callable[[Item], Row]:
         return lambda it: per_rung[rung][it.id]
 
@@ -678,6 +774,7 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
         strong_name: fixed("strong"),
         **{name: routed(r) for name, r in routers.items()},
         **{name: cascade_pick(name) for name in cascades},
+        **{name: (lambda it, rows=rows: rows[it.id]) for name, rows in default_rows.items()},
     }
     # How each policy is sent to the gateway (the live stage): ponder options, or a router.
     requests: dict[str, dict[str, Any]] = {
@@ -688,14 +785,18 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
         **{name: {"router": spec} for name, spec in router_specs.items()},
         **{name: {"ponder": {"strategy": "cascade", "params": cascade_params(args, cascade_t, rungs)}}
            for name, rungs in cascades.items()},
+        # No ponder options and no router config: the gateway's shipped policy decides.
+        "default": {"default_policy": True}, "default-small": {"default_policy": True},
     }  # fmt: skip
-    adaptive = [*routers, *cascades]
+    adaptive = [*routers, *cascades, *default_rows]
     results = []
     for split, chosen in (("test", test), ("all", items)):
         for name, pick in policies.items():
             row = summarize(name, [pick(it) for it in chosen], split, factor)
             row["adaptive"] = name in adaptive
             row["fitted_on_train"] = name in adaptive
+            if name in default_rows:
+                row |= verification_stats([pick(it) for it in chosen])
             results.append(row)
             print(json.dumps(row), flush=True)
     # The winner: the adaptive policy most accurate on test; ties go to the cheaper one.
@@ -714,6 +815,11 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
         "by_kind": {k: sum(1 for it in items if it.kind == k) for k in ("math", "code", "text")},
         "by_kind_test": {k: sum(1 for it in test if it.kind == k) for k in ("math", "code", "text")},
         "strong_price_factor": factor, "winner": winner,
+        "default_policy_same_as_shipped": same_as_shipped,
+        "default_policy_fitted": {form: {c: e["plan"] for c, e in body["classes"].items()}
+                                  | {"(default)": (body["default"] or {}).get("plan")}
+                                  for form, body in fitted["forms"].items()},
+        "lookup_tokens_vs_direct": lookup_ratio(test, default_rows["default"], per_rung["direct"]),
     }  # fmt: skip
     print(json.dumps(meta))
     table(results, max_name, strong_name)
@@ -735,6 +841,86 @@ async def replay(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, A
     }  # fmt: skip
     (out / "replay.json").write_text(json.dumps(saved, indent=1))
     return saved
+
+
+def plan_settings(plan: Any) -> tuple[str, dict[str, Any], bool]:
+    """(strategy, params, on the strong tier) of a router plan, as the gateway runs it."""
+    params = dict(plan.params)
+    if plan.thinking_budget:
+        params["thinking_budget"] = plan.thinking_budget
+    return plan.strategy, params, plan.tier == STRONG_TIER
+
+
+async def replay_plan(
+    pools: Pools, times: dict[str, float], item: Item, plan: Any, args: argparse.Namespace
+) -> Row:
+    strategy, params, on_strong = plan_settings(plan)
+    return await replay_one(pools, times, item, strategy, params, on_strong, plan.verifier)
+
+
+async def calibration_rows(
+    pools: Pools, times: dict[str, float], items: Sequence[Item], args: argparse.Namespace
+) -> dict[tuple[str, str], Row]:
+    """Every candidate plan of the shipped policy on every item it applies to."""
+    from ponder.config import RouteClassSettings
+    from ponder.router.calibrate import CANDIDATE_PLANS
+    from ponder.router.policy import Router
+
+    rows: dict[tuple[str, str], Row] = {}
+    for name, policy in CANDIDATE_PLANS.items():
+        uses_program = "program" in (policy.get("params") or {}).get("rungs", ())
+        # A router with only this plan, so the plan (and the verifier) is what it resolves.
+        for it in items:
+            if uses_program and not has_program(it):
+                continue
+            cls = task_class(it)
+            settings = RouterSettings_for(cls, RouteClassSettings.model_validate(policy))
+            plan = Router(settings, tiers=[SMALL_TIER, STRONG_TIER]).plan_text(it.problem().prompt)
+            row = await replay_plan(pools, times, it, plan, args)
+            row.item = it
+            rows[(it.id, name)] = row
+    return rows
+
+
+def RouterSettings_for(cls: str, policy: Any) -> Any:  # noqa: N802  # a settings factory
+    from ponder.config import RouterSettings
+
+    return RouterSettings(classes={cls: policy}, policy="none")
+
+
+def calibration_record(r: Row, plan: str, factor: float) -> dict[str, Any]:
+    return {
+        "item_id": r.item.id, "task_class": task_class(r.item), "plan": plan,
+        "split": "test" if is_test(r.item) else "train", "correct": r.correct,
+        "generated_tokens": r.reasoning + r.output, "cost_usd": round(cost_usd(r, factor), 10),
+        "strong_generated_tokens": r.strong_generated, "verdict": r.verdict,
+        "verifier": r.verifier, "kind": r.item.kind,
+    }  # fmt: skip
+
+
+def verification_stats(rows: Sequence[Row]) -> dict[str, Any]:
+    """The confidence signal's precision: of the answers verified (pass), how many right."""
+    passed = [r for r in rows if r.verdict == "pass"]
+    failed = [r for r in rows if r.verdict == "fail"]
+    return {
+        "verified_pass": len(passed),
+        "verified_fail": len(failed),
+        "verdict_unknown": sum(1 for r in rows if r.verdict in (None, "unknown")),
+        "pass_precision": round(sum(r.correct for r in passed) / len(passed), 4)
+        if passed
+        else None,
+        "fail_accuracy": round(sum(r.correct for r in failed) / len(failed), 4) if failed else None,
+    }
+
+
+def lookup_ratio(
+    items: Sequence[Item], rows: dict[str, Row], direct: dict[str, Row]
+) -> float | None:
+    """Generated tokens of a policy on the lookup-class items over direct's."""
+    ids = [it.id for it in items if task_class(it) == "lookup"]
+    base = sum(direct[i].reasoning + direct[i].output for i in ids)
+    spent = sum(rows[i].reasoning + rows[i].output for i in ids)
+    return round(spent / base, 3) if base else None
 
 
 async def first_confidence(
@@ -783,8 +969,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_toml(args: argparse.Namespace, db: Path, router: dict[str, Any] | None) -> str:
-    """``ponder.toml`` of the live run: both models as embedded tiers, ledger in ``db``."""
+def gateway_toml(
+    args: argparse.Namespace,
+    db: Path,
+    router: dict[str, Any] | None,
+    *,
+    default_policy: bool = False,
+    strong: bool = True,
+) -> str:
+    """``ponder.toml`` of the live run: both models as embedded tiers, ledger in ``db``.
+
+    ``default_policy``: no ``[router]`` section at all (the shipped policy routes);
+    ``strong=False``: the 0.5B alone (the single-tier form).
+    """
     factor = args.strong_price_factor
 
     def tier(name: str, model: str, f: float) -> str:
@@ -809,11 +1006,12 @@ def gateway_toml(args: argparse.Namespace, db: Path, router: dict[str, Any] | No
         f'url = "sqlite:///{db}"',
         "",
         tier(SMALL_TIER, MODEL, 1.0),
-        tier(STRONG_TIER, STRONG_MODEL, factor),
     ]
-    if router is None:
+    if strong:
+        lines.append(tier(STRONG_TIER, STRONG_MODEL, factor))
+    if router is None and not default_policy:
         lines += ["[router]", "enabled = false", ""]
-    else:
+    elif router is not None:
         lines += ["[router]", f"threshold = {router['threshold']}"]
         if router.get("classifier"):
             lines.append(f'classifier = "{router["classifier"]}"')
@@ -876,12 +1074,17 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
     workdir = Path(tempfile.mkdtemp(prefix="routing-live-", dir=out)).resolve()
     db = workdir / "ledger.db"
     port = free_port()
-    proc = start_gateway(gateway_toml(args, db, spec.get("router")), port, workdir)
+    two_tier = name != "default-small"
+    toml = gateway_toml(
+        args, db, spec.get("router"), default_policy=bool(spec.get("default_policy")),
+        strong=two_tier,
+    )  # fmt: skip
+    proc = start_gateway(toml, port, workdir)
     import httpx
 
     served = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]
     tiers = sorted((m.get("ponder") or {}).get("tier", "") for m in served)
-    if tiers != sorted([SMALL_TIER, STRONG_TIER]):
+    if tiers != sorted([SMALL_TIER, STRONG_TIER] if two_tier else [SMALL_TIER]):
         proc.terminate()
         sys.exit(f"the gateway serves tiers {tiers}, not {SMALL_TIER} and {STRONG_TIER}")
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=1800)
@@ -893,7 +1096,9 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
         async with gate:
             t0 = time.monotonic()
             resp = await client.chat.completions.create(
-                model=MODEL,
+                # A model naming a tier pins the request to it; the shipped policy's
+                # tiers apply to requests whose model names no tier.
+                model="ponder" if spec.get("default_policy") else MODEL,
                 messages=[m.model_dump(include={"role", "content"}) for m in item.messages],  # type: ignore[misc]
                 max_tokens=max_tokens_for(item),
                 seed=item_seed(item.id),
@@ -916,7 +1121,9 @@ async def live(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any
             "strategy": info.get("strategy"), "tier_usage": info.get("tier_usage"),
             "replayed_correct": replayed[item.id]["correct"], "same_answer_verdict":
                 bool(correct) == replayed[item.id]["correct"],
-            "strong_live": ((info.get("tier_usage") or {}).get(STRONG_TIER) or {}).get("completion_tokens", 0),
+            # A run on the strong tier reports it as ``tier``; a cascade calling it, in tier_usage.
+            "strong_live": (usage.completion_tokens if usage else 0) if info.get("tier") == STRONG_TIER
+                else ((info.get("tier_usage") or {}).get(STRONG_TIER) or {}).get("completion_tokens", 0),
             "strong_replayed": replayed[item.id]["strong"],
         }  # fmt: skip
         rows.append(row)
@@ -1050,10 +1257,11 @@ def main() -> None:
     ap.add_argument("stage", choices=["pool", "replay", "live", "all", "pack"])
     ap.add_argument("--dir", default="runs/routing", help="where the pool lives")
     ap.add_argument(
-        "--per-level", type=int, default=3, help="reasoning-gym items per task and level"
+        "--per-level", type=int, default=30, help="reasoning-gym items per task and level"
     )
-    ap.add_argument("--gsm", type=int, default=4, help="gsm_symbolic items")
-    ap.add_argument("--humaneval", type=int, default=4)
+    # The defaults are the published workload (docs/results/routing.md).
+    ap.add_argument("--gsm", type=int, default=30, help="gsm_symbolic items")
+    ap.add_argument("--humaneval", type=int, default=12)
     ap.add_argument("--simple", type=int, default=len(SIMPLE))
     ap.add_argument("--limit", type=int, default=None, help="only the first N items of the order")
     ap.add_argument("--think", type=int, default=256, help="thinking budget of the medium rung")
@@ -1071,6 +1279,12 @@ def main() -> None:
     ap.add_argument("--live-items", type=int, default=30, help="live: test items sent")
     ap.add_argument("--live-concurrency", type=int, default=2)
     ap.add_argument("--live-policy", default=None, help="live: a policy name (default: winner)")
+    ap.add_argument(
+        "--write-policy",
+        default=None,
+        help="replay: also write the policy fitted on train here (e.g. "
+        "src/ponder/router/default_policy.json) and judge that one as 'default'",
+    )
     args = ap.parse_args()
     if args.stage == "pack":
         print(json.dumps({"packed": str(PACKED), "bytes": pack(Path(args.dir))}))

@@ -14,7 +14,9 @@ from ponder.wiring import build_gateway, engine_tier_backend
 
 
 def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
-    engine = EngineSettings(n_ctx=2048, max_sequences=4, n_batch=64, threads=3, seed=7)
+    engine = EngineSettings(
+        n_ctx=2048, max_sequences=4, n_batch=64, threads=3, seed=7, prefix_cache=False
+    )
     expected = {
         "n_ctx": 2048,
         "max_sequences": 4,
@@ -22,6 +24,7 @@ def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
         "threads": 3,
         "cache_dir": tmp_path,
         "seed": 7,
+        "prefix_cache": False,
     }
     assert engine.backend_options(tmp_path) == expected
     assert engine.backend_options(tmp_path, threads=5) == {**expected, "threads": 5}
@@ -47,7 +50,13 @@ def test_an_embedded_tier_gets_the_engine_settings_under_its_own(
     tier = TierSettings(backend="llama_cpp", model="/models/x.gguf", options={"n_ctx": 4096})
     engine_tier_backend("small", tier, engine, tmp_path)
     engine_tier_backend("pinned", tier, engine, tmp_path, threads=5)
-    defaults = {"max_sequences": 16, "n_batch": 512, "cache_dir": tmp_path, "seed": 7}
+    defaults = {
+        "max_sequences": 16,
+        "n_batch": 512,
+        "cache_dir": tmp_path,
+        "seed": 7,
+        "prefix_cache": True,
+    }
     assert built["small"].options == {**defaults, "n_ctx": 4096, "threads": 3}
     assert built["pinned"].options == {**defaults, "n_ctx": 4096, "threads": 5}
     # A remote tier is built from its own settings alone.

@@ -54,6 +54,8 @@ class EngineSettings(BaseModel):
     n_batch: int = Field(default=512, ge=16)
     threads: int | None = None
     seed: int = 0
+    # Keep finished sequences' KV for later calls that share a prefix (cached_input).
+    prefix_cache: bool = True
 
     def backend_options(self, cache_dir: Path, *, threads: int | None = None) -> dict[str, Any]:
         """These settings as keyword arguments of the embedded backend (``LlamaCppBackend``,
@@ -65,6 +67,7 @@ class EngineSettings(BaseModel):
             "threads": self.threads if threads is None else threads,
             "cache_dir": cache_dir,
             "seed": self.seed,
+            "prefix_cache": self.prefix_cache,
         }
 
 
@@ -75,7 +78,13 @@ class ServerSettings(BaseModel):
     max_tokens_default: int = 1024
     # Expose hidden reasoning to callers that ask for it (scopes come with auth).
     allow_reasoning: bool = True
-    request_timeout_s: float = 300.0
+    # Each latency class's default deadline (ponder.deadline_s may only shorten it): a run
+    # still going then ends with its best partial answer (truncated, stop_reason
+    # "deadline") or, with nothing usable, a 504 upstream_timeout.
+    deadline_interactive_s: float = Field(default=120.0, gt=0)
+    deadline_async_s: float = Field(default=1800.0, gt=0)
+    # A cap on every class's deadline (None: the class deadlines alone).
+    request_timeout_s: float | None = Field(default=None, gt=0)
     # Auth is enforced when this is true or once any API key exists, so a fresh
     # `ponder serve` works with no setup (see README, "Keys, quotas and the ledger").
     require_auth: bool = False
@@ -94,6 +103,9 @@ class ServerSettings(BaseModel):
     job_max_pending: int = Field(default=1000, ge=1)
     # Where `ponder eval --out` runs live; /dashboard plots the newest one's results.
     eval_results_dir: Path | None = None
+    # `ponder serve` with no [tiers]: also serve the catalog's 1.5B as tier "strong" when
+    # it is installed, so the shipped routing policy can use its two-tier form.
+    embedded_tiers: bool = True
     # uvicorn's per-request access line on stderr. The ledger keeps every request (with
     # caller, cost and latency) either way; off saves ~0.1 ms of CPU per request.
     access_log: bool = True
@@ -182,6 +194,9 @@ class RouteClassSettings(BaseModel):
     # An interactive request whose plan is search is answered directly at once; with
     # this set, the full plan also runs as an async job (its id is in the response).
     continue_async: bool = False
+    # The verifier of this class's requests, e.g. {type = "tests", tests = [...]} or
+    # {type = "json_schema", schema = {...}}; see ponder.verifiers.spec.
+    verifier: dict[str, Any] | None = None
 
 
 class RouterSettings(BaseModel):
@@ -201,6 +216,10 @@ class RouterSettings(BaseModel):
     keys: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     teams: dict[str, dict[str, RouteClassSettings]] = Field(default_factory=dict)
     novelty_window: int = Field(default=256, ge=1)
+    # "default": classes without a [router.classes] entry follow the policy shipped with
+    # ponder (fitted on the routing benchmark, ponder/router/default_policy.json);
+    # "none": they follow [router.default].
+    policy: Literal["default", "none"] = "default"
     # The ledger keeps each request's router features (for `ponder route train
     # --from-ledger`); with this set it also keeps the prompt text they came from.
     record_prompts: bool = False

@@ -36,12 +36,16 @@ COUNT = user("Count from 1 to 20, separated by single spaces. Output only the nu
 async def test_n_samples_share_one_prompt_evaluation(engine):
     one = await engine.generate(GenRequest(messages=COUNT, max_tokens=24))
     four = await engine.generate(GenRequest(messages=COUNT, max_tokens=24, n=4))
-    # Greedy decoding on KV copied from one prompt evaluation must reproduce the
-    # single-sequence result exactly on every sequence.
-    assert [g.text for g in four] == [one[0].text] * 4
-    assert four[0].usage.input == one[0].usage.input > 0
-    assert all(g.usage.input == 0 for g in four[1:])  # prompt evaluated once
-    assert sum(g.usage.output for g in four) == 4 * one[0].usage.output
+    # Greedy decoding on KV copied from one prompt evaluation gives every sequence
+    # the same text. (Not necessarily n=1's text: llama.cpp's logits shift slightly
+    # with the batch size, and four sequences decode in batches of four.)
+    assert len({g.text for g in four}) == 1
+    assert four[0].text.startswith("1 2 3") and one[0].text.startswith("1 2 3")
+    # The second call may take its prompt from the prefix cache; either way the
+    # prompt is counted once, on the first sequence.
+    assert four[0].usage.prompt_tokens == one[0].usage.prompt_tokens > 0
+    assert all(g.usage.prompt_tokens == 0 for g in four[1:])  # prompt evaluated once
+    assert all(g.usage.output == four[0].usage.output > 0 for g in four)
 
 
 async def test_seeded_sampling_is_reproducible_and_diverse(engine):

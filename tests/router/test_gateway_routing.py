@@ -114,8 +114,12 @@ async def test_without_a_router_every_request_is_general() -> None:
 
 
 async def test_unconfigured_classes_keep_the_server_default() -> None:
+    # Without the shipped default policy (policy = "none"), a class the config does not
+    # name keeps the server's default strategy.
     backend = FunctionBackend(answer)
-    gateway = Gateway(backend, ServerSettings(default_strategy="cot"), router=make_router())
+    gateway = Gateway(
+        backend, ServerSettings(default_strategy="cot"), router=make_router(policy="none")
+    )
     app = create_app(backend, gateway=gateway)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         r = await post(c, "Tell me a story about a lighthouse keeper and a gull, a long one.")

@@ -28,8 +28,8 @@ def router(**settings: object) -> Router:
     return Router(RouterSettings.model_validate(settings), strategies=available_strategies())
 
 
-def test_default_policy_gives_no_thinking_to_anything() -> None:
-    r = router()
+def test_without_the_shipped_policy_nothing_thinks() -> None:
+    r = router(policy="none")
     for text in ("What is 1+9900?", WORD_PROBLEM, "Write a Python function that sorts a list."):
         plan = r.plan_text(text)
         assert (plan.strategy, plan.thinking_budget, plan.source) == ("direct", 0, "router.default")

@@ -104,8 +104,11 @@ async def test_a_partial_pool_replays_exactly_the_covered_items(
     # The first 10 items of the order are generated; the other 4 never are.
     summary = await bench.build_pool(args, items[:10], (small, strong))
     assert summary["pool_done"] == 10 and summary["check_misses"] == 0
-    # Four calls per item: direct, thinking, search on the 0.5B, direct on the 1.5B.
-    assert len(small.calls) == 30 and len(strong.calls) == 10
+    # Four calls per item: direct, thinking, search on the 0.5B, direct on the 1.5B; and
+    # a program on the 0.5B for the items the router reads as math.
+    programs = sum(bench.has_program(it) for it in items[:10])
+    assert 0 < programs < 10
+    assert len(small.calls) == 30 + programs and len(strong.calls) == 10
     assert all(c.logprobs for c in strong.calls)
     # Resumable: a second run generates nothing for covered items.
     again = await bench.build_pool(args, items[:10], engines(bench))
@@ -136,6 +139,15 @@ async def test_a_partial_pool_replays_exactly_the_covered_items(
     )
     assert by_name["cascade direct>think>strong"]["accuracy"] == 1.0
     assert cascade["cost_usd"] > by_name["always-direct"]["cost_usd"]
+    # The shipped policy, both forms, is judged next to the fixed policies, with the
+    # precision of its verification; its calibration records are written for
+    # `ponder route calibrate --write-policy`.
+    for name in ("default", "default-small"):
+        assert {"accuracy", "cost_usd", "verified_pass", "pass_precision"} <= set(by_name[name])
+    assert by_name["default-small"]["strong_generated_tokens"] == 0
+    records = [json.loads(x) for x in (tmp_path / "calibration.jsonl").read_text().splitlines()]
+    assert {r["item_id"] for r in records} == ids
+    assert {"direct", "strong", "program"} <= {r["plan"] for r in records}
     # Every policy can be sent to the gateway as a request (or a router configuration).
     assert set(saved["requests"]) == set(by_name)
     assert saved["winner"] in saved["requests"]
@@ -145,8 +157,9 @@ async def test_a_partial_pool_replays_exactly_the_covered_items(
         "cot",
         "self_consistency",
         "direct@strong",
+        "program_aided",
     }
-    assert len(records) == 4 * 10
+    assert len(records) == 4 * 10 + programs
 
 
 def test_the_committed_pool_unpacks_where_missing_and_packs_byte_stably(
@@ -168,3 +181,14 @@ def test_the_committed_pool_unpacks_where_missing_and_packs_byte_stably(
     (fresh / "pool.jsonl").write_text("local\n")
     assert bench.unpack(fresh, packed) == []
     assert (fresh / "pool.jsonl").read_text() == "local\n"
+
+
+def test_the_live_default_policy_gateway_has_no_router_config(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    args = args_for(tmp_path)
+    both = bench.gateway_toml(args, tmp_path / "l.db", None, default_policy=True)
+    assert "[router]" not in both and "[tiers.strong]" in both and "[tiers.small]" in both
+    small = bench.gateway_toml(args, tmp_path / "l.db", None, default_policy=True, strong=False)
+    assert "[tiers.strong]" not in small and "[router]" not in small
+    assert "enabled = false" in bench.gateway_toml(args, tmp_path / "l.db", None)

@@ -78,3 +78,32 @@ async def test_otel_span_has_genai_usage_attributes() -> None:
     assert attrs["gen_ai.usage.reasoning.output_tokens"] == 5
     assert attrs["gen_ai.response.id"] == result.id
     assert attrs["ponder.strategy"] == "cot"
+
+
+def test_engine_prefix_cache_counters_are_exported_per_tier() -> None:
+    from ponder.backends.fake import FakeBackend
+    from ponder.config import ServerSettings
+    from ponder.server.gateway import Gateway
+
+    class CachingEngine(FakeBackend):
+        def prefix_cache_stats(self) -> dict[str, float]:
+            return {
+                "lookups": 4,
+                "hits": 3,
+                "prompt_tokens": 40,
+                "reused_tokens": 25,
+                "evictions": 1,
+                "hit_rate": 0.625,
+            }
+
+    gateway = Gateway(CachingEngine(["ok"], name="small"), ServerSettings())
+    lines = gateway.metrics_text().decode().splitlines()
+    assert 'ponder_prefix_cache_reused_tokens_total{tier="small"} 25.0' in lines
+    assert 'ponder_prefix_cache_hit_rate{tier="small"} 0.625' in lines
+    # A backend without a cache exports no series.
+    plain = Gateway(FakeBackend(["ok"], name="plain"), ServerSettings())
+    assert not [
+        x
+        for x in plain.metrics_text().decode().splitlines()
+        if 'tier="plain"' in x and "prefix_cache" in x
+    ]

@@ -7,6 +7,7 @@ the instruction and split (whole or streamed) text into reasoning and answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from ponder.types import Message, ThinkingConfig
@@ -15,9 +16,12 @@ __all__ = [
     "ASK_FOR_ANSWER",
     "SCRATCHPAD_INSTRUCTION",
     "ThinkSplitter",
+    "holdback",
     "partial_tag_suffix",
     "scratchpad_messages",
     "split_think",
+    "unclosed_thought",
+    "visible_reasoning",
 ]
 
 SCRATCHPAD_INSTRUCTION = (
@@ -59,13 +63,38 @@ def split_think(
     return "", text
 
 
+def holdback(text: str, markers: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` may be the start of one of ``markers``.
+
+    A stream must not show them yet: the next piece may complete a stop string
+    or a closing tag that the caller should never see.
+    """
+    hold = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), 0, -1):
+            if text.endswith(marker[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+def visible_reasoning(text: str, cfg: ThinkingConfig | None) -> str:
+    """The thought as a caller may see it: up to the closing tag, without leading newlines."""
+    if cfg is None:
+        return text
+    cut = text.find(cfg.close_tag)
+    return (text if cut < 0 else text[:cut]).lstrip("\n")
+
+
+def unclosed_thought(text: str, cfg: ThinkingConfig) -> bool:
+    """Whether ``text`` (a partial assistant message) stops inside an open thought."""
+    return cfg.open_tag in text and cfg.close_tag not in text.split(cfg.open_tag)[-1]
+
+
 def partial_tag_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``
     (text a stream must hold back: the next chunk may complete the tag)."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-k:]):
-            return k
-    return 0
+    return holdback(text, [tag])
 
 
 class ThinkSplitter:

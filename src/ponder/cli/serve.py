@@ -42,6 +42,16 @@ def _cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     tiers: Tiers | None = None
+    if args.backend != "fake" and not settings.tiers and settings.server.embedded_tiers:
+        from ponder.router.calibrate import embedded_tier_settings
+
+        embedded = embedded_tier_settings(model, settings.cache_dir)
+        if embedded:
+            # Both catalog models are installed: the small one answers by default, the
+            # router sends what pays to the strong one (the default policy's two tiers).
+            server = settings.server.model_copy(update={"tier": "small"})
+            settings = settings.model_copy(update={"tiers": embedded, "server": server})
+            args.model = None
     if args.backend == "fake":
         # Hidden: a scripted backend so crash and load tests need no model.
         from ponder.backends.fake import FakeBackend, Reply

@@ -51,6 +51,20 @@ def add_route_commands(sub: Any) -> None:
 
     ca = rsub.add_parser("calibrate", help="thresholds and the compute-optimal policy per bin")
     ca.add_argument("--from", dest="source", required=True, nargs="+")
+    ca.add_argument(
+        "--write-policy",
+        metavar="PATH",
+        default=None,
+        help="fit the default routing policy on the train split of calibration "
+        "records (benchmarks/routing.py replay writes calibration.jsonl) and "
+        "write it here (ponder/router/default_policy.json ships it)",
+    )
+    ca.add_argument(
+        "--min-items",
+        type=int,
+        default=4,
+        help="with --write-policy: classes with fewer train items share one plan",
+    )
     ca.add_argument("--target-share", type=float, default=0.3,
                     help="share of requests that should escalate / get thinking")  # fmt: skip
     ca.add_argument("--baseline", default=None, help="config key of the difficulty baseline "
@@ -95,13 +109,16 @@ def _prompts(args: argparse.Namespace) -> dict[str, str]:
 
 def _router(classifier: str | None) -> Any:
     from ponder.config import load_settings
+    from ponder.router.calibrate import embedded_tiers
     from ponder.router.policy import Router
 
     settings = load_settings()
     rs = settings.router
     if classifier:
         rs = rs.model_copy(update={"classifier": classifier})
-    return Router(rs, tiers=list(settings.tiers) or None)
+    # No [tiers]: the embedded models a gateway would serve (the 1.5B as "strong").
+    tiers = list(settings.tiers) or embedded_tiers(settings.cache_dir)
+    return Router(rs, tiers=tiers or None)
 
 
 def suggest_buckets(
@@ -276,10 +293,44 @@ def _cmd_train(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+def _write_policy(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.router.calibrate import fit_policy
+
+    records = _load(args.source)
+    missing = [k for k in ("task_class", "plan", "split") if records and k not in records[0]]
+    if not records or missing:
+        err.print(
+            f"[red]--write-policy needs calibration records (fields task_class, plan, split, "
+            f"correct, cost_usd, generated_tokens); missing {missing or 'records'}. "
+            "benchmarks/routing.py replay writes them to <dir>/calibration.jsonl[/red]"
+        )
+        return 2
+    try:
+        policy = fit_policy(records, min_items=args.min_items, source=" ".join(args.source))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    Path(args.write_policy).write_text(json.dumps(policy, indent=1) + "\n")
+    summary = {
+        form: {c: e["plan"] for c, e in body["classes"].items()}
+        | {"(default)": (body["default"] or {}).get("plan")}
+        for form, body in policy["forms"].items()
+    }
+    if args.json:
+        out.print_json(json.dumps({"written": args.write_policy, "plans": summary}))
+    else:
+        out.print(f"wrote {args.write_policy}")
+        for form, plans in summary.items():
+            out.print(f"  {form}: " + ", ".join(f"{c} -> {p}" for c, p in plans.items()))
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from ponder.eval.metrics import compute_optimal, difficulty_bins
     from ponder.router.policy import select_threshold
 
+    if args.write_policy:
+        return _write_policy(args, out, err)
     records = _load(args.source)
     baseline = args.baseline or next(
         (r["config_key"] for r in records if r["strategy"] == "direct"), None

@@ -7,7 +7,15 @@ threshold) or ``avoid`` (never). The default budget is 0: a class opts in.
 
 Where a class's policy comes from, first match wins: the caller's key override, the
 caller's team override, ``[router.classes.<class>]``, the built-in preset of that name
-(when the request *named* the preset, or ``infer_presets = true``), ``[router.default]``.
+(when the request *named* the preset, or ``infer_presets = true``), the shipped default
+policy (``policy = "default"``, the default: fitted on the routing benchmark, see
+:mod:`ponder.router.calibrate`; its two-tier form when a tier named ``strong`` is served),
+an explicitly declared ``[router.default]``, the shipped policy's catch-all, and last the
+built-in ``[router.default]`` (direct).
+
+Every plan also carries the verifier the request implies (``ponder.verifier``,
+``response_format``, the class policy's ``verifier``, or one inferred from the prompt; see
+:mod:`ponder.router.verification`).
 
 A request names a preset with ``ponder.preset`` in the body or an ``x-ponder-preset``
 header; otherwise the class is inferred from the text. Interactive requests never run
@@ -42,6 +50,17 @@ __all__ = [
 ]
 
 LATENCY_CLASSES = ("interactive", "async")
+
+# A direct plan whose answer has a cheap check (schema, pattern) becomes check-and-retry.
+RETRY_CHECKS = frozenset({"json_schema", "regex"})
+RETRY_SAMPLES = 2
+RETRY_PLAN: dict[str, Any] = {
+    "signal": "verified",
+    "threshold": 1.0,
+    "rungs": ["direct", "search"],
+    "search_n": RETRY_SAMPLES,
+    "search_temperature": 0.7,
+}
 
 # Strategies that explore (several samples, trees): never on an interactive path.
 SEARCH_STRATEGIES = frozenset(
@@ -129,6 +148,8 @@ class RoutePlan:
     # (strategy, params, thinking_budget) when the router answered fast instead.
     continue_async: bool = False
     deferred: dict[str, Any] | None = None
+    # The verifier this request implies (a ponder.verifiers.spec.VerifierSpec), if any.
+    verifier: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +169,7 @@ class RoutePlan:
             "reasons": self.reasons,
             "continue_async": self.continue_async,
             "deferred": self.deferred,
+            "verifier": self.verifier.as_dict() if self.verifier is not None else None,
         }
 
 
@@ -255,6 +277,15 @@ class Router:
             classifier = HeuristicScorer() if path == "heuristic" else LearnedClassifier.load(path)
         self.scorer: Scorer = classifier
         self.novelty = NoveltyTracker(window=self.settings.novelty_window)
+        self.tiers = list(tiers or ())
+        self.policy_form, self.shipped = "", {}
+        self.shipped_why: dict[str, str] = {}
+        if self.settings.policy == "default":
+            from ponder.router.calibrate import policy_evidence, policy_form
+
+            form, classes = policy_form(self.tiers)
+            self.policy_form, self.shipped_why = form, policy_evidence(self.tiers)
+            self.shipped = {c: RouteClassSettings.model_validate(v) for c, v in classes.items()}
 
     @classmethod
     def from_settings(cls, settings: RouterSettings, tiers: Sequence[str] = ()) -> Router | None:
@@ -278,6 +309,10 @@ class Router:
             return s.classes[task_class], f"router.classes.{task_class}"
         if task_class in PRESETS and (preset is not None or s.infer_presets):
             return PRESETS[task_class], f"preset {task_class}"
+        if task_class in self.shipped:
+            return self.shipped[task_class], f"default policy ({self.policy_form})"
+        if "default" not in s.model_fields_set and "__default__" in self.shipped:
+            return self.shipped["__default__"], f"default policy ({self.policy_form}, catch-all)"
         return s.default, "router.default"
 
     def plan_text(
@@ -291,10 +326,14 @@ class Router:
         error_cost: str | None = None,
         latency: str | None = None,
         remember: bool = False,
+        verifier: Any = None,
+        response_format: Any = None,
     ) -> RoutePlan:
         """Plan for a bare prompt (``route explain``, benchmarks).
 
-        ``latency`` is the request's declared latency class (``interactive``/``async``).
+        ``latency`` is the request's declared latency class (``interactive``/``async``);
+        ``verifier`` the request's ``ponder.verifier`` and ``response_format`` its OpenAI
+        response format, from which the plan's verifier is resolved.
         """
         t0 = time.perf_counter()
         if preset is not None and preset not in PRESETS and preset not in self.settings.classes:
@@ -329,6 +368,9 @@ class Router:
             )
         policy, source = self._policy(task_class, preset, caller)
         reasons.append(f"policy from {source}: bucket {policy.bucket!r}")
+        if source.startswith("default policy"):
+            key = task_class if task_class in self.shipped else "__default__"
+            reasons.append(self.shipped_why.get(key, ""))
         score = self.scorer.score(text, features)
         think = policy.bucket == "use" or (
             policy.bucket == "maybe" and score >= self.settings.threshold
@@ -363,6 +405,24 @@ class Router:
             else:
                 strategy, params = ("cot" if budget else "direct"), {}
                 reasons.append(f"interactive: search would block, answering with {strategy}")
+        from ponder.router.verification import infer_verifier
+
+        spec = infer_verifier(
+            text,
+            task_class,
+            requested=verifier,
+            response_format=response_format,
+            class_verifier=policy.verifier,
+        )
+        if spec is not None:
+            reasons.append(f"verifier {spec.type} ({spec.source}): {spec.reason}")
+            if spec.type in RETRY_CHECKS and strategy == "direct" and not budget:
+                # Cheap inline verification: check the greedy answer, and only when it
+                # fails sample RETRY_SAMPLES more and keep one that passes.
+                strategy, params = "cascade", dict(RETRY_PLAN)
+                reasons.append(
+                    f"{spec.type} check on the answer; {RETRY_SAMPLES} more samples if it fails"
+                )
         return RoutePlan(
             task_class=task_class,
             strategy=strategy,
@@ -381,6 +441,7 @@ class Router:
             elapsed_us=round((time.perf_counter() - t0) * 1e6, 1),
             continue_async=policy.continue_async,
             deferred=deferred,
+            verifier=spec,
         )
 
     def plan(
@@ -394,6 +455,9 @@ class Router:
         opts = getattr(request, "ponder", None)
         preset = getattr(opts, "preset", None) or lowered.get("x-ponder-preset") or None
         latency = getattr(opts, "latency", None) or lowered.get("x-ponder-latency") or None
+        fmt = getattr(request, "response_format", None)
+        if fmt is not None and hasattr(fmt, "model_dump"):
+            fmt = fmt.model_dump(by_alias=True, exclude_none=True)
         return self.plan_text(
             request_text(getattr(request, "messages", [])),
             caller=caller,
@@ -401,6 +465,8 @@ class Router:
             stream=bool(getattr(request, "stream", False)),
             latency=latency,
             remember=True,
+            verifier=getattr(opts, "verifier", None),
+            response_format=fmt,
         )
 
 

@@ -17,11 +17,11 @@ from ponder.backends.base import Backend
 from ponder.budget.pricing import MICRO, Price
 from ponder.budget.quota import Demand, Limit, Refusal, applicable, estimate_prompt_tokens
 from ponder.config import ServerSettings
-from ponder.errors import Forbidden, QuotaExceeded
+from ponder.errors import Forbidden, InvalidRequest, QuotaExceeded
 from ponder.ledger.store import Reservation, Store
 from ponder.server.auth import ANONYMOUS_SCOPES, Authenticator, Caller
 from ponder.server.planning import Plan
-from ponder.server.protocol import ChatCompletionRequest
+from ponder.server.protocol import MAX_QUOTA_LIMIT, ChatCompletionRequest
 from ponder.strategies import get_strategy, work_of
 from ponder.types import Budget
 
@@ -234,6 +234,16 @@ class Admission:
             reasoning_tokens=min(gen, thinking * samples) if thinking else 0,
             cost=price.worst_case_micro(prompt, gen, deadline or 0.0),
         )
+        too_big = {m: v for m, v in demand.as_dict().items() if v > MAX_QUOTA_LIMIT}
+        if too_big:
+            # Sums of this against quota counters would overflow the store's 64-bit
+            # columns. Here, not in admit: queued jobs are bounded at enqueue too.
+            metric, value = next(iter(too_big.items()))
+            raise InvalidRequest(
+                f"the request's worst case ({value} {metric}) is beyond what any quota can "
+                "hold; lower max_tokens, ponder.budget or the strategy's sample count",
+                param="max_tokens",
+            )
         return p, demand
 
     async def reserve(
@@ -241,7 +251,10 @@ class Admission:
     ) -> Reservation | None:
         if self.store is None:
             return None
-        ttl = (p.budget.deadline_s or self.settings.request_timeout_s) + 60.0
+        deadline = p.budget.deadline_s or max(
+            self.settings.deadline_interactive_s, self.settings.deadline_async_s
+        )
+        ttl = deadline + 60.0
         result = await offload(
             self.store, self.store.reserve, caller.subjects(), demand, ttl_s=ttl, limits=limits
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -26,27 +27,29 @@ from ponder import __version__
 from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
-from ponder.errors import PonderError
+from ponder.errors import InvalidRequest, PonderError
 from ponder.server.dropin import SurfaceResult, messages, responses_create
-from ponder.server.feedback import record_feedback
+from ponder.server.feedback import FeedbackBody, record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
-from ponder.server.parsing import parse_json
+from ponder.server.parsing import MAX_BODY_BYTES, parse_json
 from ponder.server.protocol import (
+    ChatCompletionRequest,
     ErrorResult,
+    KeyCreate,
+    QuotaSet,
     StreamResult,
     error_result,
     internal_error,
     openai_error_body,
 )
 from ponder.server.responses import ponder_headers
-from ponder.server.surfaces.anthropic_messages import error_body as anthropic_error_body
 from ponder.server.surfaces.anthropic_messages import (
     error_from_openai as anthropic_error_from_openai,
 )
 from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-__all__ = ["create_app"]
+__all__ = ["REQUEST_BODIES", "create_app"]
 
 logger = logging.getLogger("ponder.server")
 
@@ -63,7 +66,10 @@ def _json(result: dict[str, Any] | ErrorResult, status: int = 200) -> JSONRespon
 
 async def _body(request: Request) -> Any:
     try:
-        return parse_json(await request.body())
+        raw = await _read_body(request.receive)
+        if raw is None:  # the client went away: nobody reads the answer
+            raise InvalidRequest("the client disconnected before sending the whole body")
+        return parse_json(raw)
     except PonderError as exc:
         return error_result(exc)
 
@@ -97,15 +103,63 @@ async def _sweep_stale_holds(gateway: Gateway, every_s: float = 60.0) -> None:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client went away first."""
+    """The whole request body, or None when the client went away first.
+
+    Stops reading past :data:`MAX_BODY_BYTES` (returning what it has, which
+    ``parse_json`` refuses with a 413) so a huge body is never held in memory whole.
+    """
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES or not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class _RefuseMalformed:
+    """ASGI middleware: refuse, before any route runs, what no route can serve.
+
+    A NUL byte in the query (a user name, a filter) would reach the store, which
+    cannot hold it (PostgreSQL text); a declared body over the size bound is refused
+    without being read.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, message = problem
+                code = "request_too_large" if status == 413 else "invalid_request"
+                response = _error(
+                    ErrorResult(
+                        status=status,
+                        body=openai_error_body(message, type="invalid_request_error", code=code),
+                    )
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _problem(scope: AsgiScope) -> tuple[int, str] | None:
+        # (A NUL in a path id names nothing: its route answers 404 for it.)
+        query: bytes = scope.get("query_string", b"")
+        if b"%00" in query or b"\x00" in query:
+            return 400, "the request query contains a NUL (%00) character"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                    return 413, f"request body is larger than {MAX_BODY_BYTES} bytes"
+                break
+        return None
 
 
 async def _chat_response(gateway: Gateway, raw: bytes, headers: Any) -> Response:
@@ -145,9 +199,68 @@ class _ChatEndpoint:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
-        if raw is not None:
-            response = await _chat_response(self.gateway, raw, Headers(scope=scope))
-            await response(scope, receive, send)
+        if raw is None:
+            return
+        # A client that hangs up before its answer cancels the run, so its quota hold is
+        # released at once (a stream's response watches for that itself once it starts).
+        chat = asyncio.ensure_future(_chat_response(self.gateway, raw, Headers(scope=scope)))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({chat, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Whichever did not finish stops here (both, if this request is cancelled).
+            for task in (chat, gone):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if chat.cancelled():
+            return
+        await chat.result()(scope, receive, send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+# The JSON bodies routes read themselves (raw bytes, so bad input gets an OpenAI error,
+# not FastAPI's 422): published in the OpenAPI document for clients and fuzzers.
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("/v1/chat/completions", "post"): ChatCompletionRequest,
+    ("/v1/jobs", "post"): ChatCompletionRequest,
+    ("/v1/admin/keys", "post"): KeyCreate,
+    ("/v1/admin/quotas", "put"): QuotaSet,
+    ("/v1/feedback", "post"): FeedbackBody,
+}
+
+
+def _publish_request_bodies(app: FastAPI) -> None:
+    """Make ``app.openapi()`` document the request bodies of :data:`REQUEST_BODIES`."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for (path, method), model in REQUEST_BODIES.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+            doc["paths"][path][method]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -203,6 +316,7 @@ def create_app(
         0, Route("/v1/chat/completions", _ChatEndpoint(gateway), methods=["POST"])
     )
     app.state.gateway = gateway
+    app.add_middleware(_RefuseMalformed)
     app.state.jobs = jobs
 
     @app.exception_handler(StarletteHTTPException)
@@ -242,11 +356,13 @@ def create_app(
 
     @app.post("/v1/messages")
     async def anthropic_messages(request: Request) -> Response:
-        try:
-            body = parse_json(await request.body())
-        except PonderError as exc:
-            status, error = anthropic_error_body(exc)
-            return JSONResponse(error, status_code=status)
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return JSONResponse(
+                anthropic_error_from_openai(body.status, body.body),
+                status_code=body.status,
+                headers=body.headers,
+            )
         try:
             return await _surface(await messages(gateway, body, request.headers))
         except Exception as exc:  # never drop a connection
@@ -355,5 +471,6 @@ def create_app(
     from ponder.server.dashboard import dashboard_router
 
     app.include_router(dashboard_router(gateway))
+    _publish_request_bodies(app)
 
     return app

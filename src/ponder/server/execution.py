@@ -8,15 +8,19 @@ reachable under the one reservation.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.backends.base import Backend
+from ponder.backends.upstream_log import UpstreamReport, record_upstream
 from ponder.budget.metered import MeteredBackend
 from ponder.budget.quota import QuotaGuard
-from ponder.errors import InvalidRequest
+from ponder.errors import BudgetExhausted, InvalidRequest, UpstreamTimeout
+from ponder.ledger.verdicts import outcome_verdict
 from ponder.server.admission import Admitted
 from ponder.server.auth import Caller
 from ponder.server.output import Screened
@@ -27,8 +31,22 @@ from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
 from ponder.tools import with_tool_calls
 from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
+from ponder.verifiers.spec import build_verifier, verdict_of
 
-__all__ = ["Execution", "RunState", "TierCalls", "ToolParsing", "with_tool_parsing"]
+__all__ = [
+    "DEADLINE_GRACE_S",
+    "DeadlineCalls",
+    "Execution",
+    "RunState",
+    "TierCalls",
+    "ToolParsing",
+    "with_tool_parsing",
+]
+
+# How long past the deadline a call may still finish: engines get the deadline with
+# every call (``GenRequest.deadline``) and stop on their own, returning their partial
+# text; this is for the ones that cannot (a hung upstream, a stalled connection).
+DEADLINE_GRACE_S = 1.0
 
 
 @dataclass
@@ -41,12 +59,17 @@ class RunState:
     started: float = field(default_factory=time.monotonic)
     # The strategy's verifier's judgement of the answer, when it made one.
     verdict: str | None = None
+    # The chosen answer's check against the plan's verifier: {"verdict", "verifier"}.
+    verification: dict[str, Any] | None = None
     screened: Screened = field(default_factory=Screened)
     # continue_async: the job that runs the full plan, or why it could not be queued.
     job: ContinuedJob | None = None
     job_error: str | None = None
     # Set once the ledger row is written: an abandoned stream settles only if not.
     settled: bool = False
+    # Every upstream attempt of the run and every usage figure an upstream reported
+    # beyond what its call could use (dropped from the usage, so never charged).
+    upstream: UpstreamReport = field(default_factory=UpstreamReport)
 
     @classmethod
     def start(cls, admitted: Admitted, backend: Backend) -> RunState:
@@ -125,6 +148,119 @@ class TierCalls:
         )
 
 
+class DeadlineCalls:
+    """A backend whose calls end at the run's deadline (plus :data:`DEADLINE_GRACE_S`).
+
+    A call still running then is abandoned: ``on_expired`` runs (the meter records
+    the deadline, so the outcome is marked truncated) and the call raises
+    :class:`BudgetExhausted` with reason "deadline", which anytime strategies catch
+    to return what they have. A stream that already produced text ends with a
+    "deadline" finish instead; one with nothing yet raises :class:`UpstreamTimeout`.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        deadline: float | None,
+        on_expired: Callable[[], None],
+        report: UpstreamReport | None = None,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+        self.deadline = deadline
+        self.on_expired = on_expired
+        # Where each call's upstream attempts and usage anomalies are collected.
+        self.report = report
+
+    @contextlib.contextmanager
+    def _recorded(self) -> Iterator[None]:
+        # One report per call step (a context variable set and reset in the same task,
+        # also for a stream's steps), added to the run's.
+        if self.report is None:
+            yield
+            return
+        with record_upstream() as mine:
+            try:
+                yield
+            finally:
+                self.report.attempts.extend(mine.attempts)
+                self.report.anomalies.extend(mine.anomalies)
+
+    def _left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(self.deadline + DEADLINE_GRACE_S - time.monotonic(), 0.0)
+
+    def _expired(self) -> BudgetExhausted:
+        self.on_expired()
+        return BudgetExhausted(
+            "the deadline passed while a model call was still running; allow more time "
+            "(ponder.deadline_s, or the latency class's server deadline)",
+            reason="deadline",
+        )
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        try:
+            with self._recorded():
+                async with asyncio.timeout(self._left()):
+                    return await self.inner.generate(req)
+        except TimeoutError:
+            raise self._expired() from None
+        except BudgetExhausted as exc:
+            # The engine itself stopped at the deadline it was given: same outcome.
+            if exc.reason == "deadline":
+                self.on_expired()
+            raise
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        deltas = aiter(self.inner.stream(req))
+        produced = False
+        try:
+            while True:
+                try:
+                    with self._recorded():
+                        async with asyncio.timeout(self._left()):
+                            delta = await anext(deltas)
+                except StopAsyncIteration:
+                    return
+                except BudgetExhausted as exc:
+                    if exc.reason == "deadline":
+                        self.on_expired()
+                    raise
+                except TimeoutError:
+                    self.on_expired()
+                    if not produced:
+                        raise UpstreamTimeout(
+                            "no token arrived before the deadline; allow more time "
+                            "(ponder.deadline_s) or retry later",
+                            reason="deadline",
+                        ) from None
+                    yield Delta(text="", finish_reason="deadline")
+                    return
+                produced = produced or bool(delta.text or delta.reasoning)
+                yield delta
+        finally:
+            closer = getattr(deltas, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+async def _within(deadline: float | None, run: Awaitable[Outcome]) -> Outcome:
+    """The run, stopped if it outlives its deadline by more than a call's grace (the
+    strategy's own work, a verifier, must not hold the reservation forever either)."""
+    left = None if deadline is None else deadline + 2 * DEADLINE_GRACE_S - time.monotonic()
+    try:
+        async with asyncio.timeout(left):
+            return await run
+    except TimeoutError:
+        raise UpstreamTimeout(
+            "the run did not finish before its deadline and had no answer yet; allow more "
+            "time (ponder.deadline_s) or ask for less work",
+            reason="deadline",
+        ) from None
+
+
 class Execution:
     """One run of a plan's strategy: its meter, its context, and the three ways to consume it.
 
@@ -140,19 +276,58 @@ class Execution:
     ) -> None:
         p = state.plan
         self.plan = p
-        self.meter = MeteredBackend(state.guard, p.budget)
+        self.state = state
+        deadline = state.started + p.budget.deadline_s if p.budget.deadline_s is not None else None
+        self.deadline = deadline
+        self.expired = False
+
+        def expired() -> None:
+            self.expired = True
+            self.meter.exhausted = "deadline"
+
+        report = state.upstream
+        self.meter = MeteredBackend(DeadlineCalls(state.guard, deadline, expired, report), p.budget)
         self.tracker = ProgressTracker(p.instance, self.meter, on_progress) if on_progress else None
         self.ctx = RunContext(
             backend=self.meter,
             tracer=Tracer(self.tracker),
             sampling=p.sampling,
-            tiers={name: TierCalls(state.guard, name, b) for name, b in tiers.items()},
+            tiers={
+                name: DeadlineCalls(TierCalls(state.guard, name, b), deadline, expired, report)
+                for name, b in tiers.items()
+            },
+            verifier=build_verifier(p.verifier, state.guard) if p.verifier else None,
         )
         self.problem = Problem(messages=p.messages)
 
     async def outcome(self) -> Outcome:
-        """Run the strategy to its (anytime) outcome."""
-        return await self.plan.instance.run(self.problem, self.ctx)
+        """Run the strategy to its (anytime) outcome, within the plan's deadline; the run
+        state gets the answer's verdicts.
+
+        Out of time, the run ends with its best partial answer, marked truncated with
+        stop_reason "deadline", or with :class:`UpstreamTimeout` (504) when nothing
+        usable came back: never an empty answer that looks finished.
+        """
+        try:
+            out = await _within(self.deadline, self.plan.instance.run(self.problem, self.ctx))
+        except BudgetExhausted as exc:
+            if exc.reason != "deadline":
+                raise
+            raise UpstreamTimeout(
+                f"the deadline passed before the model answered ({exc})", reason="deadline"
+            ) from exc
+        if self.expired or out.stop_reason == "deadline":
+            if not (out.answer or "").strip():
+                raise UpstreamTimeout(
+                    "the deadline passed before the model produced any answer; allow more "
+                    "time (ponder.deadline_s) or retry later",
+                    reason="deadline",
+                )
+            out = out.model_copy(update={"truncated": True, "stop_reason": "deadline"})
+        self.state.verdict = outcome_verdict(out)
+        if self.plan.verifier is not None:
+            self.state.verification = verdict_of(out, self.plan.verifier)
+        return out
 
     def deltas(self) -> AsyncIterator[Delta]:
         """The answer's deltas as they are decoded (a :class:`StreamsTokens` strategy)."""

@@ -12,6 +12,7 @@ server stays up. Each phase lives in its own module: ``parsing`` -> ``admission`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import time
@@ -26,7 +27,6 @@ from ponder.config import GuardrailSettings, ServerSettings
 from ponder.errors import PonderError
 from ponder.guardrails import GuardrailPolicy
 from ponder.ledger.store import Store
-from ponder.ledger.verdicts import outcome_verdict
 from ponder.router.policy import Router
 from ponder.server.admin import AdminAPI
 from ponder.server.admission import Admission
@@ -35,7 +35,7 @@ from ponder.server.continuation import continue_async
 from ponder.server.execution import Execution, RunState
 from ponder.server.output import guard_input, guard_outcome
 from ponder.server.parsing import parse_request
-from ponder.server.planning import Plan, plan
+from ponder.server.planning import Plan, check_capabilities, plan
 from ponder.server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -100,6 +100,7 @@ class Gateway:
         self.store = store
         self.prices = prices or PriceTable()
         self.metrics = metrics or GatewayMetrics()
+        self.metrics.watch_prefix_caches(self._prefix_cache_stats)
         self.alerts = alerts or Alerts()
         self.quota_thresholds = tuple(quota_thresholds)
         self.otel = otel
@@ -206,6 +207,20 @@ class Gateway:
 
     # ---- POST /v1/chat/completions
 
+    def _prefix_cache_stats(self) -> list[tuple[str, dict[str, float]]]:
+        """``(tier, stats)`` of every tier whose engine keeps a prefix cache (metrics)."""
+        found = []
+        for tier, backend in self.tiers.items():
+            engine: Any = backend
+            for _ in range(4):  # through the resilience and accounting wrappers
+                if hasattr(engine, "prefix_cache_stats") or not hasattr(engine, "inner"):
+                    break
+                engine = engine.inner
+            stats = getattr(engine, "prefix_cache_stats", None)
+            if callable(stats) and (values := stats()):
+                found.append((tier, values))
+        return found
+
     async def chat(
         self,
         body: Any,
@@ -227,7 +242,10 @@ class Gateway:
             if run_as is None:
                 caller, limits = await self.admission.caller_and_limits(headers)
             request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
-            p = self._plan(caller, request, headers)
+            # A queued job (run_as) is the async latency class unless it says otherwise.
+            p = self._plan(
+                caller, request, headers, latency="async" if run_as is not None else "interactive"
+            )
             rid = request_id or completion_id()
             admitted = await self.admission.admit(caller, p, request_id=rid, limits=limits)
         except PonderError as exc:
@@ -246,7 +264,12 @@ class Gateway:
         return await self._run_and_settle(state, continuation, on_settle)
 
     def _plan(
-        self, caller: Caller, request: ChatCompletionRequest, headers: Mapping[str, str] | None
+        self,
+        caller: Caller,
+        request: ChatCompletionRequest,
+        headers: Mapping[str, str] | None,
+        *,
+        latency: str = "interactive",
     ) -> Plan:
         """The request's plan on a tier, its input guarded, reasoning shown only if allowed."""
         self.admission.check_scopes(caller, request)
@@ -257,14 +280,18 @@ class Gateway:
             caller=caller,
             headers=headers,
             tiers=self.tier_models,
+            default_latency=latency,
         )
         p = guard_input(self.guardrails, p, request)
-        return dataclasses.replace(
+        p = dataclasses.replace(
             p,
             tier=p.tier or self.tier,
             # Reasoning is hidden from callers without the scope (as with allow_reasoning).
             include_reasoning=p.include_reasoning and caller.may("reasoning"),
         )
+        assert p.tier is not None
+        check_capabilities(p, self.tiers[p.tier].capabilities)
+        return p
 
     async def _run_and_settle(
         self,
@@ -274,11 +301,18 @@ class Gateway:
     ) -> ChatCompletion | ErrorResult:
         try:
             outcome = await Execution(state, self.tiers).outcome()
+            outcome, state.screened = guard_outcome(state.plan, outcome)
+            await continuation(state)
+        except asyncio.CancelledError:
+            # The client went away (or the server is stopping): what was generated is
+            # spent, the rest of the hold is released now, not at its expiry. A queued
+            # job (on_settle) is requeued by its worker and runs again under the same
+            # request id: its row is written by that run.
+            if on_settle is None:
+                self.settler.settle_abandoned(state, status="cancelled")
+            raise
         except Exception as exc:
             return await self.settler.fail(state, exc, on_settle)
-        state.verdict = outcome_verdict(outcome)
-        outcome, state.screened = guard_outcome(state.plan, outcome)
-        await continuation(state)
         settlement = self.settler.price(
             state, status="ok", http_status=200, truncated=outcome.truncated
         )

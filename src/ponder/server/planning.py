@@ -17,15 +17,18 @@ from typing import Any
 from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, UnknownStrategy
 from ponder.router.policy import PolicyError, RoutePlan, Router, request_text
+from ponder.router.verification import request_verifier
 from ponder.server.auth import Caller
-from ponder.server.protocol import ChatCompletionRequest
+from ponder.server.protocol import MAX_TOKENS, ChatCompletionRequest
 from ponder.strategies import SamplingDefaults, Strategy, available_strategies, work_of
 from ponder.strategies import get_strategy as _get_strategy
 from ponder.strategies.base import streams_tokens
+from ponder.strategies.search import DVTS, BeamSearch
+from ponder.strategies.tree_search import MCTS, TreeOfThoughts
 from ponder.tools import tool_call_constraint
-from ponder.types import Budget, Message
+from ponder.types import Budget, Capabilities, Message
 
-__all__ = ["REASONING_EFFORT", "SERVER_ONLY_PARAMS", "Plan", "plan"]
+__all__ = ["REASONING_EFFORT", "SERVER_ONLY_PARAMS", "Plan", "check_capabilities", "plan"]
 
 # OpenAI's reasoning_effort -> (strategy, thinking budget in tokens).
 REASONING_EFFORT: dict[str, tuple[str, int]] = {
@@ -39,6 +42,11 @@ REASONING_EFFORT: dict[str, tuple[str, int]] = {
 # Strategy parameters that point at server resources (program_aided's SQLite
 # database): never taken from a request.
 SERVER_ONLY_PARAMS = frozenset({"database"})
+
+
+# Strategies that grow an answer step by step: every step continues the partial
+# assistant message, which the tier's backend must support (``continue_final``).
+_CONTINUES_PARTIALS: tuple[type, ...] = (BeamSearch, DVTS, TreeOfThoughts, MCTS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,10 @@ class Plan:
     deferred: dict[str, Any] | None = None
     # The text the router read (the last user message).
     prompt: str = ""
+    # The verifier the request implies (ponder.router.verification), if any.
+    verifier: Any = None
+    # The latency class whose default deadline bounds the run ("interactive" / "async").
+    latency: str = "interactive"
 
 
 def _accepts(cls: type | None, param: str) -> bool:
@@ -82,6 +94,34 @@ def _accepts(cls: type | None, param: str) -> bool:
         return param in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _latency(
+    declared: str | None,
+    headers: Mapping[str, str] | None,
+    route: RoutePlan | None,
+    default: str,
+) -> str:
+    """The request's latency class: declared > header > the router's class policy > default."""
+    if declared is not None:
+        return declared
+    header = (headers or {}).get("x-ponder-latency")
+    if header in ("interactive", "async"):
+        return header
+    if route is not None and route.latency in ("interactive", "async"):
+        return route.latency
+    return default
+
+
+def _check_param_ints(params: Mapping[str, Any]) -> None:
+    """Integers in ``ponder.params`` count samples, steps or tokens: bound them so the
+    reservation (samples x tokens) fits the store's 64-bit counters."""
+    for key, value in params.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_TOKENS:
+            raise InvalidRequest(
+                f"ponder.params.{key}: {value} is out of range (at most {MAX_TOKENS})",
+                param=f"ponder.params.{key}",
+            )
 
 
 def _messages(request: ChatCompletionRequest) -> list[Message]:
@@ -216,13 +256,17 @@ def plan(
     caller: Caller | None = None,
     headers: Mapping[str, str] | None = None,
     tiers: Mapping[str, str] | None = None,
+    default_latency: str = "interactive",
 ) -> Plan:
     """Map a request to what will run; raise :class:`InvalidRequest` for what cannot.
 
     With a ``router``, a request that chooses nothing itself (no ``ponder.strategy``,
     ``thinking``, ``reasoning_effort`` or ``ponder.thinking_budget``) runs the router's
     plan; every request gets the router's task class. ``tiers`` (tier name -> model)
-    are the tiers a request may name; see :func:`_tier`.
+    are the tiers a request may name; see :func:`_tier`. The run's deadline is its
+    latency class's (``ponder.latency``, the ``x-ponder-latency`` header, the router's
+    class policy, else ``default_latency``: queued jobs are "async"), shortened by
+    ``ponder.deadline_s`` and ``server.request_timeout_s``.
     """
     opts = request.ponder
     messages = _messages(request)
@@ -275,6 +319,7 @@ def plan(
             "(they name files on the server)",
             param=f"ponder.params.{sorted(server_only)[0]}",
         )
+    _check_param_ints(opts.params)
     params.update(opts.params)
     if opts.thinking_budget is not None:
         if name in registry and not accepts_thinking:
@@ -317,7 +362,11 @@ def plan(
         # Completion tokens include thinking (as in OpenAI's max_completion_tokens),
         # so the default leaves the answer its full share on top of the thinking.
         max_tokens = settings.max_tokens_default + (thinking or 0)
-    deadlines = [d for d in (opts.deadline_s, settings.request_timeout_s) if d]
+    latency = _latency(opts.latency, headers, route, default_latency)
+    class_deadline = (
+        settings.deadline_async_s if latency == "async" else settings.deadline_interactive_s
+    )
+    deadlines = [d for d in (opts.deadline_s, class_deadline, settings.request_timeout_s) if d]
     spend = [b for b in (opts.budget, route.max_spend if routed and route else None) if b]
     return Plan(
         strategy=name,
@@ -350,4 +399,17 @@ def plan(
         tier=_tier(request, route, name, instance, tiers),
         deferred=deferred,
         prompt=request_text(messages) if route is not None else "",
+        verifier=request_verifier(request, route),
+        latency=latency,
     )
+
+
+def check_capabilities(p: Plan, capabilities: Capabilities) -> None:
+    """Refuse, before anything is reserved, a plan its tier's backend cannot run."""
+    if isinstance(p.instance, _CONTINUES_PARTIALS) and not capabilities.continue_final:
+        raise InvalidRequest(
+            f"strategy {p.strategy!r} continues partial answers step by step, which the "
+            f"backend of tier {p.tier!r} does not support (no continuation of the final "
+            "assistant message); use self_consistency, best_of_n or cot on this tier",
+            param="ponder.strategy",
+        )

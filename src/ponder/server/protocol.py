@@ -33,6 +33,9 @@ from ponder.errors import PonderError, openai_error_body
 from ponder.types import OutputConstraint, Role, TokenLogprob, ToolCall, ToolChoice, ToolSpec
 
 __all__ = [
+    "MAX_DEADLINE_S",
+    "MAX_QUOTA_LIMIT",
+    "MAX_TOKENS",
     "AssistantMessage",
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -75,6 +78,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("ponder.server")
+
+# Upper bounds of numeric fields, so every sum the reservation makes fits in a 64-bit
+# store column: token counts (max_tokens, budgets, thinking) fit a signed 32-bit int,
+# as in OpenAI's API; quota limits fit a JSON-safe integer (2^53 - 1).
+MAX_TOKENS = 2**31 - 1
+MAX_QUOTA_LIMIT = 2**53 - 1
+# A week: longer than any latency class waits.
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 OpenAIFinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
@@ -195,7 +206,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, strict=True)
 
 
 class ThinkingParam(BaseModel):
@@ -206,7 +217,7 @@ class ThinkingParam(BaseModel):
     type: Literal["enabled", "disabled"]
     # Optional here (Anthropic requires it); the handler supplies a default when missing.
     # strict: JSON true must not count as a 1-token budget.
-    budget_tokens: int | None = Field(default=None, ge=0, strict=True)
+    budget_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
 
 
 class DocumentParam(BaseModel):
@@ -229,10 +240,10 @@ class PonderOptions(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     # Generated tokens (reasoning + output) over all internal calls of the strategy.
     # strict: JSON true or "5" must not silently become a token count.
-    budget: int | None = Field(default=None, ge=0, strict=True)
-    thinking_budget: int | None = Field(default=None, ge=0, strict=True)
-    deadline_s: float | None = Field(default=None, gt=0)
-    include_reasoning: bool = False
+    budget: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    thinking_budget: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)
+    include_reasoning: bool = Field(default=False, strict=True)
     # A routing preset / task class (chat, codegen, ...); also the x-ponder-preset header.
     preset: str | None = None
     # The model tier to run on (a [tiers.<name>] name); also a tier named as ``model``.
@@ -242,6 +253,9 @@ class PonderOptions(BaseModel):
     latency: Literal["interactive", "async"] | None = None
     # Untrusted reference material (retrieved passages, files): delimited as data.
     documents: list[DocumentParam] = Field(default_factory=list)
+    # A verifier for the answer, e.g. {"type": "tests", "tests": [...]}; see
+    # ponder.verifiers.spec (validated when the request is planned).
+    verifier: dict[str, Any] | None = None
 
 
 class FunctionParam(BaseModel):
@@ -307,14 +321,15 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage]
-    n: int = Field(default=1, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    # strict: as in OpenAI's API, JSON true is not 1 and "yes" is not a boolean.
+    n: int = Field(default=1, ge=1, le=128, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS, strict=True)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, strict=True)
     stop: list[str] | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     reasoning_effort: ReasoningEffort | None = None
     thinking: ThinkingParam | None = None
@@ -486,6 +501,8 @@ class PonderInfo(BaseModel):
     # The strategy's search tree (text, scores, tokens, chosen path); only for
     # callers who asked for reasoning and may see it.
     tree: dict[str, Any] | None = None
+    # The chosen answer's check: {"verdict": pass|fail|unknown, "verifier": name}.
+    verification: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -610,7 +627,7 @@ class QuotaSet(BaseModel):
     subject: str = Field(min_length=1, max_length=200)
     metric: Literal["requests", "tokens", "reasoning_tokens", "cost"]
     window: Literal["minute", "day", "month", "request"]
-    limit: int | None = Field(ge=0, strict=True)
+    limit: int | None = Field(ge=0, le=MAX_QUOTA_LIMIT, strict=True)
 
 
 # --------------------------------------------------------------------------- results

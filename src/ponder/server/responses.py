@@ -165,6 +165,7 @@ def completion(
             tier=state.tier,
             tier_usage=tier_usage(state, settlement.tier_costs),
             job=state.job,
+            verification=state.verification,
             tree=(
                 outcome.tree.model_dump(exclude_defaults=True)
                 if p.include_reasoning and outcome.tree is not None

@@ -25,7 +25,7 @@ from ponder.server.execution import RunState
 from ponder.server.output import count_guardrails, guardrail_record
 from ponder.server.planning import Plan
 from ponder.server.protocol import ErrorResult, error_result, internal_error
-from ponder.telemetry.alerts import Alerts
+from ponder.telemetry.alerts import Alert, Alerts
 from ponder.telemetry.metrics import GatewayMetrics
 from ponder.telemetry.otel import OtelTracer
 from ponder.types import Usage
@@ -85,7 +85,9 @@ def _tier_record(state: RunState, costs: dict[str, int]) -> dict[str, Any]:
     return record
 
 
-def ledger_features(p: Plan, router: Router | None) -> dict[str, Any] | None:
+def ledger_features(
+    p: Plan, router: Router | None, verification: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The router's view of the request, for ``ponder route train --from-ledger``.
 
     Never the prompt text unless the operator set ``router.record_prompts``.
@@ -102,6 +104,8 @@ def ledger_features(p: Plan, router: Router | None) -> dict[str, Any] | None:
     }
     if router.settings.record_prompts:
         data["text"] = p.prompt
+    if verification is not None:
+        data["verification"] = verification
     return data
 
 
@@ -138,6 +142,7 @@ def build_row(
             "reserved": state.admitted.demand.as_dict(),
             **guardrail_record(p, state.screened),
             **_tier_record(state, costs),
+            **_upstream_record(state),
         },
         status=status,
         http_status=http_status,
@@ -165,6 +170,14 @@ def build_row(
         requests=1, tokens=usage.total_tokens, reasoning_tokens=usage.reasoning, cost=cost
     )
     return Settlement(row=row, actual=actual, tier_costs=costs)
+
+
+def _upstream_record(state: RunState) -> dict[str, Any]:
+    """The run's upstream attempts, errors and dropped usage, when it reached an upstream."""
+    report = state.upstream
+    if not report.attempts and not report.anomalies:
+        return {}
+    return {"upstream": report.summary()}
 
 
 class Settler:
@@ -209,7 +222,7 @@ class Settler:
             error_code=error_code,
             price_of=self.price_of,
             model=self.model_of(state.tier),
-            features=ledger_features(state.plan, self.router),
+            features=ledger_features(state.plan, self.router, state.verification),
             ended=time.monotonic(),
         )
 
@@ -230,8 +243,21 @@ class Settler:
     def observe(
         self, state: RunState, settlement: Settlement, crossings: Sequence[Crossing]
     ) -> None:
-        """Metrics, the runaway and quota alerts, and the trace of a settled run."""
+        """Metrics, the runaway, quota and usage-anomaly alerts, the trace of a settled run."""
         p, usage, row = state.plan, state.guard.usage, settlement.row
+        clamped = state.upstream.clamped_tokens
+        for attempt in state.upstream.attempts:
+            self.metrics.upstream_attempts.labels(state.tier, attempt.error or "ok").inc()
+        if clamped:
+            self.metrics.usage_clamped.labels(state.tier).inc(clamped)
+            self.alerts.emit(
+                Alert(
+                    "usage_anomaly",
+                    f"request {state.id}: upstreams reported {clamped} tokens more than "
+                    f"its calls could use (tier {state.tier!r}); they were not charged",
+                    {"request_id": state.id, "tier": state.tier, "clamped_tokens": clamped},
+                )
+            )
         count_guardrails(self.metrics, p, state.screened)
         costs = settlement.tier_costs
         by_tier = None

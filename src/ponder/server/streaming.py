@@ -18,7 +18,6 @@ from typing import Any
 from ponder.backends.base import Backend
 from ponder.budget.pricing import to_usd
 from ponder.errors import BudgetExhausted, PonderError
-from ponder.ledger.verdicts import outcome_verdict
 from ponder.server.execution import Execution, RunState
 from ponder.server.output import StreamShield, guard_outcome
 from ponder.server.planning import Plan
@@ -282,7 +281,6 @@ class Streams:
                 for event in _error_events(failed.body):
                     yield event
                 return
-            state.verdict = outcome_verdict(outcome)
             outcome, state.screened = guard_outcome(p, outcome)
             settlement = self.settler.price(
                 state, status="ok", http_status=200, truncated=outcome.truncated

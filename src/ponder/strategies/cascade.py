@@ -3,9 +3,11 @@
 Rungs, in order (each one optional):
 
 1. ``direct``: one greedy answer on the run's own backend (tier 1);
-2. ``think``: one greedy answer after up to ``thinking_budget`` thinking tokens;
-3. ``search``: ``search_n`` samples, majority vote (or the verifier's best);
-4. ``tier``: the thinking rung again on ``strong_tier`` (a bigger model from ``ctx.tiers``),
+2. ``program``: one greedy program (as ``program_aided`` writes it), executed; its printed
+   result is the answer, an independent cross-check of the direct one;
+3. ``think``: one greedy answer after up to ``thinking_budget`` thinking tokens;
+4. ``search``: ``search_n`` samples, majority vote (or the verifier's best);
+5. ``tier``: the thinking rung again on ``strong_tier`` (a bigger model from ``ctx.tiers``),
    with ``tier_thinking_budget`` thinking tokens (None: ``thinking_budget``; 0: a direct
    answer, for a strong tier too slow to think on).
 
@@ -13,7 +15,14 @@ After each rung a confidence in [0, 1] is read off the candidates: the verifier'
 when the run has a verifier, vote agreement when there are several samples, else the
 geometric-mean token probability ``exp(mean logprob)``. An unfinished answer has
 confidence 0. The cascade stops at the first rung whose confidence is at least
-``threshold``. Every rung is a trace event (confidence, signal, tokens it cost); the
+``threshold``.
+
+``signal="verified"`` is verified escalation: an answer is accepted only when the
+verifier passes it (tests, schema) or when two independent solutions agree (the
+program's executed result equals the direct answer, or samples agree); a lone answer
+nobody checked has confidence 0, whatever the model's token probabilities say. The
+chosen answer's verdict (``pass``/``fail``/``unknown`` and which check gave it) is a
+``verdict`` trace event. Every rung is a trace event (confidence, signal, tokens it cost); the
 budget is the run's one budget, so the cascade can never spend more than it.
 
 Rung requests are built exactly as ``direct``, ``cot`` and ``self_consistency`` build
@@ -37,19 +46,21 @@ from ponder.strategies.base import (
     to_candidate,
 )
 from ponder.strategies.basic import majority_vote
+from ponder.strategies.program import ProgramAided, program_messages
 from ponder.types import Candidate, Outcome, Problem, Score, ThinkingConfig
 
 __all__ = ["Cascade", "Rung", "confidence"]
 
-Signal = Literal["auto", "verifier", "agreement", "logprob"]
-_SIGNALS = ("auto", "verifier", "agreement", "logprob")
+Signal = Literal["auto", "verifier", "agreement", "logprob", "verified"]
+_SIGNALS = ("auto", "verifier", "agreement", "logprob", "verified")
+_RUNG_KINDS = ("direct", "program", "think", "search", "tier")
 
 
 @dataclass(frozen=True)
 class Rung:
     """One step of the cascade as planned."""
 
-    kind: str  # direct | think | search | tier
+    kind: str  # direct | program | think | search | tier
     n: int = 1
     temperature: float = 0.0
     thinking_budget: int | None = None
@@ -120,10 +131,10 @@ class Cascade:
                 param="signal",
             )
         self.rungs = tuple(self.rungs)
-        unknown = set(self.rungs) - {"direct", "think", "search", "tier"}
+        unknown = set(self.rungs) - set(_RUNG_KINDS)
         if unknown or not self.rungs:
             raise InvalidRequest(
-                f"cascade: rungs must be a non-empty subset of direct, think, search, tier; "
+                f"cascade: rungs must be a non-empty subset of {', '.join(_RUNG_KINDS)}; "
                 f"got {list(self.rungs)}",
                 param="rungs",
             )
@@ -135,11 +146,11 @@ class Cascade:
     def plan(self) -> list[Rung]:
         """The rungs this cascade would climb, cheapest first."""
         out = []
-        for kind in ("direct", "think", "search", "tier"):
+        for kind in _RUNG_KINDS:
             if kind not in self.rungs:
                 continue
-            if kind == "direct":
-                out.append(Rung("direct"))
+            if kind in ("direct", "program"):
+                out.append(Rung(kind))
             elif kind == "think" and self.thinking_budget > 0:
                 out.append(Rung("think", thinking_budget=self.thinking_budget))
             elif kind == "search":
@@ -204,11 +215,33 @@ class Cascade:
             )
             if not escalate:
                 break
+        if self.signal == "verified" and best is not None:
+            ctx.tracer.event("verdict", **self._verdict(all_candidates, all_scores, best, ctx))
         return finish(self.name, ctx, all_candidates, best, all_scores)
+
+    def _verdict(
+        self, candidates: list[Candidate], scores: list[Score], best: int, ctx: RunContext
+    ) -> dict[str, object]:
+        """pass / fail / unknown for the chosen answer, and which check said so."""
+        chosen = candidates[best]
+        if ctx.verifier is not None and scores:
+            passed = scores[best].value >= self.threshold and not chosen.truncated
+            return {"verdict": "pass" if passed else "fail", "verifier": _name(ctx.verifier)}
+        others = [c for i, c in enumerate(candidates) if i != best and c.answer is not None]
+        if chosen.answer is None or not others:
+            return {"verdict": "unknown", "verifier": None}
+        agrees = any(c.answer == chosen.answer for c in others)
+        return {"verdict": "pass" if agrees else "fail", "verifier": "agreement"}
 
     async def _climb(
         self, problem: Problem, ctx: RunContext, rung: Rung
     ) -> tuple[list[Candidate], list[Score]]:
+        if rung.kind == "program":
+            # Exactly program_aided's request (n=1, greedy), so its samples replay too.
+            program = ProgramAided()
+            gens = await ctx.generate(ctx.request(problem, messages=program_messages(problem)))
+            candidates = [await program.execute(g) for g in gens]
+            return candidates, await self._verify(problem, ctx, candidates)
         thinking = (
             ThinkingConfig(budget_tokens=rung.thinking_budget, min_tokens=0)
             if rung.thinking_budget
@@ -224,10 +257,16 @@ class Cascade:
         )
         gens = await ctx.generate(req, tier=rung.tier)
         candidates = [to_candidate(g, problem.task) for g in gens]
-        scores: list[Score] = []
-        if ctx.verifier is not None and self.signal in ("auto", "verifier") and candidates:
-            scores = list(await ctx.verifier.score(problem, candidates))
-        return candidates, scores
+        return candidates, await self._verify(problem, ctx, candidates)
+
+    async def _verify(
+        self, problem: Problem, ctx: RunContext, candidates: list[Candidate]
+    ) -> list[Score]:
+        if ctx.verifier is None or self.signal not in ("auto", "verifier", "verified"):
+            return []
+        if not candidates:
+            return []
+        return list(await ctx.verifier.score(problem, candidates))
 
     def _choose(
         self,
@@ -256,6 +295,8 @@ class Cascade:
         scores: list[Score],
         earlier: list[Candidate],
     ) -> tuple[float, str]:
+        if self.signal == "verified" and not scores:
+            return _independent_agreement(candidates, chosen, earlier)
         if self.signal == "agreement" and len(candidates) == 1:
             # One sample agrees with itself; agreement then means "with the earlier rungs".
             pool = [*earlier, candidates[0]]
@@ -264,3 +305,27 @@ class Cascade:
                 return 0.0, "agreement"
             return sum(1 for c in pool if c.answer == answer) / len(pool), "agreement"
         return confidence(candidates, chosen, scores)
+
+
+def _independent_agreement(
+    candidates: list[Candidate], chosen: int, earlier: list[Candidate]
+) -> tuple[float, str]:
+    """Confidence from agreement between independent solutions only.
+
+    A lone first answer is unchecked (0); a later one counts as verified when an earlier
+    rung reached the same answer; several samples give their vote share, which needs at
+    least two of them to agree.
+    """
+    answer = candidates[chosen].answer if candidates else None
+    if not candidates or candidates[chosen].truncated or answer is None:
+        return 0.0, "agreement"
+    if any(c.answer == answer for c in earlier):
+        return 1.0, "agreement"
+    if len(candidates) > 1:
+        votes = sum(1 for c in candidates if not c.truncated and c.answer == answer)
+        return (votes / len(candidates) if votes > 1 else 0.0), "agreement"
+    return 0.0, "agreement"
+
+
+def _name(verifier: object) -> str:
+    return str(getattr(verifier, "kind", None) or type(verifier).__name__)

@@ -23,7 +23,7 @@ from ponder.types import Candidate, Generation, Message, Outcome, Problem, Score
 from ponder.verifiers.answers import extract_code, normalize_answer
 from ponder.verifiers.sandbox import SandboxLimits, arun_python, check_sandbox
 
-__all__ = ["ProgramAided", "run_sql", "sqlite_schema"]
+__all__ = ["ProgramAided", "program_messages", "run_sql", "sqlite_schema"]
 
 PYTHON_INSTRUCTION = (
     "Solve this by writing a short Python program that computes the answer and prints only "
@@ -82,6 +82,18 @@ def run_sql(
     return "\n".join(" | ".join(str(v) for v in r) for r in rows), None
 
 
+def program_messages(problem: Problem, instruction: str = PYTHON_INSTRUCTION) -> list[Message]:
+    """The problem's messages with the program instruction appended to the last user turn.
+
+    Public so that a cascade's program rung (and a recorded sample pool) builds exactly
+    the request ``program_aided`` builds.
+    """
+    msgs = list(problem.messages)
+    if msgs and msgs[-1].role == "user":
+        return [*msgs[:-1], Message(role="user", content=f"{msgs[-1].content}\n\n{instruction}")]
+    return [*msgs, Message(role="user", content=instruction)]
+
+
 @dataclass
 class ProgramAided:
     """Write a program, execute it, answer with its output; vote over ``n`` executed results."""
@@ -117,13 +129,11 @@ class ProgramAided:
             instruction = SQL_INSTRUCTION.format(schema=sqlite_schema(database))
         else:
             instruction = PYTHON_INSTRUCTION
-        msgs = list(problem.messages)
-        if msgs and msgs[-1].role == "user":
-            return [
-                *msgs[:-1],
-                Message(role="user", content=f"{msgs[-1].content}\n\n{instruction}"),
-            ]
-        return [*msgs, Message(role="user", content=instruction)]
+        return program_messages(problem, instruction)
+
+    async def execute(self, gen: Generation) -> Candidate:
+        """Run one generated program; the candidate's answer is its last printed line."""
+        return await self._execute(gen, self.database)
 
     async def _execute(self, gen: Generation, database: str | None) -> Candidate:
         code = extract_code(gen.text, self.language)

@@ -6,9 +6,11 @@ Each :class:`GatewayMetrics` owns its registry, so two gateways in one process
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ponder.types import Usage
@@ -58,6 +60,18 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_attempts = Counter(
+            "ponder_upstream_attempts",
+            "Requests sent (or tried) to upstreams, by outcome: ok or the error code",
+            ("tier", "outcome"),
+            registry=r,
+        )
+        self.usage_clamped = Counter(
+            "ponder_usage_clamped_tokens",
+            "Tokens upstreams reported beyond what the calls could use (not charged)",
+            ("tier",),
+            registry=r,
+        )
         self.guardrails = Counter(
             "ponder_guardrail_actions",
             "Guardrail actions: untrusted blocks wrapped (kind tool / document), leaks "
@@ -102,5 +116,43 @@ class GatewayMetrics:
     def refuse(self, caller: str, code: str) -> None:
         self.refused.labels(caller, code).inc()
 
+    def watch_prefix_caches(
+        self, source: Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
+    ) -> None:
+        """Export the engines' prefix-cache counters, read from ``source`` at each scrape:
+        ``(tier, prefix_cache_stats())`` pairs of the tiers whose engine has a cache."""
+        self.registry.register(_PrefixCacheCollector(source))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector:
+    """Prefix-cache counters of the embedded engines, as Prometheus metrics."""
+
+    _COUNTERS = (
+        ("lookups", "Prompts looked up in the prefix cache"),
+        ("hits", "Prompts that reused a cached prefix"),
+        ("prompt_tokens", "Prompt tokens of looked-up prompts"),
+        ("reused_tokens", "Prompt tokens served from the cache instead of evaluated"),
+        ("evictions", "Cached sequences evicted"),
+    )
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, Mapping[str, float]]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Any]:
+        stats = list(self._source())
+        for key, doc in self._COUNTERS:
+            family = CounterMetricFamily(f"ponder_prefix_cache_{key}", doc, labels=["tier"])
+            for tier, s in stats:
+                family.add_metric([tier], float(s.get(key, 0)))
+            yield family
+        rate = GaugeMetricFamily(
+            "ponder_prefix_cache_hit_rate",
+            "Share of looked-up prompt tokens served from the cache",
+            labels=["tier"],
+        )
+        for tier, s in stats:
+            rate.add_metric([tier], float(s.get("hit_rate", 0.0)))
+        yield rate

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from ponder.server.auth import Caller
 from ponder.server.jobs.queue import JobConflict, JobNotFound
 from ponder.server.jobs.worker import JobWorker
 from ponder.server.parsing import parse_request
-from ponder.server.planning import plan
+from ponder.server.planning import check_capabilities, plan
 from ponder.server.protocol import ErrorResult, error_result
 
 __all__ = ["Jobs"]
@@ -91,6 +92,9 @@ class Jobs(JobWorker):
                 headers=headers,
                 tiers=gw.tier_models,
             )
+            # A plan its tier's backend cannot run is refused now, as on the chat path.
+            tier = planned.tier or gw.tier
+            check_capabilities(dataclasses.replace(planned, tier=tier), gw.tiers[tier].capabilities)
             # Its worst case too: a job the quota store could never hold is refused now,
             # not accepted and then failed when it runs.
             _, demand = await gw.admission.bound(planned, caller)

@@ -1,0 +1,70 @@
+"""Thin wrappers over one llama.cpp context: its KV memory operations and batched decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ponder.errors import BackendError
+
+__all__ = ["BatchDecoder", "LlamaMemory"]
+
+
+class LlamaMemory:
+    """llama.cpp's KV memory operations on one context (``llama_memory_seq_*``)."""
+
+    def __init__(self, ll: Any, ctx: Any) -> None:
+        self._ll = ll
+        self._ctx = ctx
+
+    def seq_rm(self, seq_id: int, p0: int, p1: int) -> bool:
+        mem = self._ll.llama_get_memory(self._ctx)
+        return bool(self._ll.llama_memory_seq_rm(mem, seq_id, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        mem = self._ll.llama_get_memory(self._ctx)
+        self._ll.llama_memory_seq_cp(mem, src, dst, p0, p1)
+
+
+class BatchDecoder:
+    """One reusable ``llama_batch``: fill it with (token, position, seq_id, want_logits) rows."""
+
+    def __init__(self, ll: Any, ctx: Any, capacity: int, n_vocab: int) -> None:
+        self._ll = ll
+        self._ctx = ctx
+        self._batch = ll.llama_batch_init(capacity, 0, 1)
+        self._n_vocab = n_vocab
+        self._logit_rows: list[int] = []
+
+    @property
+    def n_logits(self) -> int:
+        return len(self._logit_rows)
+
+    def run(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """Decode the rows in one ``llama_decode`` call."""
+        b = self._batch
+        b.n_tokens = len(rows)
+        logit_rows = []
+        for i, (tok, pos, sid, want) in enumerate(rows):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = sid
+            b.logits[i] = 1 if want else 0
+            if want:
+                logit_rows.append(i)
+        self._logit_rows = logit_rows
+        rc = self._ll.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc}")
+
+    def logits(self, k: int) -> np.ndarray:
+        """The logits of the ``k``-th row that asked for them (a view: copy to keep)."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, self._logit_rows[k])
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
