@@ -295,6 +295,11 @@ ledger = {"true" if ledger_url else "false"}
 require_auth = {"true" if ledger_url else "false"}
 
 {ledger}
+# The governance overhead of the direct path: the shipped routing policy would send
+# these arithmetic prompts to an executed program (a sandbox run per request).
+[router]
+policy = "none"
+
 [tiers.upstream]
 backend = "openai_compat"
 model = "{MODEL}"
