@@ -133,7 +133,8 @@ def wrap_untrusted(
     if wrap_tool_results:
         for i, m in enumerate(out):
             if m.role == "tool":
-                out[i] = Message(role="tool", content=_block(nonce, "tool", m.content))
+                # model_copy: the result keeps the tool_call_id of the call it answers.
+                out[i] = m.model_copy(update={"content": _block(nonce, "tool", m.content)})
                 wrapped["tool"] = wrapped.get("tool", 0) + 1
     if documents:
         blocks = "\n\n".join(
@@ -145,7 +146,7 @@ def wrap_untrusted(
         if users:
             at = users[-1]
             text = out[at].content
-            out[at] = Message(role="user", content=f"Documents:\n\n{blocks}\n\n{text}")
+            out[at] = out[at].model_copy(update={"content": f"Documents:\n\n{blocks}\n\n{text}"})
         else:
             # Only an assistant prefix to continue: the documents come just before it.
             out.insert(

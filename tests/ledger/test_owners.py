@@ -86,7 +86,7 @@ def test_a_version_3_database_gains_the_owner_and_history_columns(store: Store) 
         conn.exec_driver_sql(f"ALTER TABLE {s.reservations.name} DROP COLUMN owner")
         conn.exec_driver_sql(f"ALTER TABLE {s.jobs.name} DROP COLUMN history")
         conn.execute(sa.update(s.schema_info).values(version=3))
-    assert store.migrate() == s.SCHEMA_VERSION == 4
+    assert store.migrate() == s.SCHEMA_VERSION >= 4
     inspector = sa.inspect(store.engine)
     assert "owner" in {c["name"] for c in inspector.get_columns(s.reservations.name)}
     assert "history" in {c["name"] for c in inspector.get_columns(s.jobs.name)}

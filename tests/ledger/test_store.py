@@ -221,3 +221,17 @@ def test_unreachable_postgres_fails_closed() -> None:
 def test_in_memory_sqlite_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="give a file"):
         Store("sqlite://")
+
+
+def test_a_version_4_database_gains_the_conversations_table(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {s.conversations.name}")
+        conn.execute(sa.update(s.schema_info).values(version=4))
+    assert store.migrate() == s.SCHEMA_VERSION >= 5
+    with store.transaction() as tx:
+        store.put_conversation(tx, "resp_1", "key_a", '[{"role": "user", "content": "hi"}]')
+    assert store.get_conversation("resp_1", "key_a") == [{"role": "user", "content": "hi"}]
+    # Only the key that created it reads it back; an unknown id is None too.
+    assert store.get_conversation("resp_1", "key_b") is None
+    assert store.get_conversation("resp_1", None) is None
+    assert store.get_conversation("resp_2", "key_a") is None

@@ -460,8 +460,9 @@ BAD_REQUESTS: list[tuple[str, Any, list[str], str | None, str]] = [
     ),
     (
         "n-2",
-        {"messages": GOOD_MESSAGES, "n": 2},
-        ["n=2 is not supported", "self_consistency", '"n": 2'],
+        # n > 1 samples independent choices of a one-generation strategy only.
+        {"messages": GOOD_MESSAGES, "n": 2, "ponder": {"strategy": "best_of_n"}},
+        ["n=2 runs only with strategy direct or cot", "self_consistency", '"n": 2'],
         "n",
         "invalid_request",
     ),

@@ -135,7 +135,7 @@ async def test_a_job_runs_through_the_gateway_and_keeps_its_result(store: Store)
             "cannot stream",
         ),
         (body(ponder={"strategy": "nope"}), "ponder.strategy", "unknown strategy"),
-        (body(n=3), "n", "n=3 is not supported"),
+        (body(n=3, ponder={"strategy": "best_of_n"}), "n", "n=3 runs only with strategy direct"),
         (body(ponder={"bogus": 1}), "ponder.bogus", "unknown option"),
         (body(ponder={"params": {"database": "/etc/passwd"}}), "ponder.params.database", "policy"),
     ],

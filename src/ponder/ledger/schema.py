@@ -14,6 +14,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "api_keys",
+    "conversations",
     "counters",
     "jobs",
     "limits",
@@ -154,6 +155,18 @@ jobs = sa.Table(
     sa.Index("ix_ponder_jobs_key_created", "key_id", "created_at"),
 )
 
+# The conversation of a Responses API answer, for a later ``previous_response_id``.
+conversations = sa.Table(
+    "ponder_conversations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    # The key that created it: only that key reads it back (None: an open gateway).
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # JSON list of chat messages (the request's conversation and the answer).
+    sa.Column("messages", sa.Text, nullable=False),
+)
+
 
 def _v1(conn: sa.Connection) -> None:
     # Only the tables of version 1: later tables come with their own migration. (Later
@@ -185,6 +198,10 @@ def _v4(conn: sa.Connection) -> None:
     _add_column(conn, jobs, "history")
 
 
+def _v5(conn: sa.Connection) -> None:
+    conversations.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)

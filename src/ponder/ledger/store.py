@@ -531,6 +531,32 @@ class Store(Database):
         with self.transaction("read") as tx:
             return [LedgerRow.from_db(r) for r in tx.execute(q)]
 
+    # ---- Responses API conversations (previous_response_id)
+
+    @staticmethod
+    def put_conversation(
+        tx: Transaction, response_id: str, key_id: str | None, messages: str
+    ) -> None:
+        """Keep a response's conversation (JSON text) inside a settlement transaction."""
+        tx.execute(
+            sa.insert(s.conversations).values(
+                id=response_id, key_id=key_id, created_at=time.time(), messages=messages
+            )
+        )
+
+    def get_conversation(self, response_id: str, key_id: str | None) -> list[Any] | None:
+        """The conversation kept under ``response_id``, for the key that created it only."""
+        with self.transaction("read") as tx:
+            found = tx.execute(
+                sa.select(s.conversations.c.key_id, s.conversations.c.messages).where(
+                    s.conversations.c.id == response_id
+                )
+            ).first()
+        if found is None or found[0] != key_id:
+            return None
+        messages: list[Any] = json.loads(found[1])
+        return messages
+
     def row_ids(self) -> set[str]:
         with self.transaction("read") as tx:
             return set(tx.execute(sa.select(s.requests.c.id)).scalars())

@@ -180,7 +180,8 @@ class Admission:
                 if lim.window == "request":
                     caps[lim.metric] = min(caps.get(lim.metric, lim.limit), lim.limit)
         work = work_of(p.instance)
-        samples, calls = max(work.samples, 1), max(work.calls, 1)
+        # A request's n > 1: that many answers per call, each up to max_tokens.
+        samples, calls = max(work.samples, 1) * p.sampling.choices, max(work.calls, 1)
         reach = self.reach(p)
         prompt = max(estimate_prompt_tokens(self.tiers[t], p.messages) for t in reach) * calls
         gen = p.budget.tokens if p.budget.tokens is not None else samples * p.sampling.max_tokens

@@ -28,6 +28,7 @@ from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, PonderError
+from ponder.server.dropin import SurfaceResult, messages, responses_create
 from ponder.server.feedback import FeedbackBody, record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
@@ -43,6 +44,9 @@ from ponder.server.protocol import (
     openai_error_body,
 )
 from ponder.server.responses import ponder_headers
+from ponder.server.surfaces.anthropic_messages import (
+    error_from_openai as anthropic_error_from_openai,
+)
 from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["REQUEST_BODIES", "create_app"]
@@ -323,7 +327,8 @@ def create_app(
                 status=exc.status_code,
                 body=openai_error_body(
                     f"{request.method} {request.url.path}: {exc.detail}; "
-                    "ponder serves POST /v1/chat/completions, POST/GET /v1/jobs, "
+                    "ponder serves POST /v1/chat/completions, POST /v1/messages, "
+                    "POST /v1/responses, POST/GET /v1/jobs, "
                     "POST /v1/feedback, GET /v1/models, GET /health, GET /metrics, "
                     "GET /dashboard and the admin API under /v1/admin",
                     type="invalid_request_error",
@@ -337,6 +342,44 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _chat_response(gateway, await request.body(), request.headers)
+
+    # ---- the same governed path behind other APIs' wire formats
+
+    async def _surface(result: SurfaceResult) -> Response:
+        if result.events is not None:
+            return StreamingResponse(
+                result.events,
+                media_type="text/event-stream",
+                headers={**result.headers, "cache-control": "no-cache"},
+            )
+        return JSONResponse(result.body, status_code=result.status, headers=result.headers)
+
+    @app.post("/v1/messages")
+    async def anthropic_messages(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return JSONResponse(
+                anthropic_error_from_openai(body.status, body.body),
+                status_code=body.status,
+                headers=body.headers,
+            )
+        try:
+            return await _surface(await messages(gateway, body, request.headers))
+        except Exception as exc:  # never drop a connection
+            failed = internal_error(exc)
+            return JSONResponse(
+                anthropic_error_from_openai(failed.status, failed.body), status_code=failed.status
+            )
+
+    @app.post("/v1/responses")
+    async def openai_responses(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, ErrorResult):
+            return _error(body)
+        try:
+            return await _surface(await responses_create(gateway, body, request.headers))
+        except Exception as exc:  # never drop a connection
+            return _error(internal_error(exc))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

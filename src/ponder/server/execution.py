@@ -29,10 +29,19 @@ from ponder.server.protocol import ContinuedJob
 from ponder.strategies import RunContext
 from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
+from ponder.tools import with_tool_calls
 from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
 from ponder.verifiers.spec import build_verifier, verdict_of
 
-__all__ = ["DEADLINE_GRACE_S", "DeadlineCalls", "Execution", "RunState", "TierCalls"]
+__all__ = [
+    "DEADLINE_GRACE_S",
+    "DeadlineCalls",
+    "Execution",
+    "RunState",
+    "TierCalls",
+    "ToolParsing",
+    "with_tool_parsing",
+]
 
 # How long past the deadline a call may still finish: engines get the deadline with
 # every call (``GenRequest.deadline``) and stop on their own, returning their partial
@@ -64,7 +73,9 @@ class RunState:
 
     @classmethod
     def start(cls, admitted: Admitted, backend: Backend) -> RunState:
-        guard = QuotaGuard(backend, allowance=admitted.allowance, tier=admitted.tier)
+        guard = QuotaGuard(
+            with_tool_parsing(backend), allowance=admitted.allowance, tier=admitted.tier
+        )
         return cls(admitted=admitted, guard=guard)
 
     @property
@@ -84,6 +95,37 @@ class RunState:
         return self.admitted.tier
 
 
+class ToolParsing:
+    """A text-only backend whose generations get their ``<tool_call>`` blocks parsed
+    into ``tool_calls`` (so strategies vote on calls whatever the engine)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+
+    def __getattr__(self, attr: str) -> Any:
+        # Token counting and the like stay the inner backend's.
+        return getattr(self.inner, attr)
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        gens = await self.inner.generate(req)
+        if not req.tools:
+            return gens
+        return [with_tool_calls(g, req.tools, req.tool_choice) for g in gens]
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
+        # Streams are parsed by the gateway as they go (ToolCallStreamParser).
+        return self.inner.stream(req)
+
+
+def with_tool_parsing(backend: Backend) -> Backend:
+    """``backend``, or a :class:`ToolParsing` over it when it does not parse calls itself."""
+    if backend.capabilities.tools or isinstance(backend, ToolParsing):
+        return backend
+    return ToolParsing(backend)
+
+
 class TierCalls:
     """Another model tier as a run's strategy sees it (``RunContext.tiers``): its calls
     are admitted against, and accounted in, the run's one reservation (``QuotaGuard``)."""
@@ -91,7 +133,7 @@ class TierCalls:
     def __init__(self, guard: QuotaGuard, tier: str, inner: Backend) -> None:
         self.guard = guard
         self.tier = tier
-        self.inner = inner
+        self.inner = with_tool_parsing(inner)
         self.name = inner.name
         self.capabilities = inner.capabilities
 

@@ -25,6 +25,7 @@ from ponder.strategies import get_strategy as _get_strategy
 from ponder.strategies.base import streams_tokens
 from ponder.strategies.search import DVTS, BeamSearch
 from ponder.strategies.tree_search import MCTS, TreeOfThoughts
+from ponder.tools import tool_call_constraint
 from ponder.types import Budget, Capabilities, Message
 
 __all__ = ["REASONING_EFFORT", "SERVER_ONLY_PARAMS", "Plan", "check_capabilities", "plan"]
@@ -132,13 +133,14 @@ def _messages(request: ChatCompletionRequest) -> list[Message]:
         )
     last_i = len(request.messages) - 1
     last = request.messages[last_i]
-    if last.role not in ("user", "assistant"):
+    if last.role not in ("user", "assistant", "tool"):
         raise InvalidRequest(
-            f"the last message must come from the user (or be an assistant prefix), "
-            f"got role {last.role!r}",
+            f"the last message must come from the user (or be an assistant prefix, or a "
+            f"tool result), got role {last.role!r}",
             param=f"messages[{last_i}].role",
         )
-    if not (last.content or "").strip():
+    # A tool result may be empty (the function returned nothing); a question may not.
+    if last.role != "tool" and not (last.content or "").strip():
         raise InvalidRequest(
             "the last message has empty content; send the question as non-empty text",
             param=f"messages[{last_i}].content",
@@ -146,9 +148,20 @@ def _messages(request: ChatCompletionRequest) -> list[Message]:
     # "developer" is OpenAI's newer name for "system"; open models' chat templates
     # only know "system" (and some drop unknown roles silently).
     return [
-        Message(role="system" if m.role == "developer" else m.role, content=m.content or "")
+        Message(
+            role="system" if m.role == "developer" else m.role,
+            content=m.content or "",
+            tool_calls=m.core_tool_calls(),
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
         for m in request.messages
     ]
+
+
+# Strategies whose answer is one generation: a request's n > 1 samples n of them
+# in one call (the engine batches them over the shared prompt).
+_ONE_GENERATION = frozenset({"direct", "cot"})
 
 
 def _choose(request: ChatCompletionRequest, settings: ServerSettings) -> tuple[str, int | None]:
@@ -256,13 +269,6 @@ def plan(
     ``ponder.deadline_s`` and ``server.request_timeout_s``.
     """
     opts = request.ponder
-    if request.n != 1:
-        raise InvalidRequest(
-            f"n={request.n} is not supported yet (one choice per response). To sample "
-            f'several answers and return the best, send {{"ponder": {{"strategy": '
-            f'"self_consistency", "params": {{"n": {request.n}}}}}}} (or best_of_n)',
-            param="n",
-        )
     messages = _messages(request)
     name, implied_thinking = _choose(request, settings)
     registry = available_strategies()
@@ -337,6 +343,19 @@ def plan(
         exc.param = f"ponder.params.{inner}" if inner else "ponder.params"
         raise
 
+    if request.n > 1 and (name not in _ONE_GENERATION or request.stream):
+        raise InvalidRequest(
+            f"n={request.n} runs only with strategy direct or cot and without stream "
+            f"(this request runs {name!r}{', streamed' if request.stream else ''}). To "
+            f'sample several answers and return the best, send {{"ponder": {{"strategy": '
+            f'"self_consistency", "params": {{"n": {request.n}}}}}}} (or best_of_n)',
+            param="n",
+        )
+    tools = request.tool_specs()
+    tool_choice = request.tool_choice_value()
+    constraint = request.output_constraint()
+    if constraint is None and tools:
+        constraint = tool_call_constraint(tools, tool_choice, parallel=request.parallel_tool_calls)
     thinking = getattr(instance, "thinking_budget", None)
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is None:
@@ -363,6 +382,12 @@ def plan(
             top_p=request.top_p if request.top_p is not None else 1.0,
             seed=request.seed,
             stop=list(request.stop or []),
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
+            tools=tools,
+            tool_choice=tool_choice,
+            constraint=constraint,
+            choices=request.n,
         ),
         messages=messages,
         thinking_budget=thinking,

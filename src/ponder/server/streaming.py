@@ -20,10 +20,12 @@ from ponder.budget.pricing import to_usd
 from ponder.errors import BudgetExhausted, PonderError
 from ponder.server.execution import Execution, RunState
 from ponder.server.output import StreamShield, guard_outcome
+from ponder.server.planning import Plan
 from ponder.server.protocol import (
     ChatCompletionChunk,
     ChunkChoice,
     ChunkDelta,
+    ChunkToolCall,
     ErrorResult,
     PonderInfo,
     PonderProgress,
@@ -33,7 +35,8 @@ from ponder.server.protocol import (
 from ponder.server.responses import completion, final_choice, pieces, sse, stream_headers
 from ponder.server.settlement import Settler
 from ponder.strategies.base import Progress, streams_tokens
-from ponder.types import Delta
+from ponder.tools import ToolCallStreamParser, tools_for_prompt
+from ponder.types import Delta, ToolCall
 
 __all__ = ["PROGRESS_HEARTBEAT_S", "Streams"]
 
@@ -70,6 +73,45 @@ class _Chunks:
 
 def _error_events(body: dict[str, Any]) -> list[str]:
     return [sse(json.dumps(body)), sse("[DONE]")]
+
+
+class _CallDeltas:
+    """A stream's tool calls: ``<tool_call>`` blocks cut out of the text, sent as OpenAI's
+    tool-call deltas (one with the call's id and name, one with its arguments)."""
+
+    def __init__(self, p: Plan) -> None:
+        s = p.sampling
+        active = bool(s.tools) and s.tool_choice != "none"
+        self.parser = (
+            ToolCallStreamParser(tools_for_prompt(s.tools, s.tool_choice)) if active else None
+        )
+        self.count = 0
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        if self.parser is None or not text:
+            return text, []
+        return self.parser.feed(text)
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        return self.parser.finish() if self.parser is not None else ("", [])
+
+    def deltas(self, calls: list[ToolCall]) -> list[ChunkDelta]:
+        out: list[ChunkDelta] = []
+        for call in calls:
+            head = ChunkToolCall.model_validate(
+                {
+                    "index": self.count,
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+            )
+            arguments = ChunkToolCall.model_validate(
+                {"index": self.count, "function": {"arguments": call.arguments}}
+            )
+            out += [ChunkDelta(tool_calls=[head]), ChunkDelta(tool_calls=[arguments])]
+            self.count += 1
+        return out
 
 
 class Streams:
@@ -122,16 +164,28 @@ class Streams:
             engine_finish: str | None = None
             # Output guardrails: text leaves only once no later scan could redact it.
             shield = StreamShield(p)
+            # With tools, <tool_call> blocks leave as tool-call deltas, never as text.
+            calls = _CallDeltas(p)
             try:
                 delta = first
                 while delta is not None:
-                    piece = shield.piece(delta.text, delta.reasoning)
+                    text, done = calls.feed(delta.text)
+                    piece = shield.piece(text, delta.reasoning)
                     if piece is not None:
                         yield chunk([ChunkChoice(delta=piece)])
                     if shield.refused is not None:
                         break  # stop decoding: nothing more of this answer will be sent
+                    for call_delta in calls.deltas(done):
+                        yield chunk([ChunkChoice(delta=call_delta)])
                     engine_finish = delta.finish_reason or engine_finish
                     delta = await anext(deltas, None)
+                if shield.refused is None:
+                    text, done = calls.finish()
+                    piece = shield.piece(text, "")
+                    if piece is not None:
+                        yield chunk([ChunkChoice(delta=piece)])
+                    for call_delta in calls.deltas(done):
+                        yield chunk([ChunkChoice(delta=call_delta)])
                 piece = shield.flush()
                 if piece is not None:
                     yield chunk([ChunkChoice(delta=piece)])
@@ -144,7 +198,11 @@ class Streams:
                 return
             await _aclose(deltas)
 
-            truncated = meter.exhausted is not None or engine_finish not in (None, "stop")
+            truncated = meter.exhausted is not None or engine_finish not in (
+                None,
+                "stop",
+                "tool_calls",
+            )
             await continuation(state)
             settlement = self.settler.price(
                 state, status="ok", http_status=200, truncated=truncated
@@ -170,7 +228,7 @@ class Streams:
                 tier=state.tier,
                 job=state.job,
             )
-            yield chunk([final_choice(state, truncated)], ponder=info)
+            yield chunk([final_choice(state, truncated, called=calls.count > 0)], ponder=info)
             if p.include_usage:
                 yield chunk([], usage=meter.usage.to_openai())
             yield sse("[DONE]")
@@ -233,13 +291,21 @@ class Streams:
                 for event in _error_events(exc.to_openai()):
                     yield event
                 return
-            if outcome.reasoning and p.include_reasoning:
-                yield chunk([ChunkChoice(delta=ChunkDelta(reasoning_content=outcome.reasoning))])
-            for piece in pieces(outcome.answer):
-                yield chunk([ChunkChoice(delta=ChunkDelta(content=piece))])
             model = self.settler.model_of(state.tier)
-            info = completion(state, outcome, settlement, model).ponder
-            yield chunk([final_choice(state, outcome.truncated)], ponder=info)
+            body = completion(state, outcome, settlement, model)
+            message = body.choices[0].message
+            if message.reasoning_content:
+                yield chunk(
+                    [ChunkChoice(delta=ChunkDelta(reasoning_content=message.reasoning_content))]
+                )
+            for piece in pieces(message.content or ""):
+                yield chunk([ChunkChoice(delta=ChunkDelta(content=piece))])
+            for call_delta in _CallDeltas(p).deltas(
+                [c.to_core() for c in message.tool_calls or []]
+            ):
+                yield chunk([ChunkChoice(delta=call_delta)])
+            final = final_choice(state, outcome.truncated, called=bool(message.tool_calls))
+            yield chunk([final], ponder=body.ponder)
             if p.include_usage:
                 yield chunk([], usage=outcome.usage.to_openai())
             yield sse("[DONE]")

@@ -15,6 +15,7 @@ that can be sent as it is decoded).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +26,7 @@ from ponder.backends.base import Backend
 from ponder.errors import BudgetExhausted, InvalidRequest
 from ponder.strategies.tree import flat_tree
 from ponder.telemetry.trace import Tracer
+from ponder.tools import generation_vote_key
 from ponder.types import (
     Budget,
     Candidate,
@@ -33,9 +35,12 @@ from ponder.types import (
     Generation,
     GenRequest,
     Outcome,
+    OutputConstraint,
     Problem,
     Score,
     ThinkingConfig,
+    ToolChoice,
+    ToolSpec,
     TraceEvent,
     TraceNode,
     Usage,
@@ -118,6 +123,16 @@ class SamplingDefaults:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # What the caller's request adds to every generation of the run: per-token
+    # logprobs, functions the model may call, and a grammar the answer must follow.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    constraint: OutputConstraint | None = None
+    # Independent answers per call for strategies that return one generation
+    # (a request's ``n``); strategies that pass ``n`` themselves are not affected.
+    choices: int = 1
 
     def __post_init__(self) -> None:
         owner = "sampling"
@@ -156,7 +171,7 @@ class RunContext:
         self,
         problem: Problem,
         *,
-        n: int = 1,
+        n: int | None = None,
         temperature: float = 0.0,
         thinking: ThinkingConfig | None = None,
         **overrides: Any,
@@ -164,7 +179,7 @@ class RunContext:
         s = self.sampling
         fields: dict[str, Any] = {
             "messages": problem.messages,
-            "n": n,
+            "n": n if n is not None else s.choices,
             "max_tokens": s.max_tokens,
             "temperature": s.temperature if s.temperature is not None else temperature,
             "top_p": s.top_p,
@@ -172,6 +187,11 @@ class RunContext:
             "seed": s.seed,
             "stop": list(s.stop),
             "thinking": thinking,
+            "logprobs": s.logprobs,
+            "top_logprobs": s.top_logprobs,
+            "tools": list(s.tools),
+            "tool_choice": s.tool_choice,
+            "constraint": s.constraint,
         }
         fields.update(overrides)
         return GenRequest(**fields)
@@ -375,13 +395,15 @@ def answer_key(text: str, task: str | None = None) -> str | None:
 
 
 def to_candidate(gen: Generation, task: str | None = None) -> Candidate:
+    calls = generation_vote_key(gen)
     return Candidate(
         text=gen.text,
         reasoning=gen.reasoning,
-        answer=answer_key(gen.text, task),
+        # Samples that called tools vote on (name, canonical arguments) of their calls.
+        answer=json.dumps(calls) if calls is not None else answer_key(gen.text, task),
         generation=gen,
-        # Anything but a natural stop is an unfinished answer (an engine error included).
-        truncated=gen.finish_reason != "stop",
+        # Anything but a natural stop (or a finished tool call) is an unfinished answer.
+        truncated=gen.finish_reason not in ("stop", "tool_calls"),
     )
 
 

@@ -304,7 +304,9 @@ def _usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
         "input_tokens_details": {
             "cached_tokens": int(
                 (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-            )
+            ),
+            # There is no prompt cache to write to (newer SDKs require the field).
+            "cache_write_tokens": 0,
         },
         "output_tokens": int(usage.get("completion_tokens", 0)),
         "output_tokens_details": {
