@@ -110,11 +110,8 @@ def decode(
     depth: int = 0,
     resolve: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """Plain builtin values from :func:`encode`'s output; never runs code chosen by the sender.
-
-    ``remote`` (the judge's channel) turns object handles into :class:`RemoteObject`;
-    ``resolve`` (the worker's) turns the judge's references back into the program's objects.
-    """
+    """Plain builtin values from :func:`encode`'s output, never running the sender's code
+    (``remote``: handles to :class:`RemoteObject`; ``resolve``: references to objects)."""
     if depth > MAX_DEPTH:
         raise ProtocolError("value nested too deeply")
     if data is None or type(data) in (bool, int, float, str):
@@ -416,11 +413,8 @@ def _exit_status(pid: int) -> str:
 
 
 def _start_worker(stdout_fd: int, stderr_fd: int, workdir: str) -> tuple[int, Channel]:
-    """Fork the worker *before* the judge has read its job, so it never holds the tests.
-
-    The child swaps stdin for /dev/null and stdout/stderr for the program's own output
-    files before anything else, so it has no descriptor for the job or the verdict.
-    """
+    """Fork the worker before the judge reads its job; its stdin becomes /dev/null and its
+    stdout/stderr the program's output files, so it holds neither job nor verdict."""
     to_worker_r, to_worker_w = os.pipe()
     from_worker_r, from_worker_w = os.pipe()
     pid = os.fork()
