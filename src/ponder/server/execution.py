@@ -29,7 +29,7 @@ from ponder.server.protocol import ContinuedJob
 from ponder.strategies import RunContext
 from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
-from ponder.tools import with_tool_calls
+from ponder.tools import answered_calls, repeats_answered_calls, with_tool_calls
 from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
 from ponder.verifiers.spec import build_verifier, verdict_of
 
@@ -116,6 +116,49 @@ class ToolParsing:
 
     def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
         # Streams are parsed by the gateway as they go (ToolCallStreamParser).
+        return self.inner.stream(req)
+
+
+class ToolLoopGuard:
+    """Small models often call a tool again with the very arguments whose result they were
+    just given, instead of answering; an agent loop then never ends. When every call of
+    every sample repeats a call answered in this turn, the request is asked again with
+    tools off (``tool_choice: "none"``), so the model answers from the results it has.
+
+    Only under ``tool_choice: "auto"``: a required or named call stays the caller's.
+    The second call goes through the same quota guard; if the reservation has no room
+    for it, the first answer stands.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+        self.loops_broken = 0
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        gens = await self.inner.generate(req)
+        if not req.tools or req.tool_choice != "auto":
+            return gens
+        answered = answered_calls(req.messages)
+        if not answered or not all(repeats_answered_calls(g, answered) for g in gens):
+            return gens
+        again = req.model_copy(update={"tools": [], "tool_choice": "none", "constraint": None})
+        try:
+            retried = await self.inner.generate(again)
+        except BudgetExhausted:
+            return gens
+        self.loops_broken += 1
+        # The discarded answers were generated and charged: the caller's usage says so.
+        spent = retried[0].usage
+        for g in gens:
+            spent = spent + g.usage
+        return [retried[0].model_copy(update={"usage": spent}), *retried[1:]]
+
+    def stream(self, req: GenRequest) -> AsyncIterator[Delta]:
         return self.inner.stream(req)
 
 
@@ -286,7 +329,8 @@ class Execution:
             self.meter.exhausted = "deadline"
 
         report = state.upstream
-        self.meter = MeteredBackend(DeadlineCalls(state.guard, deadline, expired, report), p.budget)
+        calls = DeadlineCalls(ToolLoopGuard(state.guard), deadline, expired, report)
+        self.meter = MeteredBackend(calls, p.budget)
         self.tracker = ProgressTracker(p.instance, self.meter, on_progress) if on_progress else None
         self.ctx = RunContext(
             backend=self.meter,

@@ -21,10 +21,12 @@ block per call. This module is the engine-independent half of that:
 from __future__ import annotations
 
 from ponder.tools.checks import (
+    answered_calls,
     argument_errors,
     call_errors,
     generation_is_valid,
     generation_vote_key,
+    repeats_answered_calls,
     tool_call_constraint,
     tool_call_key,
     with_tool_calls,
@@ -50,6 +52,8 @@ from ponder.tools.wire import (
 )
 
 __all__ = [
+    "answered_calls",
+    "repeats_answered_calls",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "ParsedToolCalls",

@@ -11,6 +11,7 @@ from ponder.tools.parsing import parse_tool_calls
 from ponder.tools.wire import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tools_for_prompt
 from ponder.types import (
     Generation,
+    Message,
     OutputConstraint,
     ToolCall,
     ToolChoice,
@@ -18,6 +19,8 @@ from ponder.types import (
 )
 
 __all__ = [
+    "answered_calls",
+    "repeats_answered_calls",
     "argument_errors",
     "call_errors",
     "generation_is_valid",
@@ -163,3 +166,23 @@ def generation_is_valid(
     if constraint is not None and constraint.kind != "lark":
         return not validation_errors(gen.text, constraint)
     return True
+
+
+def answered_calls(messages: Sequence[Message]) -> set[tuple[str, str]]:
+    """The calls (as :func:`tool_call_key`) of the current turn that already have a result:
+    assistant calls after the last user message whose id a ``tool`` message answers."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    turn = messages[last_user + 1 :]
+    results = {m.tool_call_id for m in turn if m.role == "tool" and m.tool_call_id}
+    return {
+        tool_call_key(call)
+        for m in turn
+        if m.role == "assistant"
+        for call in m.tool_calls or []
+        if call.id in results
+    }
+
+
+def repeats_answered_calls(gen: Generation, answered: set[tuple[str, str]]) -> bool:
+    """Whether every call ``gen`` makes is one whose result the conversation already has."""
+    return bool(gen.tool_calls) and all(tool_call_key(c) in answered for c in gen.tool_calls)
