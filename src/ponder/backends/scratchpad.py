@@ -7,9 +7,9 @@ the instruction and split (whole or streamed) text into reasoning and answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
+from ponder.text import holdback
 from ponder.types import Message, ThinkingConfig
 
 __all__ = [
@@ -61,21 +61,6 @@ def split_think(
         thought, answer = text.split(close_tag, 1)
         return thought.strip(), answer.lstrip()
     return "", text
-
-
-def holdback(text: str, markers: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` may be the start of one of ``markers``.
-
-    A stream must not show them yet: the next piece may complete a stop string
-    or a closing tag that the caller should never see.
-    """
-    hold = 0
-    for marker in markers:
-        for k in range(min(len(marker) - 1, len(text)), 0, -1):
-            if text.endswith(marker[:k]):
-                hold = max(hold, k)
-                break
-    return hold
 
 
 def visible_reasoning(text: str, cfg: ThinkingConfig | None) -> str:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ponder.backends.scratchpad import holdback
+from ponder.text import holdback
 from ponder.tools.wire import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, new_call_id
 from ponder.types import (
     ToolCall,
