@@ -27,6 +27,7 @@ __all__ = [
     "LedgerSettings",
     "PriceSettings",
     "RayDeploySettings",
+    "RetrainSettings",
     "RouteClassSettings",
     "RouterSettings",
     "SandboxSettings",
@@ -199,6 +200,19 @@ class RouteClassSettings(BaseModel):
     verifier: dict[str, Any] | None = None
 
 
+class RetrainSettings(BaseModel):
+    """``[router.retrain]``: where ``ponder route retrain`` promotes a policy the router
+    serves live (``<dir>/policy.json``, re-read within ``reload_seconds``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: no promoted policy is served (the shipped one is, as before).
+    dir: str | None = None
+    reload_seconds: float = Field(default=2.0, ge=0.0)
+    holdout: float = Field(default=0.3, gt=0.0, lt=1.0)
+    min_rows: int = Field(default=5, ge=1)
+
+
 class RouterSettings(BaseModel):
     """``[router]``: which requests get extended thinking (default: none; classes opt in)."""
 
@@ -223,6 +237,7 @@ class RouterSettings(BaseModel):
     # The ledger keeps each request's router features (for `ponder route train
     # --from-ledger`); with this set it also keeps the prompt text they came from.
     record_prompts: bool = False
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
 
 class GuardrailSettings(BaseModel):
