@@ -32,6 +32,7 @@ __all__ = [
     "RouterSettings",
     "SandboxSettings",
     "ServerSettings",
+    "ShadowSettings",
     "Settings",
     "TelemetrySettings",
     "TierDeploySettings",
@@ -213,6 +214,31 @@ class RetrainSettings(BaseModel):
     min_rows: int = Field(default=5, ge=1)
 
 
+class ShadowSettings(BaseModel):
+    """``[router.shadow]``: a share of verifiable requests also runs a counterfactual plan
+    in the background, charged to its own quota subject (team ``subject``), never the
+    caller's; its graded row links to the original (``shadow_of``) for retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Per task class: a rate of its own (0 turns a class off).
+    classes: dict[str, float] = Field(default_factory=dict)
+    # A candidate plan name (ponder.router.calibrate.CANDIDATE_PLANS), or "auto": the
+    # strong tier's direct answer when a tier named "strong" is served, else "search".
+    plan: str = "auto"
+    # The team whose quota counters shadows reserve against (set a [quota] for it).
+    subject: str = "ponder-shadow"
+
+    @field_validator("classes")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {c: r for c, r in v.items() if not 0.0 <= r <= 1.0}
+        if bad:
+            raise ValueError(f"shadow rates must be between 0 and 1: {bad}")
+        return v
+
+
 class RouterSettings(BaseModel):
     """``[router]``: which requests get extended thinking (default: none; classes opt in)."""
 
@@ -238,6 +264,7 @@ class RouterSettings(BaseModel):
     # --from-ledger`); with this set it also keeps the prompt text they came from.
     record_prompts: bool = False
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
 
 class GuardrailSettings(BaseModel):
