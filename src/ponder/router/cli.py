@@ -97,6 +97,8 @@ def _add_retrain_commands(rsub: Any) -> None:
                     help="graded rows a plan needs in a class to compete")  # fmt: skip
     rt.add_argument("--min-gain", type=float, default=0.0,
                     help="held-out accuracy the candidate must gain (ties: cheaper wins)")  # fmt: skip
+    rt.add_argument("--z", type=float, default=1.64,
+                    help="standard errors of the held-out difference a gain must exceed")  # fmt: skip
     rt.add_argument("--dry-run", action="store_true", help="compare and report, write nothing")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=_cmd_retrain)
@@ -140,6 +142,7 @@ def _cmd_retrain(args: argparse.Namespace, out: Console, err: Console) -> int:
             holdout=args.holdout if args.holdout is not None else conf.holdout,
             min_rows=args.min_rows if args.min_rows is not None else conf.min_rows,
             min_gain=args.min_gain,
+            z=args.z,
             dry_run=args.dry_run,
         )
     except (ValueError, PonderError) as exc:

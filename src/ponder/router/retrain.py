@@ -272,6 +272,26 @@ def _pays_auc(policy: Mapping[str, Any], form: str, heldout: Sequence[Example]) 
     return _auc(labels, scores)
 
 
+def _gain_error(serving: Mapping[str, Any], candidate: Mapping[str, Any]) -> float:
+    """Standard error of the held-out accuracy difference: from the classes where the
+    two policies pick different plans, each plan's accuracy a binomial estimate
+    (smoothed, so that 20 of 20 right does not read as certainty)."""
+    s_classes, c_classes = serving["classes"], candidate["classes"]
+    total = sum(c["requests"] for c in s_classes.values())
+    if not total:
+        return 0.0
+    variance = 0.0
+    for name, s in s_classes.items():
+        c = c_classes.get(name)
+        if c is None or c["plan"] == s["plan"]:
+            continue
+        w = s["requests"] / total
+        for side in (s, c):
+            p = (side["accuracy"] * side["rows"] + 1) / (side["rows"] + 2)
+            variance += w * w * p * (1 - p) / side["rows"]
+    return float(variance**0.5)
+
+
 @dataclass
 class RetrainResult:
     promoted: bool
@@ -331,10 +351,13 @@ def retrain(
     holdout: float = 0.3,
     min_rows: int = 5,
     min_gain: float = 0.0,
+    z: float = 1.64,
     dry_run: bool = False,
 ) -> RetrainResult:
     """Fit a candidate from ledger ``rows``, compare it with the serving policy on
-    held-out requests and promote it into ``directory`` only when it is better."""
+    held-out requests and promote it into ``directory`` only when it is better: more
+    accurate by more than ``min_gain`` and ``z`` standard errors of the difference (a
+    gain that noise explains is no gain), or as accurate and cheaper."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be between 0 and 1, got {holdout}")
     directory = Path(directory).expanduser()
@@ -353,9 +376,10 @@ def retrain(
         s_score, c_score = policy_score(serving, form, keep), policy_score(candidate, form, keep)
     s_score["auc"] = _pays_auc(serving, form, heldout)
     c_score["auc"] = _pays_auc(candidate, form, heldout)
+    noise = z * _gain_error(s_score, c_score)
     if s_score["accuracy"] is None or c_score["accuracy"] is None:
         promoted, reason = False, "no held-out rows on which both policies' plans were graded"
-    elif c_score["accuracy"] > s_score["accuracy"] + min_gain + _TIE:
+    elif c_score["accuracy"] > s_score["accuracy"] + max(min_gain, noise) + _TIE:
         promoted = True
         reason = (
             f"candidate more accurate on held-out: {c_score['accuracy']:.4f} vs "
@@ -374,7 +398,8 @@ def retrain(
         promoted = False
         reason = (
             f"candidate not better on held-out: accuracy {c_score['accuracy']:.4f} vs "
-            f"{s_score['accuracy']:.4f}, cost {c_score['cost_usd']:.8f} vs "
+            f"{s_score['accuracy']:.4f} (a gain must exceed {max(min_gain, noise):.4f}: "
+            f"min_gain, or {z} standard errors), cost {c_score['cost_usd']:.8f} vs "
             f"{s_score['cost_usd']:.8f} USD per request"
         )
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
@@ -389,6 +414,7 @@ def retrain(
             "shadow": sum(e.shadow for e in examples),
             "skipped": skipped,
         },
+        "gain_needed": round(max(min_gain, noise), 6),
         "serving": s_score,
         "candidate": c_score,
         "candidate_plans": {c: e["plan"] for c, e in candidate["forms"][form]["classes"].items()},
