@@ -210,6 +210,10 @@ class RetrainSettings(BaseModel):
     # None: no promoted policy is served (the shipped one is, as before).
     dir: str | None = None
     reload_seconds: float = Field(default=2.0, ge=0.0)
+    # `ponder serve` retrains on this schedule ("1d", "6h", "30m"; None: only by hand),
+    # from the ledger rows of the last ``window``.
+    every: str | None = Field(default=None, pattern=r"^\d+[smhd]$")
+    window: str = Field(default="7d", pattern=r"^\d+[smhd]$")
     holdout: float = Field(default=0.3, gt=0.0, lt=1.0)
     min_rows: int = Field(default=5, ge=1)
 

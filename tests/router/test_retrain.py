@@ -244,3 +244,40 @@ def test_retrain_needs_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture
     Store(f"sqlite:///{db}").close()
     with pytest.raises(SystemExit, match="no policy directory"):
         main(["route", "retrain", "--from-ledger", str(db)])
+
+
+async def test_the_gateway_retrains_on_its_schedule(tmp_path: Path) -> None:
+    import asyncio
+
+    from ponder.router.retrain import parse_duration, retrain_every
+
+    assert parse_duration("1d") == 86400 and parse_duration("30m") == 1800
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("0h")
+    with pytest.raises(ValueError):
+        RetrainSettings(every="daily")
+    directory = tmp_path / "policy"
+    store = Store(f"sqlite:///{tmp_path / 'ledger.db'}")
+    fill(store, {"lookup": {"direct": 0.3, "think": 0.95}}, requests=80)
+    # Off unless every, dir and a store are all set.
+    settings = RouterSettings(retrain=RetrainSettings(dir=str(directory), every="1d"))
+    gateway = Gateway(FakeBackend([Reply("x")]), ServerSettings(), store=store,
+                      router=Router(settings))  # fmt: skip
+    assert Gateway(FakeBackend([Reply("x")]), ServerSettings(), router=Router(settings)
+                   ).start_retraining() is None  # fmt: skip
+    task = gateway.start_retraining()
+    assert task is not None and not task.done()
+    await gateway.aclose()
+    await asyncio.sleep(0)
+    assert task.cancelled()
+    # The loop itself, on a short interval: the first round promotes.
+    loop = asyncio.create_task(
+        retrain_every(0.01, lambda since: store.rows(since=since), directory, window_s=3600)
+    )
+    for _ in range(500):
+        if (directory / "policy.json").exists():
+            break
+        await asyncio.sleep(0.01)
+    loop.cancel()
+    live = json.loads((directory / "policy.json").read_text())
+    assert live["forms"]["single_tier"]["classes"]["lookup"]["plan"] == "think"

@@ -24,14 +24,16 @@ writes ``<dir>/reports/<stamp>.json`` and ``.md`` whether or not it promoted.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import os
 import tempfile
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +47,15 @@ __all__ = [
     "examples_from_rows",
     "fit_candidate",
     "plan_name",
+    "parse_duration",
     "policy_score",
     "retrain",
+    "retrain_every",
     "rollback",
     "serving_policy",
 ]
+
+logger = logging.getLogger(__name__)
 
 LIVE_POLICY = "policy.json"
 _SHIPPED_MARK = ".shipped"  # a history entry meaning "no promoted file: the shipped policy"
@@ -456,3 +462,41 @@ def rollback(directory: str | Path) -> str:
     _atomic_write(live, last.read_text())
     last.unlink()
     return f"the policy promoted before ({last.stem})"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``"30s"``, ``"15m"``, ``"6h"``, ``"1d"``."""
+    value, unit = text[:-1], text[-1:]
+    if not value.isdigit() or unit not in _UNITS or int(value) == 0:
+        raise ValueError(f"not a duration: {text!r}; use a count and s, m, h or d, e.g. '1d'")
+    return int(value) * _UNITS[unit]
+
+
+async def retrain_every(
+    interval_s: float,
+    rows: Callable[[float], Sequence[Any]],
+    directory: str | Path,
+    *,
+    window_s: float,
+    tiers: Sequence[str] | None = None,
+    holdout: float = 0.3,
+    min_rows: int = 5,
+) -> None:
+    """Retrain from ``rows(since)`` (the last ``window_s``) every ``interval_s``, forever.
+
+    Runs in a worker thread (the ledger read and the fit are blocking); a failed round
+    is logged and the next one still runs.
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            batch = await asyncio.to_thread(rows, time.time() - window_s)
+            result = await asyncio.to_thread(
+                retrain, batch, directory, tiers=tiers, holdout=holdout, min_rows=min_rows
+            )
+            logger.info("scheduled router retrain: %s", result.reason)
+        except Exception:  # noqa: BLE001  # one bad round must not stop the schedule
+            logger.exception("scheduled router retrain failed")

@@ -147,6 +147,7 @@ class Gateway:
         # [router.shadow]: counterfactual runs of sampled requests, in the background.
         self.shadow = shadow_sampler(router, list(self.tiers))
         self.shadow_tasks: set[asyncio.Task[Any]] = set()
+        self.retrain_task: asyncio.Task[None] | None = None
 
     @property
     def price(self) -> Price:
@@ -168,8 +169,9 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close the tiers' backends other than ``backend`` (its owner closes that one)."""
-        for task in list(self.shadow_tasks):
-            task.cancel()
+        for task in [*self.shadow_tasks, self.retrain_task]:
+            if task is not None:
+                task.cancel()
         if self.tier_pool is not None:
             await self.tier_pool.aclose()
             return
@@ -324,6 +326,28 @@ class Gateway:
             )
         finally:
             self.shadow.release()
+
+    def start_retraining(self) -> asyncio.Task[None] | None:
+        """Start ``[router.retrain] every`` (needs a store and ``dir``); None when off."""
+        conf = self.router.settings.retrain if self.router is not None else None
+        if conf is None or conf.every is None or conf.dir is None or self.store is None:
+            return None
+        from ponder.router.retrain import parse_duration, retrain_every
+
+        store = self.store
+        task = asyncio.create_task(
+            retrain_every(
+                parse_duration(conf.every),
+                lambda since: store.rows(since=since),
+                conf.dir,
+                window_s=parse_duration(conf.window),
+                tiers=self.router.tiers if self.router is not None else None,
+                holdout=conf.holdout,
+                min_rows=conf.min_rows,
+            )
+        )
+        self.retrain_task = task  # cancelled by aclose
+        return task
 
     async def drain_shadows(self) -> None:
         """Wait for the shadow runs in flight (tests, shutdown)."""
