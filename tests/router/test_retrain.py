@@ -281,3 +281,22 @@ async def test_the_gateway_retrains_on_its_schedule(tmp_path: Path) -> None:
     loop.cancel()
     live = json.loads((directory / "policy.json").read_text())
     assert live["forms"]["single_tier"]["classes"]["lookup"]["plan"] == "think"
+
+
+def test_ponder_toml_declares_retraining_and_shadows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ponder.config import load_settings
+
+    toml = tmp_path / "ponder.toml"
+    toml.write_text(
+        '[router.retrain]\ndir = "/srv/router"\nevery = "6h"\n'
+        "[router.shadow]\nrate = 0.02\nclasses = { math = 0.5 }\n"
+    )
+    monkeypatch.setenv("PONDER_CONFIG", str(toml))
+    router = load_settings().router
+    assert (router.retrain.dir, router.retrain.every) == ("/srv/router", "6h")
+    assert router.shadow.rate == 0.02 and router.shadow.classes == {"math": 0.5}
+    toml.write_text("[router.shadow]\nclasses = { math = 2.0 }\n")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        load_settings()
