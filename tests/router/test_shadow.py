@@ -77,6 +77,11 @@ async def test_a_shadow_run_is_charged_to_its_own_subject_and_linked(store: Stor
     # The counterfactual of the single-tier gateway: search (self-consistency).
     assert (original.strategy, shadow.strategy) == ("cascade", "self_consistency")
     assert shadow.cost_micro >= 0 and shadow.output_tokens > 0
+    # Served-traffic stats leave the counterfactual out.
+    from ponder.ledger.stats import class_stats
+
+    (math_stats,) = class_stats(store.rows())
+    assert math_stats.requests == 1 and math_stats.cost_usd == original.cost_micro / 1e6
     # Retraining reads them as one request under two plans.
     shadow.verdict = original.verdict = "correct"
     examples, _ = examples_from_rows([original, shadow])
