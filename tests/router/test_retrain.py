@@ -130,6 +130,14 @@ def test_a_better_candidate_is_promoted_with_its_report(store: Store, tmp_path: 
     assert "**Promoted**" in md and "| lookup | direct | think |" in md
 
 
+def test_a_dry_run_compares_and_writes_nothing(store: Store, tmp_path: Path) -> None:
+    fill(store, {"lookup": {"direct": 0.3, "think": 0.95}}, requests=80)
+    result = retrain(store.rows(), tmp_path / "policy", dry_run=True)
+    assert not result.promoted and "dry run" in result.reason
+    assert result.report["candidate_plans"]["lookup"] == "think"
+    assert not (tmp_path / "policy").exists() and result.paths == {}
+
+
 def test_a_worse_candidate_is_never_promoted(store: Store, tmp_path: Path) -> None:
     directory = tmp_path / "policy"
     # Both plans always right: thinking only costs more, so no promotion.

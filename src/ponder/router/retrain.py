@@ -408,8 +408,9 @@ def retrain(
             f"min_gain, or {z} standard errors), cost {c_score['cost_usd']:.8f} vs "
             f"{s_score['cost_usd']:.8f} USD per request"
         )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
-    report = {
+    now_ns = time.time_ns()  # one instant: history/ sorts by these names
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9)) + f"-{now_ns % 10**9:09d}"
+    report: dict[str, Any] = {
         "stamp": stamp,
         "promoted": promoted and not dry_run,
         "reason": reason + (" (dry run: nothing written)" if dry_run and promoted else ""),
