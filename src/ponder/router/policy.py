@@ -281,7 +281,8 @@ class Router:
         self.scorer: Scorer = classifier
         self.novelty = NoveltyTracker(window=self.settings.novelty_window)
         self.tiers = list(tiers or ())
-        self.policy_form, self.shipped = "", {}
+        self.policy_form = ""
+        self.shipped: dict[str, RouteClassSettings] = {}
         self.shipped_why: dict[str, str] = {}
         # A policy promoted by `ponder route retrain`, re-read when its file changes.
         retrain_dir = self.settings.retrain.dir
