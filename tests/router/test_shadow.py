@@ -3,6 +3,7 @@ background, charged to the shadow subject only, its row linked to the original."
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from ponder.backends.fake import FakeBackend, Reply
+from ponder.backends.fake import FakeBackend, FunctionBackend, Reply
 from ponder.budget.quota import Limit
 from ponder.config import RouterSettings, ServerSettings, ShadowSettings
 from ponder.ledger import Store
@@ -20,6 +21,7 @@ from ponder.router.shadow import ShadowSampler
 from ponder.server.app import create_app
 from ponder.server.gateway import Gateway
 from ponder.strategies import available_strategies
+from ponder.types import Generation, GenRequest
 
 MATH = "What is 17*23? Answer with just the number."
 LOOKUP = "What is the capital of France?"
@@ -138,3 +140,44 @@ def test_a_plan_that_needs_a_missing_tier_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown plan 'biggest'"):
         ShadowSampler(ShadowSettings(rate=0.1, plan="biggest"))
     assert ShadowSampler(ShadowSettings(rate=0.1), tiers=["small", "strong"]).plan == "strong"
+
+
+class SlowLookups(FunctionBackend):
+    """Answers at once, except lookups, which take a while (interactive traffic)."""
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        if any("capital" in m.content for m in req.messages):
+            await asyncio.sleep(0.3)
+        return await super().generate(req)
+
+
+async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_flight(
+    store: Store,
+) -> None:
+    _, secret = store.create_key("carol")
+    backend = SlowLookups(lambda req, i: Reply("The answer is 391"))
+    router = Router(
+        RouterSettings(shadow=ShadowSettings(rate=1.0)), strategies=available_strategies()
+    )
+    gateway = Gateway(backend, ServerSettings(require_auth=True), store=store, router=router)
+
+    async def ask(client: httpx.AsyncClient, prompt: str, wait: float = 0.0) -> None:
+        await asyncio.sleep(wait)
+        r = await client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": "m", "messages": [{"role": "user", "content": prompt}]},
+        )
+        assert r.status_code == 200, r.text
+
+    async with client_for(gateway) as client:
+        # The math answer (sampled) ends while the slow lookup is still running.
+        await asyncio.gather(ask(client, LOOKUP), ask(client, MATH, wait=0.05))
+        await gateway.drain_shadows()
+        assert gateway.shadow is not None
+        assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (0, 1)
+        # With nothing else in flight the next sample runs.
+        await ask(client, MATH)
+        await gateway.drain_shadows()
+    assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (1, 1)
+    assert sum(1 for r in store.rows() if (r.features or {}).get("shadow_of")) == 1
