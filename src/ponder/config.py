@@ -27,10 +27,12 @@ __all__ = [
     "LedgerSettings",
     "PriceSettings",
     "RayDeploySettings",
+    "RetrainSettings",
     "RouteClassSettings",
     "RouterSettings",
     "SandboxSettings",
     "ServerSettings",
+    "ShadowSettings",
     "Settings",
     "TelemetrySettings",
     "TierDeploySettings",
@@ -199,6 +201,48 @@ class RouteClassSettings(BaseModel):
     verifier: dict[str, Any] | None = None
 
 
+class RetrainSettings(BaseModel):
+    """``[router.retrain]``: where ``ponder route retrain`` promotes a policy the router
+    serves live (``<dir>/policy.json``, re-read within ``reload_seconds``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: no promoted policy is served (the shipped one is, as before).
+    dir: str | None = None
+    reload_seconds: float = Field(default=2.0, ge=0.0)
+    # `ponder serve` retrains on this schedule ("1d", "6h", "30m"; None: only by hand),
+    # from the ledger rows of the last ``window``.
+    every: str | None = Field(default=None, pattern=r"^\d+[smhd]$")
+    window: str = Field(default="7d", pattern=r"^\d+[smhd]$")
+    holdout: float = Field(default=0.3, gt=0.0, lt=1.0)
+    min_rows: int = Field(default=5, ge=1)
+
+
+class ShadowSettings(BaseModel):
+    """``[router.shadow]``: a share of verifiable requests also runs a counterfactual plan
+    in the background, charged to its own quota subject (team ``subject``), never the
+    caller's; its graded row links to the original (``shadow_of``) for retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Per task class: a rate of its own (0 turns a class off).
+    classes: dict[str, float] = Field(default_factory=dict)
+    # A candidate plan name (ponder.router.calibrate.CANDIDATE_PLANS), or "auto": the
+    # strong tier's direct answer when a tier named "strong" is served, else "search".
+    plan: str = "auto"
+    # The team whose quota counters shadows reserve against (set a [quota] for it).
+    subject: str = "ponder-shadow"
+
+    @field_validator("classes")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {c: r for c, r in v.items() if not 0.0 <= r <= 1.0}
+        if bad:
+            raise ValueError(f"shadow rates must be between 0 and 1: {bad}")
+        return v
+
+
 class RouterSettings(BaseModel):
     """``[router]``: which requests get extended thinking (default: none; classes opt in)."""
 
@@ -223,6 +267,8 @@ class RouterSettings(BaseModel):
     # The ledger keeps each request's router features (for `ponder route train
     # --from-ledger`); with this set it also keeps the prompt text they came from.
     record_prompts: bool = False
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
 
 class GuardrailSettings(BaseModel):

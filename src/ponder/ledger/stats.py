@@ -55,6 +55,8 @@ class ClassStats:
 def class_stats(rows: Iterable[LedgerRow]) -> list[ClassStats]:
     by_class: dict[str, list[LedgerRow]] = defaultdict(list)
     for row in rows:
+        if (row.features or {}).get("shadow_of"):
+            continue  # a counterfactual run (router.shadow), not served traffic
         by_class[row.task_class].append(row)
     out = []
     for name in sorted(by_class):

@@ -1,4 +1,4 @@
-"""``ponder route explain | train | calibrate``."""
+"""``ponder route explain | train | calibrate | retrain | rollback``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ __all__ = ["add_route_commands"]
 
 def add_route_commands(sub: Any) -> None:
     route = sub.add_parser("route", help="explain, train and calibrate the router")
-    rsub = route.add_subparsers(dest="route_cmd", metavar="explain|train|calibrate", required=True)
+    rsub = route.add_subparsers(dest="route_cmd", metavar="explain|train|calibrate|retrain|rollback",
+                          required=True)  # fmt: skip
 
     ex = rsub.add_parser("explain", help="features, class, plan and why, for one prompt")
     ex.add_argument("prompt")
@@ -78,6 +79,102 @@ def add_route_commands(sub: Any) -> None:
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--json", action="store_true")
     ca.set_defaults(func=_cmd_calibrate)
+    _add_retrain_commands(rsub)
+
+
+def _add_retrain_commands(rsub: Any) -> None:
+    rt = rsub.add_parser(
+        "retrain",
+        help="fit a policy from graded ledger rows; promote it only if better on held-out rows",
+    )
+    rt.add_argument("--from-ledger", dest="ledger", required=True, metavar="DB_URL",
+                    help="the gateway's ledger (sqlite:///path, postgresql://..., or a SQLite file)")  # fmt: skip
+    rt.add_argument("--dir", default=None,
+                    help="where the promoted policy, its history and reports live "
+                    "(default: [router.retrain] dir)")  # fmt: skip
+    rt.add_argument("--holdout", type=float, default=None, help="share of requests held out")
+    rt.add_argument("--min-rows", type=int, default=None,
+                    help="graded rows a plan needs in a class to compete")  # fmt: skip
+    rt.add_argument("--min-gain", type=float, default=0.0,
+                    help="held-out accuracy the candidate must gain (ties: cheaper wins)")  # fmt: skip
+    rt.add_argument("--z", type=float, default=1.64,
+                    help="standard errors of the held-out difference a gain must exceed")  # fmt: skip
+    rt.add_argument("--dry-run", action="store_true", help="compare and report, write nothing")
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(func=_cmd_retrain)
+
+    rb = rsub.add_parser("rollback", help="serve the policy the last promotion replaced")
+    rb.add_argument("--dir", default=None, help="default: [router.retrain] dir")
+    rb.set_defaults(func=_cmd_rollback)
+
+
+def _retrain_dir(given: str | None) -> str:
+    if given:
+        return given
+    from ponder.config import load_settings
+
+    configured = load_settings().router.retrain.dir
+    if configured is None:
+        raise SystemExit(
+            "no policy directory: pass --dir, or set [router.retrain] dir in ponder.toml "
+            "(the gateway serves the policy promoted there)"
+        )
+    return configured
+
+
+def _cmd_retrain(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from rich.markup import escape
+
+    from ponder.config import load_settings
+    from ponder.errors import PonderError
+    from ponder.router.calibrate import embedded_tiers
+    from ponder.router.retrain import retrain
+
+    settings = load_settings()
+    conf = settings.router.retrain
+    directory = _retrain_dir(args.dir)
+    tiers = list(settings.tiers) or embedded_tiers(settings.cache_dir)
+    try:
+        result = retrain(
+            _ledger_rows(args.ledger),
+            directory,
+            tiers=tiers,
+            holdout=args.holdout if args.holdout is not None else conf.holdout,
+            min_rows=args.min_rows if args.min_rows is not None else conf.min_rows,
+            min_gain=args.min_gain,
+            z=args.z,
+            dry_run=args.dry_run,
+        )
+    except (ValueError, PonderError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
+        return 2
+    if args.json:
+        out.print_json(json.dumps(result.report | {"paths": result.paths}))
+        return 0
+    rep = result.report
+    out.print(("PROMOTED: " if result.promoted else "kept the serving policy: ") + result.reason,
+              highlight=False, soft_wrap=True)  # fmt: skip
+    for name in ("serving", "candidate"):
+        s = rep[name]
+        acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+        auc = "n/a" if s["auc"] is None else f"{s['auc']:.3f}"
+        out.print(f"  {name}: held-out accuracy {acc}, AUC extra compute pays {auc}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    for key, path in result.paths.items():
+        out.print(f"  {key}: {path}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ponder.router.retrain import rollback
+
+    try:
+        now = rollback(_retrain_dir(args.dir))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
+        return 2
+    out.print(f"rolled back: serving {now}", highlight=False, soft_wrap=True)
+    return 0
 
 
 def _load(paths: Sequence[str]) -> list[dict[str, Any]]:

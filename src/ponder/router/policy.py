@@ -28,9 +28,12 @@ wins over the class policy, which wins over the inferred one (streamed = interac
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ponder.config import RouteClassSettings, RouterSettings
@@ -278,14 +281,68 @@ class Router:
         self.scorer: Scorer = classifier
         self.novelty = NoveltyTracker(window=self.settings.novelty_window)
         self.tiers = list(tiers or ())
-        self.policy_form, self.shipped = "", {}
+        self.policy_form = ""
+        self.shipped: dict[str, RouteClassSettings] = {}
         self.shipped_why: dict[str, str] = {}
+        # A policy promoted by `ponder route retrain`, re-read when its file changes.
+        retrain_dir = self.settings.retrain.dir
+        self.live_policy = (
+            Path(retrain_dir).expanduser() / "policy.json" if retrain_dir is not None else None
+        )
+        self._live_signature: tuple[int, int, int] | None = None
+        self._live_checked = 0.0
+        self._live_lock = threading.Lock()
         if self.settings.policy == "default":
-            from ponder.router.calibrate import policy_evidence, policy_form
+            self._load_policy(self._read_live())
 
-            form, classes = policy_form(self.tiers)
-            self.policy_form, self.shipped_why = form, policy_evidence(self.tiers)
-            self.shipped = {c: RouteClassSettings.model_validate(v) for c, v in classes.items()}
+    def _read_live(self) -> dict[str, Any] | None:
+        """The promoted policy file's content (None: serve the shipped one); notes its
+        signature so a later change is seen."""
+        if self.live_policy is None:
+            return None
+        try:
+            st = self.live_policy.stat()
+            self._live_signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            data: dict[str, Any] = json.loads(self.live_policy.read_text())
+        except FileNotFoundError:
+            self._live_signature = None
+            return None
+        return data
+
+    def _load_policy(self, data: dict[str, Any] | None) -> None:
+        from ponder.router.calibrate import policy_evidence, policy_form
+
+        form, classes = policy_form(self.tiers, data)
+        shipped = {c: RouteClassSettings.model_validate(v) for c, v in classes.items()}
+        why = policy_evidence(self.tiers, data)
+        if data is not None:
+            form = f"{form}, promoted {data.get('promoted_at', '')}".rstrip(" ")
+        # Each attribute is swapped whole: a concurrent plan sees the old or the new one.
+        self.shipped, self.shipped_why, self.policy_form = shipped, why, form
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the promoted policy if its file changed (at most every
+        ``reload_seconds``); True when the serving policy changed."""
+        if self.live_policy is None or self.settings.policy != "default":
+            return False
+        now = time.monotonic()
+        if not force and now - self._live_checked < self.settings.retrain.reload_seconds:
+            return False
+        with self._live_lock:
+            self._live_checked = now
+            try:
+                st = self.live_policy.stat()
+                signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except FileNotFoundError:
+                signature = None
+            if signature == self._live_signature:
+                return False
+            try:
+                self._load_policy(self._read_live())
+            except (ValueError, KeyError, OSError):
+                # A broken file keeps the policy that serves now; retried on next change.
+                return False
+            return True
 
     @classmethod
     def from_settings(cls, settings: RouterSettings, tiers: Sequence[str] = ()) -> Router | None:
@@ -336,6 +393,7 @@ class Router:
         response format, from which the plan's verifier is resolved.
         """
         t0 = time.perf_counter()
+        self.refresh()
         if preset is not None and preset not in PRESETS and preset not in self.settings.classes:
             raise PolicyError(
                 f"unknown preset {preset!r}; choose one of: "

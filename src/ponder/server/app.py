@@ -294,6 +294,7 @@ def create_app(
                 logger.warning("released %d reservations left by a previous process", released)
             gateway.store.checkpoint_in_background()
         await jobs.start()
+        gateway.start_retraining()  # [router.retrain] every; cancelled by gateway.aclose
         sweeper = asyncio.create_task(_sweep_stale_holds(gateway)) if gateway.store else None
         yield
         if sweeper is not None:

@@ -28,6 +28,7 @@ from ponder.errors import PonderError
 from ponder.guardrails import GuardrailPolicy
 from ponder.ledger.store import Store
 from ponder.router.policy import Router
+from ponder.router.shadow import shadow_sampler
 from ponder.server.admin import AdminAPI
 from ponder.server.admission import Admission
 from ponder.server.auth import Authenticator, Caller
@@ -143,6 +144,10 @@ class Gateway:
         )
         self.streams = Streams(self.settler, self.tiers)
         self.admin = AdminAPI(store, self.admission)
+        # [router.shadow]: counterfactual runs of sampled requests, in the background.
+        self.shadow = shadow_sampler(router, list(self.tiers))
+        self.shadow_tasks: set[asyncio.Task[Any]] = set()
+        self.retrain_task: asyncio.Task[None] | None = None
 
     @property
     def price(self) -> Price:
@@ -164,6 +169,9 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close the tiers' backends other than ``backend`` (its owner closes that one)."""
+        for task in [*self.shadow_tasks, self.retrain_task]:
+            if task is not None:
+                task.cancel()
         if self.tier_pool is not None:
             await self.tier_pool.aclose()
             return
@@ -236,6 +244,27 @@ class Gateway:
         instead of authenticating ``headers``), ``request_id`` (the ledger row's id) and
         ``on_settle(conn, response)``, called in the settlement transaction.
         """
+        if self.shadow is None or run_as is not None:
+            return await self._chat(
+                body, headers, run_as=run_as, request_id=request_id, on_settle=on_settle
+            )
+        # Shadows start only while no interactive request is in flight.
+        self.shadow.interactive += 1
+        try:
+            return await self._chat(body, headers)
+        finally:
+            self.shadow.interactive -= 1
+
+    async def _chat(
+        self,
+        body: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        run_as: Caller | None = None,
+        request_id: str | None = None,
+        on_settle: OnSettle | None = None,
+        shadow_of: str | None = None,
+    ) -> ChatCompletion | StreamResult | ErrorResult:
         caller = run_as if run_as is not None else Caller()
         try:
             limits: list[Limit] | None = None
@@ -246,6 +275,8 @@ class Gateway:
             p = self._plan(
                 caller, request, headers, latency="async" if run_as is not None else "interactive"
             )
+            if shadow_of is not None:
+                p = dataclasses.replace(p, shadow_of=shadow_of)
             rid = request_id or completion_id()
             admitted = await self.admission.admit(caller, p, request_id=rid, limits=limits)
         except PonderError as exc:
@@ -261,7 +292,67 @@ class Gateway:
 
         if admitted.plan.stream:
             return await self.streams.start(state, continuation)
-        return await self._run_and_settle(state, continuation, on_settle)
+        result = await self._run_and_settle(state, continuation, on_settle)
+        if self.shadow is not None and run_as is None and isinstance(result, ChatCompletion):
+            self._maybe_shadow(state, request)
+        return result
+
+    def _maybe_shadow(self, state: RunState, request: ChatCompletionRequest) -> None:
+        """Start the counterfactual run of a sampled request (``[router.shadow]``)."""
+        assert self.shadow is not None
+        name = self.shadow.pick(state.plan)
+        if name is None:
+            return
+        options = request.ponder.model_copy(update=self.shadow.overrides(name))
+        counterfactual = request.model_copy(
+            update={"ponder": options, "stream": False, "reasoning_effort": None, "thinking": None}
+        )
+        task = asyncio.create_task(self._run_shadow(counterfactual, state.id))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _run_shadow(self, request: ChatCompletionRequest, original: str) -> None:
+        assert self.shadow is not None
+        await asyncio.sleep(0)  # the original's response goes out first
+        if not self.shadow.slot():
+            return  # busy: this sample is dropped, never queued behind traffic
+        try:
+            subject = self.router.settings.shadow.subject if self.router else "ponder-shadow"
+            await self._chat(
+                request,
+                run_as=Caller(team=subject, scopes=frozenset({"strategies"})),
+                request_id=f"{original}-shadow",
+                shadow_of=original,
+            )
+        finally:
+            self.shadow.release()
+
+    def start_retraining(self) -> asyncio.Task[None] | None:
+        """Start ``[router.retrain] every`` (needs a store and ``dir``); None when off."""
+        conf = self.router.settings.retrain if self.router is not None else None
+        if conf is None or conf.every is None or conf.dir is None or self.store is None:
+            return None
+        from ponder.router.retrain import parse_duration, retrain_every
+
+        store = self.store
+        task = asyncio.create_task(
+            retrain_every(
+                parse_duration(conf.every),
+                lambda since: store.rows(since=since),
+                conf.dir,
+                window_s=parse_duration(conf.window),
+                tiers=self.router.tiers if self.router is not None else None,
+                holdout=conf.holdout,
+                min_rows=conf.min_rows,
+            )
+        )
+        self.retrain_task = task  # cancelled by aclose
+        return task
+
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow runs in flight (tests, shutdown)."""
+        while self.shadow_tasks:
+            await asyncio.gather(*list(self.shadow_tasks), return_exceptions=True)
 
     def _plan(
         self,

@@ -83,6 +83,8 @@ class Plan:
     verifier: Any = None
     # The latency class whose default deadline bounds the run ("interactive" / "async").
     latency: str = "interactive"
+    # A shadow run (ponder.router.shadow): the id of the request it is the counterfactual of.
+    shadow_of: str | None = None
 
 
 def _accepts(cls: type | None, param: str) -> bool:

@@ -106,6 +106,8 @@ def ledger_features(
         data["text"] = p.prompt
     if verification is not None:
         data["verification"] = verification
+    if p.shadow_of is not None:
+        data["shadow_of"] = p.shadow_of
     return data
 
 
