@@ -44,6 +44,10 @@ async def test_a_repeated_answered_call_is_asked_again_without_tools() -> None:
     assert gen.text == "It is 23 C in Paris." and not gen.tool_calls
     assert len(backend.calls) == 2 and backend.calls[1].tools == []
     assert backend.calls[1].tool_choice == "none"
+    # The retry states the call and its result in words: no call syntax left to copy.
+    retry = backend.calls[1].messages
+    assert [m.role for m in retry] == ["user", "user"] and not any(m.tool_calls for m in retry)
+    assert 'get_temperature({"city":"Paris"}) returned: 23' in retry[-1].content
     # Both generations were spent: the answer's usage counts the discarded call too.
     answer_words = 6  # "It is 23 C in Paris." as the fake counts tokens
     assert gen.usage.output > answer_words
@@ -74,3 +78,15 @@ async def test_a_required_call_stays_the_callers_choice() -> None:
     guard, backend = guarded()
     (gen,) = await guard.generate(after_result(tool_choice="required"))
     assert gen.tool_calls and len(backend.calls) == 1
+
+
+async def test_calls_repeated_as_bare_json_lines_count_as_a_loop() -> None:
+    bare = '{"name": "get_temperature", "arguments": {"city": "Paris"}}'
+
+    def repeats_as_text(req: GenRequest, i: int) -> str:
+        return f"{bare}\n{bare}\n" if req.tools else "It is 23 C in Paris."
+
+    backend = FunctionBackend(repeats_as_text)
+    guard = ToolLoopGuard(ToolParsing(backend))
+    (gen,) = await guard.generate(after_result())
+    assert gen.text == "It is 23 C in Paris." and len(backend.calls) == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from ponder.strategies import RunContext
 from ponder.strategies.base import Progress, ProgressTracker, StreamsTokens
 from ponder.telemetry.trace import Tracer
 from ponder.tools import answered_calls, repeats_answered_calls, with_tool_calls
-from ponder.types import Delta, Generation, GenRequest, Outcome, Problem
+from ponder.types import Delta, Generation, GenRequest, Message, Outcome, Problem
 from ponder.verifiers.spec import build_verifier, verdict_of
 
 __all__ = [
@@ -119,11 +119,33 @@ class ToolParsing:
         return self.inner.stream(req)
 
 
+def results_as_text(messages: Sequence[Message]) -> list[Message]:
+    """The conversation with the current turn's tool calls and results folded into one
+    user message that states them in words and asks for the answer."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    head, turn = list(messages[: last_user + 1]), messages[last_user + 1 :]
+    calls = {c.id: c for m in turn if m.role == "assistant" for c in m.tool_calls or []}
+    lines = []
+    for m in turn:
+        if m.role == "tool":
+            call = calls.get(m.tool_call_id or "")
+            name = f"{call.name}({call.arguments})" if call else "a tool"
+            lines.append(f"- {name} returned: {m.content}")
+        elif m.role == "assistant" and m.content.strip():
+            head.append(Message(role="assistant", content=m.content))
+    note = (
+        "The tools were called; their results:\n" + "\n".join(lines) + "\n"
+        "Answer the request above from these results, in plain words, without calling tools."
+    )
+    return [*head, Message(role="user", content=note)]
+
+
 class ToolLoopGuard:
     """Small models often call a tool again with the very arguments whose result they were
     just given, instead of answering; an agent loop then never ends. When every call of
     every sample repeats a call answered in this turn, the request is asked again with
-    tools off (``tool_choice: "none"``), so the model answers from the results it has.
+    tools off (``tool_choice: "none"``) and the turn's calls and results written out as
+    plain text (a model shown call syntax tends to copy it), so it answers from them.
 
     Only under ``tool_choice: "auto"``: a required or named call stays the caller's.
     The second call goes through the same quota guard; if the reservation has no room
@@ -144,9 +166,16 @@ class ToolLoopGuard:
         if not req.tools or req.tool_choice != "auto":
             return gens
         answered = answered_calls(req.messages)
-        if not answered or not all(repeats_answered_calls(g, answered) for g in gens):
+        if not answered or not all(repeats_answered_calls(g, answered, req.tools) for g in gens):
             return gens
-        again = req.model_copy(update={"tools": [], "tool_choice": "none", "constraint": None})
+        again = req.model_copy(
+            update={
+                "messages": results_as_text(req.messages),
+                "tools": [],
+                "tool_choice": "none",
+                "constraint": None,
+            }
+        )
         try:
             retried = await self.inner.generate(again)
         except BudgetExhausted:

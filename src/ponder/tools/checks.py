@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ponder.errors import InvalidRequest
-from ponder.tools.parsing import parse_tool_calls
+from ponder.tools.parsing import bare_tool_call, parse_tool_calls
 from ponder.tools.wire import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tools_for_prompt
 from ponder.types import (
     Generation,
@@ -183,6 +183,17 @@ def answered_calls(messages: Sequence[Message]) -> set[tuple[str, str]]:
     }
 
 
-def repeats_answered_calls(gen: Generation, answered: set[tuple[str, str]]) -> bool:
-    """Whether every call ``gen`` makes is one whose result the conversation already has."""
-    return bool(gen.tool_calls) and all(tool_call_key(c) in answered for c in gen.tool_calls)
+def repeats_answered_calls(
+    gen: Generation, answered: set[tuple[str, str]], tools: Sequence[ToolSpec] = ()
+) -> bool:
+    """Whether every call ``gen`` makes is one whose result the conversation already has.
+
+    An answer with no parsed calls whose every line is a bare call to one of ``tools``
+    (a small model repeating itself as text) counts as making those calls.
+    """
+    calls: list[ToolCall] = list(gen.tool_calls or [])
+    if not calls and tools:
+        lines = [line for line in gen.text.splitlines() if line.strip()]
+        parsed = [bare_tool_call(line, tools) for line in lines]
+        calls = [c for c in parsed if c is not None] if lines and all(parsed) else []
+    return bool(calls) and all(tool_call_key(c) in answered for c in calls)
