@@ -499,3 +499,67 @@ async def test_honest_usage_is_kept_exactly_and_attempts_of_concurrent_samples_a
     assert all(g.usage.clamped == 0 for g in gens) and report.anomalies == []
     # Three concurrent calls, one report: each attempt is in it.
     assert report.summary() == {"attempts": 3, "errors": [], "usage_clamped": 0}
+
+
+async def test_tools_and_structured_output_are_passed_through_and_calls_come_back() -> None:
+    from ponder.types import OutputConstraint, ToolCall, ToolSpec
+
+    def reply(body: dict[str, Any], i: int) -> httpx.Response:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_up",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        }
+        return httpx.Response(
+            200,
+            json={
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39},
+            },
+        )
+
+    up = Recorder(reply)
+    weather = ToolSpec(
+        name="get_weather",
+        description="Weather of a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+    )
+    history = [
+        Message(role="user", content="Weather in Oslo, then Rome?"),
+        Message(
+            role="assistant",
+            content="",
+            tool_calls=[ToolCall(id="c1", name="get_weather", arguments='{"city": "Rome"}')],
+        ),
+        Message(role="tool", content="18 C", tool_call_id="c1"),
+    ]
+    req = GenRequest(messages=history, tools=[weather], tool_choice="get_weather", max_tokens=32)
+    (gen,) = await up.backend().generate(req)
+    assert gen.finish_reason == "tool_calls" and gen.text == ""
+    assert gen.tool_calls == [
+        ToolCall(id="call_up", name="get_weather", arguments='{"city": "Oslo"}')
+    ]
+    sent = up.bodies[0]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["messages"][1]["tool_calls"][0]["id"] == "c1"
+    assert sent["messages"][2] == {"role": "tool", "content": "18 C", "tool_call_id": "c1"}
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    up2 = Recorder(lambda body, i: httpx.Response(200, json=chat('{"a": 1}')))
+    constrained = GenRequest(
+        messages=Q, constraint=OutputConstraint(kind="json_schema", json_schema=schema)
+    )
+    await up2.backend().generate(constrained)
+    assert up2.bodies[0]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema},
+    }
+    assert "tools" not in up2.bodies[0]

@@ -46,6 +46,8 @@ from ponder.backends.openai_wire import (
     parse_choices,
     render_chat,
     server_usage,
+    wire_messages,
+    wire_tools,
 )
 from ponder.backends.scratchpad import ThinkSplitter, scratchpad_messages, split_think
 from ponder.backends.upstream_http import DEFAULT_READ_TIMEOUT_S, ClientKind, HttpUpstream
@@ -242,7 +244,8 @@ class OpenAICompatBackend(ClientThinkingCap):
 
     def _chat_body(self, req: GenRequest, messages: Sequence[Message]) -> dict[str, Any]:
         body = self._sampling(req)
-        body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+        body["messages"] = wire_messages(messages)
+        body.update(wire_tools(req))
         if req.n > 1:
             body["n"] = req.n
         if req.logprobs:
@@ -375,6 +378,7 @@ class OpenAICompatBackend(ClientThinkingCap):
                 finish_reason=ch.finish,
                 usage=u,
                 logprobs=ch.logprobs,
+                tool_calls=ch.tool_calls or None,
             )
             for ch, u in await self._sample(req, messages)
         ]

@@ -7,12 +7,20 @@ a chat prompt rendered for the raw completions endpoint, and the coarse mappings
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ponder.types import FinishReason, Message, TokenLogprob
+from ponder.types import (
+    FinishReason,
+    GenRequest,
+    Message,
+    TokenLogprob,
+    ToolCall,
+    ToolSpec,
+)
 
 __all__ = [
     "Choice",
@@ -23,6 +31,8 @@ __all__ = [
     "parse_choices",
     "render_chat",
     "server_usage",
+    "wire_messages",
+    "wire_tools",
 ]
 
 
@@ -50,6 +60,8 @@ class Choice:
     logprobs: list[TokenLogprob] | None
     # Output tokens known exactly for this choice (from its logprobs), if any.
     tokens: int | None = None
+    # The calls the upstream returned in ``message.tool_calls``.
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +75,71 @@ class ServerUsage:
 
 
 def finish_reason(value: object) -> FinishReason:
+    if value == "tool_calls":
+        return "tool_calls"
     return "length" if value == "length" else "stop"
+
+
+def wire_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages as an OpenAI-compatible server takes them, tool calls and results included."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.role == "assistant" and m.tool_calls:
+            d["content"] = m.content or None
+            d["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in m.tool_calls
+            ]
+        if m.role == "tool" and m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def wire_tools(req: GenRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``response_format`` of a chat body (passed through)."""
+    body: dict[str, Any] = {}
+    if req.tools:
+        body["tools"] = [_tool(t) for t in req.tools]
+        choice = req.tool_choice
+        body["tool_choice"] = (
+            choice
+            if choice in ("auto", "none", "required")
+            else {"type": "function", "function": {"name": choice}}
+        )
+    c = req.constraint
+    if c is not None and c.kind == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif c is not None and c.kind == "json_schema" and c.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": c.json_schema},
+        }
+    return body
+
+
+def _tool(t: ToolSpec) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": t.name, "description": t.description, "parameters": t.parameters}
+    if t.strict:
+        fn["strict"] = True
+    return {"type": "function", "function": fn}
+
+
+def _tool_calls(raw: object) -> list[ToolCall]:
+    calls = []
+    for i, c in enumerate(raw if isinstance(raw, list) else []):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args = fn.get("arguments")
+        text = args if isinstance(args, str) else json.dumps(args if args is not None else {})
+        calls.append(ToolCall(id=str(c.get("id") or f"call_{i}"), name=fn["name"], arguments=text))
+    return calls
 
 
 def _count(value: object) -> int:
@@ -119,6 +195,7 @@ def parse_choices(
     """Up to ``n`` choices of a chat (or raw completions) response, in index order."""
     out: list[Choice] = []
     for c in sorted(raw, key=lambda c: int(c.get("index", 0)))[:n]:
+        calls = []
         if completions:
             text, reasoning = str(c.get("text") or ""), ""
             lps = _completion_logprobs(c.get("logprobs"))
@@ -127,6 +204,7 @@ def parse_choices(
             text = str(msg.get("content") or "")
             reasoning = str(msg.get("reasoning_content") or msg.get("reasoning") or "")
             lps = _chat_logprobs(c.get("logprobs"))
+            calls = _tool_calls(msg.get("tool_calls"))
         if lps is not None and not top_logprobs:
             for t in lps:
                 t.top = {}
@@ -137,6 +215,7 @@ def parse_choices(
                 finish=finish_reason(c.get("finish_reason")),
                 logprobs=lps if logprobs else None,
                 tokens=len(lps) if lps is not None else None,
+                tool_calls=calls,
             )
         )
     return out
