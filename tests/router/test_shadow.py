@@ -181,3 +181,22 @@ async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_fl
         await gateway.drain_shadows()
     assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (1, 1)
     assert sum(1 for r in store.rows() if (r.features or {}).get("shadow_of")) == 1
+
+
+async def test_with_shadows_on_a_chat_keeps_its_request_id_and_settlement_hook(
+    store: Store,
+) -> None:
+    # The Responses surface stores conversations through on_settle: sampling shadows
+    # must not drop it, nor the caller's request id.
+    record, secret = store.create_key("bob", team="blue")
+    gateway = make_gateway(store, ShadowSettings(rate=1.0))
+    seen: list[str] = []
+    result = await gateway.chat(
+        {"model": "m", "messages": [{"role": "user", "content": LOOKUP}]},
+        {"authorization": f"Bearer {secret}"},
+        request_id="req-kept",
+        on_settle=lambda conn, response: seen.append(response.id),
+    )
+    assert getattr(result, "id", None) == "req-kept"
+    assert seen == ["req-kept"]
+    assert store.row("req-kept") is not None

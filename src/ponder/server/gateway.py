@@ -244,14 +244,13 @@ class Gateway:
         instead of authenticating ``headers``), ``request_id`` (the ledger row's id) and
         ``on_settle(conn, response)``, called in the settlement transaction.
         """
+        run = self._chat(body, headers, run_as=run_as, request_id=request_id, on_settle=on_settle)
         if self.shadow is None or run_as is not None:
-            return await self._chat(
-                body, headers, run_as=run_as, request_id=request_id, on_settle=on_settle
-            )
+            return await run
         # Shadows start only while no interactive request is in flight.
         self.shadow.interactive += 1
         try:
-            return await self._chat(body, headers)
+            return await run
         finally:
             self.shadow.interactive -= 1
 
