@@ -1250,7 +1250,7 @@ def pack(out: Path, packed: Path = PACKED) -> dict[str, int]:
     return sizes
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1285,7 +1285,11 @@ def main() -> None:
         help="replay: also write the policy fitted on train here (e.g. "
         "src/ponder/router/default_policy.json) and judge that one as 'default'",
     )
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.stage == "pack":
         print(json.dumps({"packed": str(PACKED), "bytes": pack(Path(args.dir))}))
         return

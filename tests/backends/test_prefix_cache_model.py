@@ -137,3 +137,31 @@ async def test_a_tiny_cell_budget_still_admits_every_request() -> None:
         assert engine.prefix_cache_stats()["evictions"] > 0
     finally:
         engine.close()
+
+
+async def test_prompt_state_is_the_prefill_a_generation_then_reuses(engines) -> None:
+    import numpy as np
+
+    on, off = engines
+    ask = GenRequest(
+        messages=[Message(role="user", content="What is 17*23? Reply with only the number.")],
+        max_tokens=8,
+    )
+    other = ask.model_copy(
+        update={"messages": [Message(role="user", content="Name a large city in Japan.")]}
+    )
+    state, again = await on.prompt_state(ask), await on.prompt_state(ask)
+    assert state.vector.shape == (on.n_embd,) and np.isfinite(state.vector).all()
+    assert state.evaluated + state.reused == len(on.prompt_tokens(ask))
+    # The same prompt gives the same state (the second time from the cache, bar the
+    # last token); a different prompt gives a different one.
+    assert again.evaluated == 1 and np.allclose(again.vector, state.vector, atol=1e-3)
+    assert not np.allclose((await on.prompt_state(other)).vector, state.vector, atol=1e-1)
+    # The generation that follows evaluates only the last prompt token, and answers
+    # as a cold engine does.
+    (g,) = await on.generate(ask)
+    (cold,) = await off.generate(ask)
+    assert g.usage.input == 1 and g.usage.cached_input == cold.usage.input - 1
+    assert g.text == cold.text
+    # Without the cache the probe still works; it just keeps nothing.
+    assert np.allclose((await off.prompt_state(ask)).vector, state.vector, atol=1e-3)

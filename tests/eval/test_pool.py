@@ -66,3 +66,20 @@ async def test_logprobs_requests_share_samples_with_plain_ones(tmp_path):
     await other.generate(req(2))
     await other.generate(req(2).model_copy(update={"logprobs": True}))
     assert other.misses == 2
+
+
+def test_request_keys_of_committed_pools_stay_stable():
+    # The key of a plain request is pinned: a field added to GenRequest or Message must
+    # leave it unchanged at its default, or the committed pools under benchmarks/data
+    # silently stop replaying (routing.py replay found 0 of 886 items once).
+    from ponder.eval.pool import request_key
+    from ponder.types import ToolSpec
+
+    plain = GenRequest(messages=[Message(role="user", content="q")], seed=1, max_tokens=8)
+    assert request_key(plain, "m") == (
+        "1998559d9c9bb1d9b2158fe2fe1a87c4e81f20081de3b4f0412806cf68e46e25"
+    )
+    with_tools = plain.model_copy(
+        update={"tools": [ToolSpec(name="f", parameters={"type": "object"})]}
+    )
+    assert request_key(with_tools, "m") != request_key(plain, "m")

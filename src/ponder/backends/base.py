@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from ponder.types import Capabilities, Delta, Generation, GenRequest
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "PromptState", "PromptStateSource"]
 
 
 @runtime_checkable
@@ -24,3 +25,23 @@ class Backend(Protocol):
     async def generate(self, req: GenRequest) -> list[Generation]: ...
 
     def stream(self, req: GenRequest) -> AsyncIterator[Delta]: ...
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """The model's own reading of a prompt: the final hidden state of its last token.
+
+    ``evaluated`` prompt tokens were computed for it and ``reused`` came from the
+    engine's prefix cache (the router's model-signal features; see ponder.router.signal).
+    """
+
+    vector: Any  # a 1-D numpy float array of the model's hidden size
+    evaluated: int
+    reused: int
+
+
+@runtime_checkable
+class PromptStateSource(Protocol):
+    """A backend that can hand out :class:`PromptState` (the embedded engine)."""
+
+    async def prompt_state(self, req: GenRequest) -> PromptState: ...

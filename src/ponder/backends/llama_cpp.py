@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ponder.backends.base import PromptState
 from ponder.backends.catalog import CATALOG, resolve_model
 from ponder.backends.llama_engine.context import BatchDecoder, LlamaMemory
 from ponder.backends.llama_engine.delivery import apply_stop, generation, stream_deltas
@@ -226,6 +227,30 @@ class LlamaCppBackend:
         finally:
             job.cancelled = True
 
+    async def prompt_state(self, req: GenRequest) -> PromptState:
+        """The final hidden state of the last token of ``req``'s rendered prompt.
+
+        This is the prefill a generation of the same prompt needs anyway: with the
+        prefix cache on, the prompt's KV is kept, so a following ``generate`` of this
+        request evaluates only its last token again (the router's model-signal
+        features cost one token's decode). Without the cache it costs a prefill.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        job = self._make_job(req.model_copy(update={"n": 1}), loop, future, None)
+        job.probe, job.max_new = True, 0
+        self._submit(job)
+        try:
+            state: PromptState = await asyncio.shield(future)
+            return state
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+
+    @property
+    def n_embd(self) -> int:
+        return int(self._ll.llama_model_n_embd(self._model.model))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -242,7 +267,7 @@ class LlamaCppBackend:
         self,
         req: GenRequest,
         loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[list[Generation]] | None,
+        future: asyncio.Future[Any] | None,
         stream: asyncio.Queue[Delta | BaseException] | None,
     ) -> Job:
         if self._closed:
@@ -388,6 +413,14 @@ class LlamaCppBackend:
         for start in range(reuse, end, self.n_batch):
             chunk = job.prompt[start : min(start + self.n_batch, end)]
             self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)])
+        if job.probe:
+            job.state = self._decoder.run_with_state(
+                (job.prompt[end], end, first, True), self.n_embd
+            )
+            seq = job.seqs[0]
+            seq.pos, seq.finish = len(job.prompt), "probe"  # its KV holds the whole prompt
+            self._release(job, deliver=True)
+            return
         self._decoder.run([(job.prompt[end], end, first, True)])
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
@@ -527,7 +560,11 @@ class LlamaCppBackend:
         self._active.remove(job)
         if not deliver:
             return
-        if job.future is not None:
+        if job.probe:
+            assert job.future is not None
+            state = PromptState(job.state, len(job.prompt) - job.reused, job.reused)
+            job.loop.call_soon_threadsafe(_resolve, job.future, state)
+        elif job.future is not None:
             gens = [generation(job, s) for s in job.seqs]
             job.loop.call_soon_threadsafe(_resolve, job.future, gens)
         elif job.stream is not None:
@@ -545,7 +582,7 @@ class LlamaCppBackend:
             job.loop.call_soon_threadsafe(job.stream.put_nowait, exc)
 
 
-def _resolve(future: asyncio.Future[list[Generation]], value: list[Generation]) -> None:
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
 

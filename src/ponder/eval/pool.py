@@ -26,9 +26,23 @@ from ponder.types import Capabilities, Delta, Generation, GenRequest
 __all__ = ["PooledBackend", "request_key"]
 
 
+# Fields added to the request types after pools were recorded: left out of the key at
+# their defaults, so a request that does not use them keeps the key it always had (a
+# new field must be added here, or every committed pool stops replaying).
+_LATER_REQUEST_FIELDS = {"tools": [], "tool_choice": "auto", "constraint": None}
+_LATER_MESSAGE_FIELDS = {"tool_calls": [], "tool_call_id": None, "name": None}
+
+
 def request_key(req: GenRequest, model: str) -> str:
     # Logprobs do not change what is sampled: one stored call serves both kinds.
     data = req.model_dump(mode="json", exclude={"n", "deadline", "logprobs", "top_logprobs"})
+    for name, default in _LATER_REQUEST_FIELDS.items():
+        if data.get(name) == default:
+            data.pop(name, None)
+    for message in data["messages"]:
+        for name, default in _LATER_MESSAGE_FIELDS.items():
+            if message.get(name) == default:
+                message.pop(name, None)
     data["model"] = model
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -59,6 +59,22 @@ class BatchDecoder:
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc}")
 
+    def run_with_state(self, row: tuple[int, int, int, bool], n_embd: int) -> np.ndarray:
+        """Decode one row with embeddings on and return its final hidden state (a copy).
+
+        The graph is the same as a plain decode (logits and KV included); llama.cpp
+        only also copies out the last layer's normalized output for the row.
+        """
+        self._ll.llama_set_embeddings(self._ctx, True)
+        try:
+            self.run([row])
+            ptr = self._ll.llama_get_embeddings_ith(self._ctx, 0)
+            if not ptr:
+                raise BackendError("llama.cpp returned no hidden state for the prompt")
+            return np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy()
+        finally:
+            self._ll.llama_set_embeddings(self._ctx, False)
+
     def logits(self, k: int) -> np.ndarray:
         """The logits of the ``k``-th row that asked for them (a view: copy to keep)."""
         ptr = self._ll.llama_get_logits_ith(self._ctx, self._logit_rows[k])

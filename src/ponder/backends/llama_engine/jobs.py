@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ponder.types import Delta, Generation, GenRequest, TokenLogprob
+from ponder.types import Delta, GenRequest, TokenLogprob
 
 __all__ = ["Job", "Seq"]
 
@@ -66,7 +66,7 @@ class Job:
     req: GenRequest
     prompt: list[int]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Generation]] | None
+    future: asyncio.Future[Any] | None  # generations, or a probe's state
     stream: asyncio.Queue[Delta | BaseException] | None
     max_new: int
     think_cap: int
@@ -74,6 +74,10 @@ class Job:
     cancelled: bool = False
     # Prompt tokens served from the prefix cache instead of evaluated.
     reused: int = 0
+    # A prompt-state probe (LlamaCppBackend.prompt_state): evaluate the prompt, answer
+    # with the last prompt token's final hidden state, generate nothing.
+    probe: bool = False
+    state: Any = None
 
     @property
     def cells(self) -> int:
