@@ -153,6 +153,7 @@ async def test_prompt_state_is_the_prefill_a_generation_then_reuses(engines) -> 
     state, again = await on.prompt_state(ask), await on.prompt_state(ask)
     assert state.vector.shape == (on.n_embd,) and np.isfinite(state.vector).all()
     assert state.evaluated + state.reused == len(on.prompt_tokens(ask))
+
     # The same prompt gives the same state (the second time from the cache, bar the
     # last token); a different prompt gives a different one.
     def cosine(a, b) -> float:
