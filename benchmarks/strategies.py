@@ -16,6 +16,12 @@ generated for the same requests (e.g. ``runs/humaneval/pool.jsonl`` from the
 issue-4 grid), so the comparison costs only what is new.
 
     .venv/bin/python benchmarks/strategies.py --humaneval 40 --gym 5 --n 4 --rounds 4
+
+``--search-timing`` instead times beam search and MCTS on the reasoning-gym sample with
+the embedded engine's prefix cache on and off (two engines in one process, no pool: the
+calls are real, interleaved item by item), and reports accuracy per second of each:
+
+    .venv/bin/python benchmarks/strategies.py --search-timing --gym 2
 """
 
 from __future__ import annotations
@@ -144,6 +150,74 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+SEARCH_PLANS: dict[str, dict[str, Any]] = {
+    # The shapes of benchmarks/prefix_cache.py (greedy steps, so the variants compare).
+    "beam_search": {"n": 4, "beam_width": 2, "max_steps": 3, "step_tokens": 40,
+                    "final_tokens": 64, "temperature": 0.0},
+    "mcts": {"iterations": 4, "expand": 2, "max_depth": 3, "step_tokens": 40,
+             "rollout_tokens": 64, "temperature": 0.0},
+}  # fmt: skip
+
+
+async def search_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Beam search and MCTS, prefix cache on vs off: accuracy, wall time, accuracy per second."""
+    from ponder.backends.llama_cpp import LlamaCppBackend
+
+    out = Path(args.out)
+    items = load_dataset(GYM, per_level=args.gym, seed=args.seed)
+    engines = {
+        cache: LlamaCppBackend(MODEL, n_ctx=args.n_ctx, max_sequences=8, prefix_cache=cache == "on")
+        for cache in ("on", "off")
+    }
+    configs = {
+        name: EvalConfig(MODEL, name, params, 600, args.math_tokens)
+        for name, params in SEARCH_PLANS.items()
+    }
+    stores = {cache: ResultStore(out / f"search-cache-{cache}.jsonl") for cache in engines}
+    rows: list[dict[str, Any]] = []
+    try:
+        for k, item in enumerate(items):
+            for config in configs.values():
+                # Alternate which variant goes first, so drifting load hits both alike.
+                order = ("on", "off") if k % 2 == 0 else ("off", "on")
+                for cache in order:
+                    await run_eval([item], [config], {MODEL: engines[cache]}, stores[cache],
+                                   concurrency=1)  # fmt: skip
+        ids = {it.id for it in items}
+        per: dict[tuple[str, str], dict[str, Any]] = {}
+        for cache, store in stores.items():
+            for name, config in configs.items():
+                recs = [
+                    r for r in store.load() if r["config_key"] == config.key and r["item_id"] in ids
+                ]
+                wall = sum(r["latency_s"] for r in recs)
+                correct = sum(bool(r["correct"]) for r in recs)
+                row = {"suite": "reasoning_gym", "strategy": name, "prefix_cache": cache,
+                       "items": len(recs), "correct": correct,
+                       "accuracy": round(correct / len(recs), 3) if recs else 0.0,
+                       "wall_s": round(wall, 1),
+                       "correct_per_minute": round(60 * correct / wall, 3) if wall else None,
+                       "prompt_tokens": sum(r["usage"]["input"] for r in recs),
+                       "cached_input_tokens": sum(r["usage"].get("cached_input", 0) for r in recs)}  # fmt: skip
+                per[(name, cache)] = row
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        summary: dict[str, Any] = {"summary": True, "items": len(items)}
+        for name in configs:
+            on, off = per[(name, "on")], per[(name, "off")]
+            summary[f"{name}_wall_ratio"] = round(on["wall_s"] / off["wall_s"], 3)
+            if on["correct_per_minute"] and off["correct_per_minute"]:
+                summary[f"{name}_accuracy_per_second_ratio"] = round(
+                    on["correct_per_minute"] / off["correct_per_minute"], 3
+                )
+            summary[f"{name}_accuracy_on_off"] = [on["accuracy"], off["accuracy"]]
+        print(json.dumps(summary), flush=True)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| suite | strategy | accuracy | correct/items | generated tokens | budget/item "
@@ -175,7 +249,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/strategies", help="results and pools (resumable)")
     ap.add_argument("--code-pool", default=None, help="replay HumanEval samples from this pool")
-    rows = asyncio.run(run(ap.parse_args()))
+    ap.add_argument("--search-timing", action="store_true",
+                    help="beam search and MCTS, prefix cache on vs off, timed (no pool)")  # fmt: skip
+    args = ap.parse_args()
+    if args.search_timing:
+        asyncio.run(search_timing(args))
+        return
+    rows = asyncio.run(run(args))
     print()
     print(table(rows))
     sys.stdout.flush()
