@@ -230,7 +230,9 @@ class ShadowSettings(BaseModel):
     classes: dict[str, float] = Field(default_factory=dict)
     # A candidate plan name (ponder.router.calibrate.CANDIDATE_PLANS), or "auto": the
     # strong tier's direct answer when a tier named "strong" is served, else "search".
-    plan: str = "auto"
+    # A list (["strong", "search"]): each sampled request runs one of them, picked
+    # uniformly, so every counterfactual gets a random sample of its own.
+    plan: str | list[str] = "auto"
     # The team whose quota counters shadows reserve against (set a [quota] for it).
     subject: str = "ponder-shadow"
 
@@ -241,6 +243,21 @@ class ShadowSettings(BaseModel):
         if bad:
             raise ValueError(f"shadow rates must be between 0 and 1: {bad}")
         return v
+
+    @field_validator("plan")
+    @classmethod
+    def _plans(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("router.shadow.plan: give at least one plan, or 'auto'")
+            if len(set(v)) != len(v):
+                raise ValueError(f"router.shadow.plan: a plan is listed twice: {v}")
+        return v
+
+    @property
+    def plans(self) -> list[str]:
+        """The counterfactual plans as named (``auto`` not resolved yet)."""
+        return list(self.plan) if isinstance(self.plan, list) else [self.plan]
 
 
 class RouterSettings(BaseModel):

@@ -73,11 +73,14 @@ async def test_a_shadow_run_is_charged_to_its_own_subject_and_linked(store: Stor
     original, shadow = rows[r.json()["id"]], rows[f"{r.json()['id']}-shadow"]
     assert len(rows) == 2 and gateway.shadow is not None and gateway.shadow.started == 1
     assert shadow.features is not None and shadow.features["shadow_of"] == original.id
+    assert shadow.features["shadow_plan"] == "search"
     assert original.features is not None and "shadow_of" not in original.features
     assert (shadow.key_id, shadow.user, shadow.team) == (None, None, "ponder-shadow")
     assert shadow.task_class == original.task_class == "math"
     # The counterfactual of the single-tier gateway: search (self-consistency).
     assert (original.strategy, shadow.strategy) == ("cascade", "self_consistency")
+    # The cascade records the rungs it ran (one: no escalation).
+    assert original.plan["rungs_run"] == ["program"] and "rungs_run" not in shadow.plan
     assert shadow.cost_micro >= 0 and shadow.output_tokens > 0
     # Served-traffic stats leave the counterfactual out.
     from ponder.ledger.stats import class_stats
@@ -91,6 +94,26 @@ async def test_a_shadow_run_is_charged_to_its_own_subject_and_linked(store: Stor
         (original.id, "program", False),
         (original.id, "search", True),
     }
+
+
+async def test_with_a_list_of_plans_each_shadow_records_the_one_it_ran(store: Store) -> None:
+    _, secret = store.create_key("dave")
+    gateway = make_gateway(store, ShadowSettings(rate=1.0, plan=["search", "think"]))
+    assert gateway.shadow is not None
+    gateway.shadow.rng = random.Random(11)
+    async with client_for(gateway) as client:
+        for _ in range(8):
+            r = await client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {secret}"},
+                json={"model": "m", "messages": [{"role": "user", "content": MATH}]},
+            )
+            assert r.status_code == 200, r.text
+            await gateway.drain_shadows()
+    shadows = [r for r in store.rows() if (r.features or {}).get("shadow_of")]
+    assert len(shadows) == 8
+    ran = {(r.features or {})["shadow_plan"]: r.strategy for r in shadows}
+    assert ran == {"search": "self_consistency", "think": "cot"}
 
 
 async def test_classes_without_a_rate_or_a_verifier_get_no_shadow(store: Store) -> None:

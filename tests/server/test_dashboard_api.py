@@ -25,13 +25,14 @@ from ponder.errors import BackendError
 from ponder.ledger import LedgerRow, Store, schema
 from ponder.ledger.queries import LedgerQueries, bucket_size
 from ponder.ledger.stats import percentile
+from ponder.router.savings import routing_report
 from ponder.server.app import create_app
-from ponder.server.dashboard import latest_eval
+from ponder.server.dashboard import latest_eval, routes
 from ponder.server.dashboard.routes import MAX_WINDOW_S
 from ponder.server.gateway import Gateway
 from ponder.types import GenRequest
 
-ENDPOINTS = ("summary", "series", "requests", "quotas", "eval")
+ENDPOINTS = ("summary", "series", "requests", "quotas", "eval", "routing")
 PRICE = Price(input=100.0, output=400.0, reasoning=800.0)  # USD per 1M tokens
 
 
@@ -264,6 +265,56 @@ async def test_window_counts_only_recent_requests(store: Store) -> None:
     assert sum(b["requests"] for b in series["buckets"]) == 2
 
 
+def routed(rid: str, at: float, cost: int, **extra: Any) -> LedgerRow:
+    fields: dict[str, Any] = {"strategy": "direct", "tier": "small", **extra}
+    return LedgerRow(
+        id=rid, task_class="math", plan={"params": {}}, status="ok", http_status=200,
+        at=at, cost_micro=cost, **fields,
+    )  # fmt: skip
+
+
+async def test_routing_has_escalation_and_what_routing_saved_per_class(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = gateway_client(store)
+    _, admin = store.create_key("root", scopes=["admin"])
+    now = time.time()
+    store.insert_row(routed("old", now - 7200, 1000, strategy="cot"))
+    for i in range(10):
+        store.insert_row(routed(f"r{i}", now - 600 + i, 1000, verdict="correct"))
+        shadow = routed(f"r{i}-shadow", now - 599 + i, 3000, tier="strong", verdict="correct")
+        shadow.features = {"v": 1, "shadow_of": f"r{i}", "shadow_plan": "strong"}
+        store.insert_row(shadow)
+    async with client:
+        recent = await get(client, "routing?window_s=3600&bucket_s=600", admin)
+        everything = await get(client, "routing", admin)
+        for bad in ("0", "soon", "inf", "1e12"):
+            r = await client.get(
+                f"/v1/admin/dashboard/routing?bucket_s={bad}", headers=bearer(admin)
+            )
+            assert r.status_code == 400 and r.json()["error"]["param"] == "bucket_s", bad
+        # Kept for ROUTING_TTL_S: a new row shows up once it has passed.
+        store.insert_row(routed("new", now, 1000))
+        kept = await get(client, "routing?window_s=3600&bucket_s=600", admin)
+        monkeypatch.setattr(routes, "ROUTING_TTL_S", 0.0)
+        fresh = await get(client, "routing?window_s=3600&bucket_s=600", admin)
+    assert kept == recent
+    assert fresh["classes"][0]["requests"] == 11
+    # Exactly the estimator's answer on the rows of the window.
+    rows = [r for r in store.rows(since=recent["since"]) if r.id != "new"]
+    expected = routing_report(rows, bucket_s=600)
+    assert {k: v for k, v in recent.items() if k not in ("since", "generated_at")} == json.loads(
+        json.dumps(expected)
+    )
+    (math,) = recent["classes"]
+    assert math["requests"] == 10 and math["escalation_share"] == 0.0
+    (strong,) = math["savings"]
+    assert strong["pairs"] == 10 and strong["counterfactual_usd"]["value"] == pytest.approx(0.03)
+    assert strong["quality_diff"]["value"] == 0.0
+    (math_all,) = everything["classes"]
+    assert math_all["requests"] == 11 and math_all["escalated"] == 1
+
+
 async def test_an_empty_ledger_gives_zeros_and_no_percentiles(store: Store) -> None:
     client, _ = gateway_client(store)
     _, admin = store.create_key("root", scopes=["admin"])
@@ -273,6 +324,8 @@ async def test_an_empty_ledger_gives_zeros_and_no_percentiles(store: Store) -> N
         feed = await get(client, "requests", admin)
         quotas = await get(client, "quotas", admin)
         evals = await get(client, "eval", admin)
+        routing = await get(client, "routing", admin)
+    assert routing["classes"] == []
     t = summary["totals"]
     assert t["requests"] == t["total_tokens"] == t["cost_micro"] == 0
     assert t["latency_p50_ms"] is None and t["ttft_p95_ms"] is None

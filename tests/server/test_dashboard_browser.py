@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from ponder.budget.quota import Limit
-from ponder.ledger import Store
+from ponder.ledger import LedgerRow, Store
 from ponder.ledger.stats import percentile
+from ponder.router.savings import routing_report
 from ponder.server.dashboard import latest_eval
 
 pytestmark = pytest.mark.model
@@ -138,6 +139,30 @@ def _send_requests(base_url: str, user_key: str, admin_key: str) -> None:
     admin.chat.completions.create(model=MODEL, messages=ask, max_tokens=8)
 
 
+SHADOW_PAIRS = 6
+
+
+def _add_shadow_pairs(store: Store) -> None:
+    """Served rows of a class of their own, each with an always-strong shadow at exactly
+    three times its cost: the page must show that routing saved twice what it spent."""
+    now = time.time()
+
+    def row(rid: str, at: float, cost: int, **extra: Any) -> LedgerRow:
+        return LedgerRow(
+            id=rid, task_class="shadowed", strategy="direct", plan={"params": {}},
+            status="ok", http_status=200, verdict="correct", at=at, cost_micro=cost, **extra,
+        )  # fmt: skip
+
+    for i in range(SHADOW_PAIRS):
+        rid = f"chatcmpl-served-{i}"
+        store.insert_row(row(rid, now - 60 + i, 1000 * (i + 1), tier="small"))
+        shadow = {"shadow_of": rid, "shadow_plan": "strong"}
+        store.insert_row(
+            row(f"{rid}-shadow", now - 59 + i, 3000 * (i + 1), tier="strong",
+                team="ponder-shadow", features=shadow)
+        )  # fmt: skip
+
+
 def _usd(micro: int) -> str:
     """As the page writes micro-dollars: exact, six decimals."""
     return f"${micro // 1_000_000:,}.{micro % 1_000_000:06d}"
@@ -172,10 +197,11 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
 
         store = Store(db)
         try:
+            _add_shadow_pairs(store)
             rows = store.rows()
         finally:
             store.close()
-        assert len(rows) == 6 and all(r.status == "ok" for r in rows)
+        assert len(rows) == 6 + 2 * SHADOW_PAIRS and all(r.status == "ok" for r in rows)
 
         page = chromium.new_page(viewport={"width": 1440, "height": 1000})
         problems: list[str] = []
@@ -253,8 +279,32 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
         else:
             assert _text(page, "eval-message") == expected["message"]
 
+        # What routing saved: a row per class (and counterfactual plan), with the estimate.
+        report = routing_report(rows)
+        assert page.get_by_test_id("savings-row").count() == sum(
+            max(len(c["savings"]), 1) for c in report["classes"]
+        )
+        assert page.get_by_test_id("savings-empty").is_hidden()
+        (strong,) = next(c for c in report["classes"] if c["task_class"] == "shadowed")["savings"]
+        spent = sum(1000 * (i + 1) for i in range(SHADOW_PAIRS))
+        assert strong["savings_usd"]["value"] == pytest.approx(2 * spent / 1e6)
+        saved = page.get_by_test_id("saved-shadowed-strong")
+        assert float(saved.get_attribute("data-value")) == pytest.approx(2 * spent / 1e6)
+        assert _usd(2 * spent) in saved.inner_text() and "66.7%" in saved.inner_text()
+        shadowed = page.locator("[data-testid=savings-row][data-class=shadowed]")
+        assert _usd(3 * spent) in shadowed.inner_text()  # always-strong would have cost 3x
+        assert page.get_by_test_id("chart-escalation").get_attribute("data-series") == str(
+            len(report["classes"])
+        )
+
         # Charts drew something (not a blank canvas).
-        for chart in ("chart-latency", "chart-volume", "chart-strategy", "chart-groups"):
+        for chart in (
+            "chart-latency",
+            "chart-volume",
+            "chart-strategy",
+            "chart-groups",
+            "chart-escalation",
+        ):
             drawn = page.evaluate(
                 "id => { const c = document.getElementById(id);"
                 " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"

@@ -1,4 +1,5 @@
-"""``ponder keys``, ``ponder quota`` and ``ponder stats``: the store from the command line."""
+"""``ponder keys``, ``ponder quota`` and ``ponder stats`` (``cli.stats``): the store from the
+command line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ponder.cli.common import DB_HELP, tokens
+from ponder.cli.stats import add_stats_command
 from ponder.config import load_settings
 from ponder.errors import InvalidRequest
 from ponder.wiring import open_store
@@ -125,55 +127,6 @@ def _cmd_quota(args: argparse.Namespace, out: Console, err: Console) -> int:
         store.close()
 
 
-def _cmd_stats(args: argparse.Namespace, out: Console, err: Console) -> int:
-    import time
-
-    from ponder.ledger.stats import class_stats
-
-    store = open_store(load_settings(), args.db)
-    try:
-        since = None if args.hours is None else time.time() - args.hours * 3600
-        rows = store.rows(since=since)
-    finally:
-        store.close()
-    stats = class_stats(rows)
-    if args.json:
-        sys.stdout.write(json.dumps([s.as_dict() for s in stats]) + "\n")
-        return 0
-    if not stats:
-        out.print(Text("the ledger has no requests yet", style="dim"))
-        return 0
-    table = Table(title=f"requests by class ({len(rows)} rows)", title_justify="left")
-    for col in (
-        "class",
-        "requests",
-        "success",
-        "p50 ms",
-        "p95 ms",
-        "reasoning",
-        "output",
-        "total tokens",
-        "cost USD",
-        "USD/correct",
-    ):
-        table.add_column(col, justify="right" if col != "class" else "left", no_wrap=True)
-    for s in stats:
-        table.add_row(
-            s.task_class,
-            str(s.requests),
-            f"{s.success_rate:.1%}",
-            f"{s.p50_latency_ms:.0f}",
-            f"{s.p95_latency_ms:.0f}",
-            str(s.reasoning_tokens),
-            str(s.output_tokens),
-            str(s.total_tokens),
-            f"{s.cost_usd:.6f}",
-            "" if s.cost_per_correct_usd is None else f"{s.cost_per_correct_usd:.6f}",
-        )
-    out.print(table)
-    return 0
-
-
 def add_governance_commands(sub: Any) -> None:
     db_help = DB_HELP
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
@@ -222,8 +175,4 @@ def add_governance_commands(sub: Any) -> None:
     qset.add_argument("--remove", action="store_true")
     quota.set_defaults(func=_cmd_quota)
 
-    stats = sub.add_parser("stats", help="latency, tokens, cost and success per class")
-    stats.add_argument("--hours", type=float, help="only the last H hours")
-    stats.add_argument("--json", action="store_true")
-    stats.add_argument("--db", help=db_help)
-    stats.set_defaults(func=_cmd_stats)
+    add_stats_command(sub, db_help)

@@ -52,6 +52,7 @@ __all__ = [
     "retrain",
     "retrain_every",
     "rollback",
+    "row_verdict",
     "serving_policy",
 ]
 
@@ -89,7 +90,8 @@ def plan_name(strategy: str, tier: str | None, params: Mapping[str, Any] | None)
     return None
 
 
-def _verdict(row: Any) -> bool | None:
+def row_verdict(row: Any) -> bool | None:
+    """A ledger row's grade: its verdict, else the gateway's recorded verification; or None."""
     if row.verdict in ("correct", "incorrect"):
         return bool(row.verdict == "correct")
     checked = ((row.features or {}).get("verification") or {}).get("verdict")
@@ -106,7 +108,7 @@ def examples_from_rows(rows: Iterable[Any]) -> tuple[list[Example], dict[str, in
         if row.status != "ok":
             skipped["not ok"] += 1
             continue
-        correct = _verdict(row)
+        correct = row_verdict(row)
         if correct is None:
             skipped["ungraded"] += 1
             continue

@@ -1,11 +1,15 @@
 """Shadow evaluation: which requests also run a counterfactual plan, and which plan.
 
 The gateway asks :meth:`ShadowSampler.pick` after a verifiable request was answered;
-a plan name back means "run this plan on the same request in the background". The run
-is charged to its own quota subject (team ``[router.shadow] subject``, never the caller's), its ledger row
-carries ``shadow_of`` = the original request id, and ``ponder route retrain`` reads both
-rows as the same request under two plans. At most one shadow runs at a time, and only
-while no interactive request is in flight (:meth:`ShadowSampler.slot`).
+a plan name back means "run this plan on the same request in the background". With
+several plans (``plan = ["strong", "search"]``) each sampled request runs one, picked
+uniformly. The run is charged to its own quota subject (team ``[router.shadow]
+subject``, never the caller's); its ledger row carries ``shadow_of`` = the original
+request id and ``shadow_plan`` = the plan it ran. ``ponder route retrain`` reads both
+rows as the same request under two plans, and ``ponder stats`` estimates from the
+pairs what routing saved against each plan (:mod:`ponder.router.savings`). At most
+one shadow runs at a time, and only while no interactive request is in flight
+(:meth:`ShadowSampler.slot`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ class ShadowSampler:
     ) -> None:
         self.settings = settings
         self.tiers = list(tiers)
-        plan = settings.plan
+        # dict: 'auto' may resolve to a plan also listed by name.
+        self.plans = tuple(dict.fromkeys(self._resolve(plan) for plan in settings.plans))
+        self.rng = rng or random.Random()
+        self.running = False
+        self.interactive = 0  # requests in flight other than shadows
+        self.started = 0
+        self.skipped_busy = 0
+
+    def _resolve(self, plan: str) -> str:
         if plan == "auto":
             plan = "strong" if STRONG_TIER in self.tiers else "search"
         if plan not in CANDIDATE_PLANS:
@@ -46,12 +58,12 @@ class ShadowSampler:
                 f"router.shadow.plan {plan!r} needs a tier named {STRONG_TIER!r}; "
                 "serve one ([tiers.strong]) or choose a single-tier plan"
             )
-        self.plan = plan
-        self.rng = rng or random.Random()
-        self.running = False
-        self.interactive = 0  # requests in flight other than shadows
-        self.started = 0
-        self.skipped_busy = 0
+        return plan
+
+    @property
+    def plan(self) -> str:
+        """The counterfactual plan (the first one, when ``plan`` lists several)."""
+        return self.plans[0]
 
     @property
     def enabled(self) -> bool:
@@ -64,12 +76,17 @@ class ShadowSampler:
         """The counterfactual plan for a served gateway plan, or None (not sampled)."""
         if plan.verifier is None or plan.route is None:
             return None  # no verdict to learn from
-        if plan_name(plan.strategy, plan.tier, plan.params) == self.plan:
+        served = plan_name(plan.strategy, plan.tier, plan.params)
+        if all(p == served for p in self.plans):
             return None  # it already ran the counterfactual
         rate = self.rate(plan.task_class)
         if rate <= 0 or self.rng.random() >= rate:
             return None
-        return self.plan
+        # Uniform over all plans, then dropped when it is the served one (never redrawn
+        # among the others): each plan's sample stays uniform over the requests that did
+        # not already run it, which ponder.router.savings relies on.
+        picked = self.plans[0] if len(self.plans) == 1 else self.rng.choice(self.plans)
+        return None if picked == served else picked
 
     def slot(self) -> bool:
         """Take the single shadow slot if it is free and no interactive request waits."""

@@ -61,6 +61,8 @@ class RunState:
     verdict: str | None = None
     # The chosen answer's check against the plan's verifier: {"verdict", "verifier"}.
     verification: dict[str, Any] | None = None
+    # A cascade's rungs that ran, cheapest first (escalation share in ponder stats).
+    rungs: list[str] | None = None
     screened: Screened = field(default_factory=Screened)
     # continue_async: the job that runs the full plan, or why it could not be queued.
     job: ContinuedJob | None = None
@@ -398,6 +400,11 @@ class Execution:
                 )
             out = out.model_copy(update={"truncated": True, "stop_reason": "deadline"})
         self.state.verdict = outcome_verdict(out)
+        ran = [
+            e.data.get("kind") for e in out.trace if e.name == "rung" and "skipped" not in e.data
+        ]
+        if ran:
+            self.state.rungs = [str(kind) for kind in ran]
         if self.plan.verifier is not None:
             self.state.verification = verdict_of(out, self.plan.verifier)
         return out

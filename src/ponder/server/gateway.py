@@ -263,6 +263,7 @@ class Gateway:
         request_id: str | None = None,
         on_settle: OnSettle | None = None,
         shadow_of: str | None = None,
+        shadow_plan: str | None = None,
     ) -> ChatCompletion | StreamResult | ErrorResult:
         caller = run_as if run_as is not None else Caller()
         try:
@@ -275,7 +276,7 @@ class Gateway:
                 caller, request, headers, latency="async" if run_as is not None else "interactive"
             )
             if shadow_of is not None:
-                p = dataclasses.replace(p, shadow_of=shadow_of)
+                p = dataclasses.replace(p, shadow_of=shadow_of, shadow_plan=shadow_plan)
             rid = request_id or completion_id()
             admitted = await self.admission.admit(caller, p, request_id=rid, limits=limits)
         except PonderError as exc:
@@ -306,11 +307,11 @@ class Gateway:
         counterfactual = request.model_copy(
             update={"ponder": options, "stream": False, "reasoning_effort": None, "thinking": None}
         )
-        task = asyncio.create_task(self._run_shadow(counterfactual, state.id))
+        task = asyncio.create_task(self._run_shadow(counterfactual, state.id, name))
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
-    async def _run_shadow(self, request: ChatCompletionRequest, original: str) -> None:
+    async def _run_shadow(self, request: ChatCompletionRequest, original: str, plan: str) -> None:
         assert self.shadow is not None
         await asyncio.sleep(0)  # the original's response goes out first
         if not self.shadow.slot():
@@ -322,6 +323,7 @@ class Gateway:
                 run_as=Caller(team=subject, scopes=frozenset({"strategies"})),
                 request_id=f"{original}-shadow",
                 shadow_of=original,
+                shadow_plan=plan,
             )
         finally:
             self.shadow.release()

@@ -85,6 +85,8 @@ class Plan:
     latency: str = "interactive"
     # A shadow run (ponder.router.shadow): the id of the request it is the counterfactual of.
     shadow_of: str | None = None
+    # ... and the candidate plan it runs (ponder.router.calibrate.CANDIDATE_PLANS).
+    shadow_plan: str | None = None
 
 
 def _accepts(cls: type | None, param: str) -> bool:

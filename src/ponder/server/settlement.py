@@ -73,11 +73,13 @@ def tier_usage(state: RunState, costs: dict[str, int]) -> dict[str, Any] | None:
 
 
 def _tier_record(state: RunState, costs: dict[str, int]) -> dict[str, Any]:
-    """What the ledger row's plan adds about tiers and a continued job."""
+    """What the ledger row's plan adds about tiers, a cascade's rungs and a continued job."""
     record: dict[str, Any] = {}
     by_tier = tier_usage(state, costs)
     if by_tier is not None:
         record["tiers"] = by_tier
+    if state.rungs is not None:
+        record["rungs_run"] = state.rungs
     if state.job is not None:
         record["continued_as"] = state.job.model_dump()
     elif state.job_error is not None:
@@ -108,6 +110,8 @@ def ledger_features(
         data["verification"] = verification
     if p.shadow_of is not None:
         data["shadow_of"] = p.shadow_of
+        if p.shadow_plan is not None:
+            data["shadow_plan"] = p.shadow_plan
     return data
 
 

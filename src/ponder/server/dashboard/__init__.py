@@ -10,10 +10,14 @@ behind the ``admin`` scope like the rest of the admin API:
 - ``GET /v1/admin/dashboard/requests``  the latest requests (the live feed);
 - ``GET /v1/admin/dashboard/quotas``    every quota counter of the current window
   with its state, and the gateway's recent alerts;
+- ``GET /v1/admin/dashboard/routing``   per class: success, cost per correct answer,
+  escalation share over time (``bucket_s``) and what routing saved against each
+  shadowed counterfactual plan, with 95% intervals (:mod:`ponder.router.savings`;
+  recomputed at most every ``ROUTING_TTL_S``);
 - ``GET /v1/admin/dashboard/eval``      scaling curves and Pareto frontier of the
   latest eval run under ``server.eval_results_dir``.
 
-``summary`` and ``series`` take ``window_s`` (the last N seconds; all time when
+``summary``, ``series`` and ``routing`` take ``window_s`` (the last N seconds; all time when
 absent). The aggregates are :class:`ponder.ledger.queries.LedgerQueries`; this
 package holds the routes (``routes``) and the eval results (``evals``).
 """

@@ -14,11 +14,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ponder.errors import InvalidRequest, PonderError, openai_error_body
 from ponder.ledger.queries import LedgerQueries
+from ponder.router.savings import routing_report
 from ponder.server.dashboard.evals import eval_stamp, latest_eval
 from ponder.server.gateway import Gateway
 from ponder.server.protocol import error_result
 
-__all__ = ["MAX_WINDOW_S", "STATIC_DIR", "dashboard_router", "parse_window"]
+__all__ = ["MAX_WINDOW_S", "ROUTING_TTL_S", "STATIC_DIR", "dashboard_router", "parse_window"]
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 _T = TypeVar("_T")
@@ -26,6 +27,8 @@ _MAX_FEED = 500
 # Ten years: any longer window is "all" in practice, and a huge one (1e308) would make
 # ``now - window`` overflow the database's float or time bounds.
 MAX_WINDOW_S = 10 * 365.25 * 86400
+# How long a routing report (escalation, savings) is served before it is recomputed.
+ROUTING_TTL_S = 30.0
 
 
 def parse_window(raw: str | None) -> float | None:
@@ -41,6 +44,22 @@ def parse_window(raw: str | None) -> float | None:
             f"window_s must be a number of seconds from 0 to {MAX_WINDOW_S:.0f} (ten years), "
             f"or 'all', got {raw!r}",
             param="window_s",
+        )
+    return value
+
+
+def _bucket(raw: str | None) -> float | None:
+    """``bucket_s`` query value -> seconds (None: chosen from the span of the rows)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 1 <= value <= MAX_WINDOW_S:
+        raise InvalidRequest(
+            f"bucket_s must be a number of seconds from 1 to {MAX_WINDOW_S:.0f}, got {raw!r}",
+            param="bucket_s",
         )
     return value
 
@@ -84,6 +103,7 @@ def dashboard_router(gateway: Gateway) -> APIRouter:
     router = APIRouter()
     files = _static_files()
     eval_cache: dict[str, Any] = {}
+    routing_cache: dict[tuple[float | None, float | None], tuple[float, dict[str, Any]]] = {}
 
     queries = None if gateway.store is None else LedgerQueries(gateway.store)
 
@@ -153,6 +173,28 @@ def dashboard_router(gateway: Gateway) -> APIRouter:
                 "quotas": q.quotas(thresholds),
                 "alerts": alerts,
             }
+
+        return await answer(request, work)
+
+    @router.get("/v1/admin/dashboard/routing")
+    async def routing(request: Request) -> Response:
+        plans = list(gateway.shadow.plans) if gateway.shadow is not None else []
+
+        def work(q: LedgerQueries) -> dict[str, Any]:
+            window = parse_window(request.query_params.get("window_s"))
+            bucket = _bucket(request.query_params.get("bucket_s"))
+            # Row by row (paired shadows, bootstrap intervals), so kept for a while: the
+            # page polls every few seconds, the estimate moves on a scale of minutes.
+            key = (window, bucket)
+            now = time.time()
+            kept = routing_cache.get(key)
+            if kept is not None and now - kept[0] < ROUTING_TTL_S:
+                return kept[1]
+            since = None if window is None else now - window
+            data = routing_report(q.store.rows(since=since), bucket_s=bucket, plans=plans)
+            data.update(since=since, generated_at=now)
+            routing_cache[key] = (now, data)
+            return data
 
         return await answer(request, work)
 

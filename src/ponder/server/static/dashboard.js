@@ -93,9 +93,10 @@ async function refresh() {
   if (!key) return;
   try {
     const q = rangeQuery();
-    const [summary, series, feed, quotas, evals] = await Promise.all([
+    const [summary, series, feed, quotas, evals, routing] = await Promise.all([
       api(`${API}/summary${q}`, key), api(`${API}/series${q}`, key),
       api(`${API}/requests?limit=50`, key), api(`${API}/quotas`, key), api(`${API}/eval`, key),
+      api(`${API}/routing${q}`, key),
     ]);
     // A late answer for a key the user has since replaced changes nothing.
     if (sessionStorage.getItem(KEY_STORE) !== key) return;
@@ -107,6 +108,7 @@ async function refresh() {
     drawFeed(feed.data);
     drawQuotas(quotas);
     drawEval(evals);
+    drawRouting(routing);
     status.dataset.state = "ok";
     status.dataset.updated = String(summary.generated_at);
     status.textContent = `updated ${clock(summary.generated_at)}`;
@@ -286,6 +288,86 @@ function drawSeries(series) {
       plugins: {
         tooltip: { callbacks: { title: (items) => clock(starts[items[0].dataIndex], true) } },
         legend: { labels: { boxWidth: 10 } },
+      },
+    },
+  });
+}
+
+// Estimates are USD floats; the page writes money as exact micro-dollars.
+const money = (v) => (v === null || v === undefined ? "–" : usd(Math.round(v * 1e6)));
+const pct = (v) => `${(100 * v).toFixed(1)}%`;
+const pts = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(100 * v).toFixed(1)} pts`;
+
+function interval(iv, fmt) {
+  if (!iv) return null;
+  return `${fmt(iv.value)} (${fmt(iv.low)} to ${fmt(iv.high)})`;
+}
+
+function drawRouting(data) {
+  const body = document.querySelector("#savings-table tbody");
+  body.replaceChildren();
+  let shadowed = false;
+  for (const c of data.classes) {
+    const head = [
+      c.task_class, int(c.requests), pct(c.success_rate),
+      c.cost_per_correct_usd === null ? "–" : money(c.cost_per_correct_usd),
+      [pct(c.escalation_share), { "data-value": c.escalation_share }],
+    ];
+    const lines = c.savings.length ? c.savings : [null];
+    lines.forEach((s, i) => {
+      const first = i === 0 ? head : head.map(() => "");
+      if (!s) {
+        body.appendChild(row([...first, "–", "0", money(c.cost_usd), "–", "–", "–"],
+          { "data-testid": "savings-row", "data-class": c.task_class }));
+        return;
+      }
+      if (s.pairs > 0) shadowed = true;
+      const spend = s.note ? [[s.note, { colspan: "2", class: "dim" }]] : [
+        [interval(s.counterfactual_usd, money), { "data-value": s.counterfactual_usd.value }],
+        [`${money(s.savings_usd.value)} · ${s.savings_share ? interval(s.savings_share, pct) : "–"}`,
+          { "data-value": s.savings_usd.value, "data-testid": `saved-${c.task_class}-${s.plan}` }],
+      ];
+      const quality = s.quality_diff
+        ? [`${interval(s.quality_diff, pts)} · ${s.graded_pairs} graded`, { "data-value": s.quality_diff.value }]
+        : [s.quality_note, { class: "dim" }];
+      body.appendChild(row([...first, s.plan, int(s.pairs), money(s.actual_usd), ...spend, quality],
+        { "data-testid": "savings-row", "data-class": c.task_class, "data-plan": s.plan }));
+    });
+  }
+  document.getElementById("savings-empty").hidden = shadowed;
+
+  const width = data.bucket_s;
+  const points = data.classes.flatMap((c) => c.escalation.buckets.map((b) => b.start));
+  const min = points.length ? Math.min(...points) : 0;
+  const max = points.length ? Math.max(...points) + width : 1;
+  const step = TICK_STEPS.find((s) => (max - min) / s <= 7) || TICK_STEPS[TICK_STEPS.length - 1];
+  const canvas = document.getElementById("chart-escalation");
+  canvas.dataset.bucketS = String(width);
+  canvas.dataset.series = String(data.classes.filter((c) => c.escalation.buckets.length).length);
+  chart("chart-escalation", {
+    type: "line",
+    data: { datasets: data.classes.map((c, i) => ({
+      label: c.task_class, borderColor: COLORS[i % COLORS.length], backgroundColor: COLORS[i % COLORS.length],
+      data: c.escalation.buckets.map((b) => ({ x: b.start + width / 2, y: 100 * b.share, b })),
+      pointRadius: 3, borderWidth: 1.5, spanGaps: false,
+    })) },
+    options: {
+      scales: {
+        x: { type: "linear", min, max, ticks: { callback: (v) => tickLabel(v, step), maxRotation: 0 },
+          afterBuildTicks: (axis) => {
+            const ticks = [];
+            for (let v = Math.ceil(min / step) * step; v <= max; v += step) ticks.push({ value: v });
+            axis.ticks = ticks;
+          } },
+        y: { min: 0, max: 100, title: { display: true, text: "escalated (%)" } },
+      },
+      plugins: {
+        legend: { labels: { boxWidth: 10 } },
+        tooltip: { callbacks: {
+          title: (items) => clock(items[0].raw.b.start, true),
+          label: (ctx) => `${ctx.dataset.label}: ${ctx.raw.b.escalated} of ${ctx.raw.b.requests} ` +
+            `(${ctx.raw.y.toFixed(1)}%)`,
+        } },
       },
     },
   });
