@@ -166,11 +166,18 @@ def test_a_plan_that_needs_a_missing_tier_is_a_clear_error() -> None:
 
 
 class SlowLookups(FunctionBackend):
-    """Answers at once, except lookups, which take a while (interactive traffic)."""
+    """Answers at once, except lookups, which wait until the test lets them finish
+    (interactive traffic in flight, without depending on timing)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def generate(self, req: GenRequest) -> list[Generation]:
         if any("capital" in m.content for m in req.messages):
-            await asyncio.sleep(0.3)
+            self.entered.set()
+            await self.release.wait()
         return await super().generate(req)
 
 
@@ -184,8 +191,7 @@ async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_fl
     )
     gateway = Gateway(backend, ServerSettings(require_auth=True), store=store, router=router)
 
-    async def ask(client: httpx.AsyncClient, prompt: str, wait: float = 0.0) -> None:
-        await asyncio.sleep(wait)
+    async def ask(client: httpx.AsyncClient, prompt: str) -> None:
         r = await client.post(
             "/v1/chat/completions",
             headers={"Authorization": f"Bearer {secret}"},
@@ -194,9 +200,13 @@ async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_fl
         assert r.status_code == 200, r.text
 
     async with client_for(gateway) as client:
-        # The math answer (sampled) ends while the slow lookup is still running.
-        await asyncio.gather(ask(client, LOOKUP), ask(client, MATH, wait=0.05))
+        # The math answer (sampled) ends while the lookup is still running.
+        lookup = asyncio.create_task(ask(client, LOOKUP))
+        await asyncio.wait_for(backend.entered.wait(), timeout=30)
+        await ask(client, MATH)
         await gateway.drain_shadows()
+        backend.release.set()
+        await lookup
         assert gateway.shadow is not None
         assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (0, 1)
         # With nothing else in flight the next sample runs.
