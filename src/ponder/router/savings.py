@@ -166,7 +166,10 @@ def _estimate(
     if len(pairs) < min_pairs:
         fields["note"] = f"not enough shadow pairs ({len(pairs)} < {min_pairs})"
     elif sum(o.cost_micro for o, _ in pairs) <= 0:
-        fields["note"] = "the shadowed requests cost nothing: no ratio to scale by"
+        fields["note"] = (
+            "the shadowed requests cost nothing (no [pricing] for their models?): "
+            "no ratio to scale by"
+        )
     else:
         orig = np.array([o.cost_micro for o, _ in pairs], dtype=float) / 1e6
         shadow = np.array([s.cost_micro for _, s in pairs], dtype=float) / 1e6
