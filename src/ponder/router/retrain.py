@@ -52,6 +52,7 @@ __all__ = [
     "retrain",
     "retrain_every",
     "rollback",
+    "row_plan",
     "row_verdict",
     "serving_policy",
 ]
@@ -90,6 +91,15 @@ def plan_name(strategy: str, tier: str | None, params: Mapping[str, Any] | None)
     return None
 
 
+def row_plan(row: Any) -> str | None:
+    """The candidate plan a ledger row ran (``features.plan_name`` when recorded), or None."""
+    named = (row.features or {}).get("plan_name")
+    if named:
+        return str(named)
+    params = row.plan.get("params") if isinstance(row.plan, dict) else None
+    return plan_name(row.strategy, row.tier, params)
+
+
 def row_verdict(row: Any) -> bool | None:
     """A ledger row's grade: its verdict, else the gateway's recorded verification; or None."""
     if row.verdict in ("correct", "incorrect"):
@@ -113,9 +123,7 @@ def examples_from_rows(rows: Iterable[Any]) -> tuple[list[Example], dict[str, in
             skipped["ungraded"] += 1
             continue
         features = row.features or {}
-        name = features.get("plan_name") or plan_name(
-            row.strategy, row.tier, (row.plan or {}).get("params")
-        )
+        name = row_plan(row)
         if name not in CANDIDATE_PLANS:
             skipped["not a candidate plan"] += 1
             continue

@@ -36,7 +36,7 @@ import numpy as np
 from ponder.ledger.stats import class_stats
 from ponder.router.calibrate import CANDIDATE_PLANS
 from ponder.router.escalation import escalation_series, is_shadow
-from ponder.router.retrain import plan_name, row_verdict
+from ponder.router.retrain import row_plan, row_verdict
 
 __all__ = [
     "MIN_PAIRS",
@@ -45,7 +45,6 @@ __all__ = [
     "Savings",
     "routing_report",
     "routing_savings",
-    "served_plan",
 ]
 
 MIN_PAIRS = 5
@@ -93,17 +92,11 @@ class Savings:
         return out
 
 
-def served_plan(row: Any) -> str | None:
-    """The candidate plan a served row ran, or None when it is none of them."""
-    params = (row.plan or {}).get("params") if isinstance(row.plan, dict) else None
-    return plan_name(row.strategy, row.tier, params)
-
-
 def _shadow_plan(row: Any) -> str | None:
     named = (row.features or {}).get("shadow_plan")
     if isinstance(named, str) and named in CANDIDATE_PLANS:
         return named
-    return served_plan(row)  # rows from before shadow_plan was recorded
+    return row_plan(row)  # rows from before shadow_plan was recorded
 
 
 def _interval(value: float, draws: np.ndarray) -> Interval | None:
@@ -145,7 +138,7 @@ def _estimate(
     resamples: int,
     seed: int,
 ) -> Savings:
-    already = sum(r.cost_micro for r in served if served_plan(r) == plan)
+    already = sum(r.cost_micro for r in served if row_plan(r) == plan)
     actual = sum(r.cost_micro for r in served)
     graded = [
         (g_orig, g_shadow)
@@ -218,7 +211,7 @@ def routing_savings(
         if not is_shadow(r):
             continue
         original, plan = by_id.get(str(r.features["shadow_of"])), _shadow_plan(r)
-        if original is None or plan is None or served_plan(original) == plan:
+        if original is None or plan is None or row_plan(original) == plan:
             continue
         if (original.id, plan) in seen:
             continue
