@@ -31,37 +31,32 @@ MAX_WINDOW_S = 10 * 365.25 * 86400
 ROUTING_TTL_S = 30.0
 
 
-def parse_window(raw: str | None) -> float | None:
-    """``window_s`` query value -> seconds (None: all time); a clear error otherwise."""
-    if raw is None or raw == "" or raw == "all":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0 < value <= MAX_WINDOW_S:
-        raise InvalidRequest(
-            f"window_s must be a number of seconds from 0 to {MAX_WINDOW_S:.0f} (ten years), "
-            f"or 'all', got {raw!r}",
-            param="window_s",
-        )
-    return value
-
-
-def _bucket(raw: str | None) -> float | None:
-    """``bucket_s`` query value -> seconds (None: chosen from the span of the rows)."""
+def _seconds(raw: str | None, param: str, minimum: float, allowed: str) -> float | None:
+    """A query value in seconds, at least ``minimum`` (above it when 0) and at most
+    ``MAX_WINDOW_S``; None when absent; a clear 400 naming ``allowed`` otherwise."""
     if raw is None or raw == "":
         return None
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not 1 <= value <= MAX_WINDOW_S:
-        raise InvalidRequest(
-            f"bucket_s must be a number of seconds from 1 to {MAX_WINDOW_S:.0f}, got {raw!r}",
-            param="bucket_s",
-        )
+    low_ok = value > 0 if minimum == 0 else value >= minimum
+    if not math.isfinite(value) or not low_ok or value > MAX_WINDOW_S:
+        raise InvalidRequest(f"{param} must be {allowed}, got {raw!r}", param=param)
     return value
+
+
+def parse_window(raw: str | None) -> float | None:
+    """``window_s`` query value -> seconds (None: all time); a clear error otherwise."""
+    if raw == "all":
+        return None
+    allowed = f"a number of seconds from 0 to {MAX_WINDOW_S:.0f} (ten years), or 'all'"
+    return _seconds(raw, "window_s", 0, allowed)
+
+
+def _bucket(raw: str | None) -> float | None:
+    """``bucket_s`` query value -> seconds (None: chosen from the span of the rows)."""
+    return _seconds(raw, "bucket_s", 1, f"a number of seconds from 1 to {MAX_WINDOW_S:.0f}")
 
 
 def _since(request: Request) -> float | None:
