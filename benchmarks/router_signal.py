@@ -112,29 +112,28 @@ def design(texts: list[str], states: np.ndarray | None, proj: StateFeatures | No
     return hstack(parts).tocsr()
 
 
-def fit_logistic(x: Any, y: list[int], c: float) -> Any:
+def logistic(c: float) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(
+    return LogisticRegression(
         C=c, class_weight="balanced", max_iter=4000, random_state=0, solver="lbfgs"
     )
-    return model.fit(x, y)
 
 
-def choose_c(x: Any, y: list[int], grid: tuple[float, ...]) -> float:
-    """The regularisation with the best 5-fold cross-validated AUC on train."""
-    from sklearn.linear_model import LogisticRegression
+def fit_logistic(x: Any, y: list[int], c: float) -> Any:
+    return logistic(c).fit(x, y)
+
+
+def choose_c(x: Any, y: list[int], grid: tuple[float, ...]) -> tuple[float, float]:
+    """The regularisation with the best 5-fold cross-validated AUC on train, and that AUC."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
     scores = {
-        c: cross_val_score(
-            LogisticRegression(C=c, class_weight="balanced", max_iter=4000, random_state=0),
-            x, y, cv=folds, scoring="roc_auc",
-        ).mean()
-        for c in grid
-    }  # fmt: skip
-    return max(grid, key=lambda c: (round(scores[c], 6), -c))
+        c: cross_val_score(logistic(c), x, y, cv=folds, scoring="roc_auc").mean() for c in grid
+    }
+    best = max(grid, key=lambda c: (round(scores[c], 6), -c))
+    return best, float(scores[best])
 
 
 def paired_auc_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int) -> dict[str, float]:
@@ -201,24 +200,15 @@ def main() -> None:
     for variant, use_text, use_state in (
         ("text", True, False), ("state", False, True), ("text+state", True, True),
     ):  # fmt: skip
-        best: tuple[float, Any, Any, float] | None = None
+        best: tuple[float, Any, Any, float, Any] | None = None
         for dims in [int(d) for d in args.dims.split(",")] if use_state else [0]:
             proj = StateFeatures(st(train), dims) if use_state else None
             x_tr = design(texts(train), st(train) if use_state else None, proj, use_text)
-            c = choose_c(x_tr, y_train, grid)
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-            cv = cross_val_score(
-                LogisticRegression(C=c, class_weight="balanced", max_iter=4000, random_state=0),
-                x_tr, y_train, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                scoring="roc_auc",
-            ).mean()  # fmt: skip
+            c, cv = choose_c(x_tr, y_train, grid)
             if best is None or cv > best[0]:
-                best = (cv, proj, c, dims)
+                best = (cv, proj, c, dims, x_tr)
         assert best is not None
-        cv, proj, c, dims = best
-        x_tr = design(texts(train), st(train) if use_state else None, proj, use_text)
+        cv, proj, c, dims, x_tr = best
         x_te = design(texts(test), st(test) if use_state else None, proj, use_text)
         model = fit_logistic(x_tr, y_train, c)
         scores[variant] = model.predict_proba(x_te)[:, 1]
