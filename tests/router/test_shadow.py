@@ -43,6 +43,17 @@ def client_for(gateway: Gateway) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
+async def ask(client: httpx.AsyncClient, secret: str, prompt: str) -> str:
+    """One chat request as the key ``secret``; it must succeed. Its completion id."""
+    r = await client.post(
+        "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "m", "messages": [{"role": "user", "content": prompt}]},
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
 def used(store: Store, scope: str, subject: str) -> tuple[int, int]:
     return store.counter(scope, subject, "tokens", "day")  # type: ignore[arg-type]
 
@@ -54,12 +65,7 @@ async def test_a_shadow_run_is_charged_to_its_own_subject_and_linked(store: Stor
         store.set_limit(Limit(scope, subject, "tokens", "day", 1_000_000))  # type: ignore[arg-type]
     gateway = make_gateway(store, ShadowSettings(rate=1.0))
     async with client_for(gateway) as client:
-        r = await client.post(
-            "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {secret}"},
-            json={"model": "m", "messages": [{"role": "user", "content": MATH}]},
-        )
-        assert r.status_code == 200, r.text
+        rid = await ask(client, secret, MATH)
         caller_after_request = {
             s: used(store, *s) for s in (("key", record.id), ("user", "alice"), ("team", "red"))
         }
@@ -70,7 +76,7 @@ async def test_a_shadow_run_is_charged_to_its_own_subject_and_linked(store: Stor
     shadow_used, shadow_held = used(store, "team", "ponder-shadow")
     assert shadow_used > 0 and shadow_held == 0
     rows = {row.id: row for row in store.rows()}
-    original, shadow = rows[r.json()["id"]], rows[f"{r.json()['id']}-shadow"]
+    original, shadow = rows[rid], rows[f"{rid}-shadow"]
     assert len(rows) == 2 and gateway.shadow is not None and gateway.shadow.started == 1
     assert shadow.features is not None and shadow.features["shadow_of"] == original.id
     assert shadow.features["shadow_plan"] == "search"
@@ -103,12 +109,7 @@ async def test_with_a_list_of_plans_each_shadow_records_the_one_it_ran(store: St
     gateway.shadow.rng = random.Random(11)
     async with client_for(gateway) as client:
         for _ in range(8):
-            r = await client.post(
-                "/v1/chat/completions",
-                headers={"Authorization": f"Bearer {secret}"},
-                json={"model": "m", "messages": [{"role": "user", "content": MATH}]},
-            )
-            assert r.status_code == 200, r.text
+            await ask(client, secret, MATH)
             await gateway.drain_shadows()
     shadows = [r for r in store.rows() if (r.features or {}).get("shadow_of")]
     assert len(shadows) == 8
@@ -121,12 +122,7 @@ async def test_classes_without_a_rate_or_a_verifier_get_no_shadow(store: Store) 
     gateway = make_gateway(store, ShadowSettings(rate=1.0, classes={"lookup": 1.0, "math": 0.0}))
     async with client_for(gateway) as client:
         for prompt in (MATH, LOOKUP):  # math: rate 0; lookup: no verifier to learn from
-            r = await client.post(
-                "/v1/chat/completions",
-                headers={"Authorization": f"Bearer {secret}"},
-                json={"model": "m", "messages": [{"role": "user", "content": prompt}]},
-            )
-            assert r.status_code == 200, r.text
+            await ask(client, secret, prompt)
         await gateway.drain_shadows()
     assert len(store.rows()) == 2
     assert gateway.shadow is not None and gateway.shadow.started == 0
@@ -191,26 +187,18 @@ async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_fl
     )
     gateway = Gateway(backend, ServerSettings(require_auth=True), store=store, router=router)
 
-    async def ask(client: httpx.AsyncClient, prompt: str) -> None:
-        r = await client.post(
-            "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {secret}"},
-            json={"model": "m", "messages": [{"role": "user", "content": prompt}]},
-        )
-        assert r.status_code == 200, r.text
-
     async with client_for(gateway) as client:
         # The math answer (sampled) ends while the lookup is still running.
-        lookup = asyncio.create_task(ask(client, LOOKUP))
+        lookup = asyncio.create_task(ask(client, secret, LOOKUP))
         await asyncio.wait_for(backend.entered.wait(), timeout=30)
-        await ask(client, MATH)
+        await ask(client, secret, MATH)
         await gateway.drain_shadows()
         backend.release.set()
         await lookup
         assert gateway.shadow is not None
         assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (0, 1)
         # With nothing else in flight the next sample runs.
-        await ask(client, MATH)
+        await ask(client, secret, MATH)
         await gateway.drain_shadows()
     assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (1, 1)
     assert sum(1 for r in store.rows() if (r.features or {}).get("shadow_of")) == 1
