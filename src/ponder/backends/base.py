@@ -32,7 +32,8 @@ class PromptState:
     """The model's own reading of a prompt: the final hidden state of its last token.
 
     ``evaluated`` prompt tokens were computed for it and ``reused`` came from the
-    engine's prefix cache (the router's model-signal features; see ponder.router.signal).
+    engine's prefix cache (the router's model-signal features; see
+    benchmarks/router_signal.py).
     """
 
     vector: Any  # a 1-D numpy float array of the model's hidden size
