@@ -3,23 +3,28 @@
 On the routing pool of ``benchmarks/routing.py`` (its ``replay`` stage writes the
 records this reads; it needs no model), every item's direct request, exactly as the
 direct strategy sends it, is probed on the embedded 0.5B with
-:meth:`~ponder.backends.llama_cpp.LlamaCppBackend.prompt_state`: the final hidden state
-of the prompt's last token, which the prefill of a direct answer computes anyway. The
-states are cached in ``<dir>/prompt_states.npz`` (resumable).
+:meth:`~ponder.backends.llama_cpp.LlamaCppBackend.prompt_state`: the last prompt token's
+final hidden state and its middle blocks' outputs (``--layers``; the engine's
+``probe_layers``), from the prefill a direct answer computes anyway. The states are
+cached in ``<dir>/prompt_states.npz`` (resumable).
 
-Fitted on the train split, judged on the test split (the same hash split as routing.py):
-
-1. **AUC of "extra compute pays"** (a heavier rung right where direct was wrong): the
-   shipped learned classifier's text features (hashed word n-grams + numeric features),
-   the prompt state alone, and both, with a paired bootstrap 95% interval of the gain.
+1. **AUC of "extra compute pays"** (a heavier rung right where direct was wrong): text
+   features (the learned router's hashed word n-grams + numeric features), the state,
+   and both (stacked out-of-fold scores). Every choice (text C; state layer, whitened
+   principal axes, C) is made by 5-fold CV on training rows only. Judged on the fixed
+   test split of routing.py, with a paired bootstrap 95% interval of the gain, and by
+   nested cross-fitting over all items (outer 5-fold, inner 5-fold, ``--repeats`` seeds).
 2. **Accuracy at equal cost**: a utility router that picks, per request, the candidate
    plan maximising P(correct | features, plan) - lambda * cost(plan, class), one logistic
    model per plan, with lambda the smallest on a grid whose *train* cost does not exceed
-   the shipped default policy's train cost. Text features against text + state, next to
-   the default policy (which maps each class to one plan).
+   the shipped default policy's train cost. Text features against text + the chosen
+   state, next to the default policy (which maps each class to one plan).
+3. ``--tap-overhead``: decode wall time of an engine with the layer tap installed (idle)
+   against one without, on the same requests, interleaved.
 
-    .venv/bin/python benchmarks/routing.py replay        # the records (no model)
-    .venv/bin/python benchmarks/router_signal.py         # states (0.5B on CPU), then fits
+    .venv/bin/python benchmarks/routing.py replay               # the records (no model)
+    .venv/bin/python benchmarks/router_signal.py                # states (0.5B on CPU), fits
+    .venv/bin/python benchmarks/router_signal.py --tap-overhead
 
 JSON lines (one per variant), then a summary line.
 """
@@ -32,6 +37,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +55,32 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def prompt_states(items: list[Any], args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Each item's prompt state, from the cache file or the embedded engine."""
+async def prompt_states(
+    items: list[Any], args: argparse.Namespace, layers: tuple[int, ...]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each item's prompt states (``final`` and ``layer<i>``), cached or from the engine."""
     from ponder.backends.llama_cpp import LlamaCppBackend
 
     path = Path(args.dir) / "prompt_states.npz"
-    states: dict[str, np.ndarray] = {}
+    keys = ["final", *[f"layer{i}" for i in layers]]
+    states: dict[str, dict[str, np.ndarray]] = {}
     if path.exists():
         with np.load(path) as cached:
-            ids = [str(x) for x in cached["ids"]]
-            states = dict(zip(ids, cached["states"], strict=True))
+            if all(k in cached for k in keys):  # else probe again with the layers asked for
+                ids = [str(x) for x in cached["ids"]]
+                states = {i: {k: cached[k][n] for k in keys} for n, i in enumerate(ids)}
     todo = [it for it in items if it.id not in states]
     if todo:
-        engine = LlamaCppBackend(routing.MODEL, n_ctx=4096, max_sequences=4)
+        engine = LlamaCppBackend(routing.MODEL, n_ctx=4096, max_sequences=4, probe_layers=layers)
         started = time.monotonic()
         try:
             for k, it in enumerate(todo, 1):
-                req = routing.rung_requests(it, args)["direct"]
-                states[it.id] = (await engine.prompt_state(req)).vector.astype(np.float32)
+                got = await engine.prompt_state(routing.rung_requests(it, args)["direct"])
+                states[it.id] = {"final": got.vector.astype(np.float32)} | {
+                    f"layer{i}": got.layers[i].astype(np.float32) for i in layers
+                }
                 if k % 100 == 0 or k == len(todo):
-                    save_states(path, states)
+                    save_states(path, states, keys)
                     print(f"# {k}/{len(todo)} states, {time.monotonic() - started:.0f} s",
                           file=sys.stderr, flush=True)  # fmt: skip
         finally:
@@ -76,24 +88,28 @@ async def prompt_states(items: list[Any], args: argparse.Namespace) -> dict[str,
     return states
 
 
-def save_states(path: Path, states: dict[str, np.ndarray]) -> None:
+def save_states(path: Path, states: dict[str, dict[str, np.ndarray]], keys: list[str]) -> None:
     ids = sorted(states)
-    np.savez_compressed(path, ids=np.array(ids), states=np.stack([states[i] for i in ids]))
+    arrays = {k: np.stack([states[i][k] for i in ids]) for k in keys}
+    np.savez_compressed(path, ids=np.array(ids), **arrays)
 
 
 class StateFeatures:
-    """Standardised prompt states, projected on the train split's top principal axes."""
+    """Standardised prompt states on the train rows' top principal axes, whitened.
+
+    Whitening gives every kept axis unit variance on train, so one regularisation
+    strength means the same for any layer and any number of axes.
+    """
 
     def __init__(self, train: np.ndarray, dims: int) -> None:
         self.mean = train.mean(axis=0)
         self.scale = train.std(axis=0) + 1e-6
         z = (train - self.mean) / self.scale
-        _, _, vt = np.linalg.svd(z, full_matrices=False)
-        self.axes = vt[:dims].T
+        _, sv, vt = np.linalg.svd(z, full_matrices=False)
+        self.axes = vt[:dims].T / (sv[:dims] / np.sqrt(len(train)) + 1e-9)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        p = ((x - self.mean) / self.scale) @ self.axes
-        return p / np.sqrt(self.axes.shape[1])
+        return ((x - self.mean) / self.scale) @ self.axes
 
 
 def text_matrix(texts: list[str]) -> Any:
@@ -124,16 +140,71 @@ def fit_logistic(x: Any, y: list[int], c: float) -> Any:
     return logistic(c).fit(x, y)
 
 
-def choose_c(x: Any, y: list[int], grid: tuple[float, ...]) -> tuple[float, float]:
-    """The regularisation with the best 5-fold cross-validated AUC on train, and that AUC."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+@dataclass(frozen=True)
+class Choice:
+    """What a train split chose by inner cross-validation: text C, state view, stacker."""
 
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    scores = {
-        c: cross_val_score(logistic(c), x, y, cv=folds, scoring="roc_auc").mean() for c in grid
-    }
-    best = max(grid, key=lambda c: (round(scores[c], 6), -c))
-    return best, float(scores[best])
+    text_c: float
+    state: tuple[str, int, float]  # (state key, principal axes, C)
+    stacker: Any  # logistic on (text score, state score), fitted on out-of-fold scores
+    cv_auc: dict[str, float]
+
+
+class Signals:
+    """Every row's text features and prompt-state views, and the fits over them."""
+
+    TEXT_C = (0.3, 1.0, 3.0)
+    DIMS = (8, 16, 32)
+    STATE_C = (0.03, 0.3)
+
+    def __init__(self, texts: list[str], views: dict[str, np.ndarray], y: np.ndarray) -> None:
+        self.text = text_matrix(texts).tocsr()
+        self.views = views
+        self.y = y
+
+    def text_scores(self, tr: np.ndarray, te: np.ndarray, c: float) -> np.ndarray:
+        model = fit_logistic(self.text[tr], list(self.y[tr]), c)
+        return np.asarray(model.decision_function(self.text[te]))
+
+    def state_scores(
+        self, tr: np.ndarray, te: np.ndarray, cfg: tuple[str, int, float]
+    ) -> np.ndarray:
+        key, dims, c = cfg
+        proj = StateFeatures(self.views[key][tr], dims)
+        model = fit_logistic(proj(self.views[key][tr]), list(self.y[tr]), c)
+        return np.asarray(model.decision_function(proj(self.views[key][te])))
+
+    def select(self, tr: np.ndarray, keys: list[str], seed: int = 0) -> Choice:
+        """Pick text C and a state view by 5-fold AUC on ``tr`` alone; fit the stacker."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold
+
+        y = self.y[tr]
+        configs = [(k, d, c) for k in keys for d in self.DIMS for c in self.STATE_C]
+        oof_text = {c: np.zeros(len(tr)) for c in self.TEXT_C}
+        oof_state = {cfg: np.zeros(len(tr)) for cfg in configs}
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+        for a, b in folds.split(np.zeros(len(tr)), y):
+            for c in self.TEXT_C:
+                oof_text[c][b] = self.text_scores(tr[a], tr[b], c)
+            for cfg in configs:
+                oof_state[cfg][b] = self.state_scores(tr[a], tr[b], cfg)
+        text_auc = {c: roc_auc_score(y, v) for c, v in oof_text.items()}
+        state_auc = {cfg: roc_auc_score(y, v) for cfg, v in oof_state.items()}
+        text_c = max(self.TEXT_C, key=lambda c: (round(text_auc[c], 6), -c))
+        state = max(configs, key=lambda cfg: (round(state_auc[cfg], 6), -cfg[1], -cfg[2]))
+        both = np.c_[oof_text[text_c], oof_state[state]]
+        stacker = LogisticRegression().fit(both, y)
+        stacked = roc_auc_score(y, stacker.decision_function(both))
+        return Choice(text_c, state, stacker, {"text": round(float(text_auc[text_c]), 4),
+                      "state": round(float(state_auc[state]), 4), "stacked": round(float(stacked), 4)})  # fmt: skip
+
+    def predict(self, tr: np.ndarray, te: np.ndarray, choice: Choice) -> dict[str, np.ndarray]:
+        text = self.text_scores(tr, te, choice.text_c)
+        state = self.state_scores(tr, te, choice.state)
+        return {"text": text, "state": state,
+                "text+state": choice.stacker.decision_function(np.c_[text, state])}  # fmt: skip
 
 
 def paired_auc_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int) -> dict[str, float]:
@@ -165,9 +236,17 @@ def default_plans(records: list[dict[str, Any]]) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="runs/routing")
-    ap.add_argument("--dims", default="8,16,32,64", help="state projections tried (CV on train)")
+    ap.add_argument("--layers", default="5,8,11,14,17,20",
+                    help="middle layers probed (0-based blocks of the 24); one is chosen by CV")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of the nested 5-fold estimate")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--tap-overhead", action="store_true",
+                    help="only time decoding with and without the layer tap")  # fmt: skip
     args, rest = ap.parse_known_args()
+    layers = tuple(int(x) for x in args.layers.split(","))
+    if args.tap_overhead:
+        print(json.dumps(asyncio.run(tap_overhead(layers))), flush=True)
+        return
     # The pool's own options (levels, counts, budgets), as routing.py parses them.
     rargs = routing.parse_args(["replay", "--dir", args.dir, *rest])
 
@@ -176,71 +255,138 @@ def main() -> None:
     calib = load_jsonl(out / "calibration.jsonl")
     items = {it.id: it for it in routing.workload(rargs)}
     covered = sorted({r["item_id"] for r in results} & set(items))
-    states = asyncio.run(prompt_states([items[i] for i in covered], rargs))
+    states = asyncio.run(prompt_states([items[i] for i in covered], rargs, layers))
 
     examples = {e.text: e for e in training_examples(results)}
     prompt_of = {r["item_id"]: r["prompt"] for r in results}
-    rows = [(i, examples[prompt_of[i]].label) for i in covered if prompt_of[i] in examples]
-    train = [(i, y) for i, y in rows if not routing.is_test(items[i])]
-    test = [(i, y) for i, y in rows if routing.is_test(items[i])]
-
-    def texts(split: list[tuple[str, int]]) -> list[str]:
-        return [prompt_of[i] for i, _ in split]
-
-    def st(split: list[tuple[str, int]]) -> np.ndarray:
-        return np.stack([states[i] for i, _ in split])
-
-    y_train = [y for _, y in train]
-    y_test = np.array([y for _, y in test])
-    grid = (0.03, 0.1, 0.3, 1.0, 3.0)
-    scores: dict[str, np.ndarray] = {}
-    chosen: dict[str, Any] = {}
+    ids = [i for i in covered if prompt_of[i] in examples]
+    y = np.array([examples[prompt_of[i]].label for i in ids])
+    views = {k: np.stack([states[i][k] for i in ids]) for k in states[ids[0]]}
+    signals = Signals([prompt_of[i] for i in ids], views, y)
+    middle = [f"layer{i}" for i in layers]
     from sklearn.metrics import roc_auc_score
 
-    for variant, use_text, use_state in (
-        ("text", True, False), ("state", False, True), ("text+state", True, True),
-    ):  # fmt: skip
-        best: tuple[float, Any, Any, float, Any] | None = None
-        for dims in [int(d) for d in args.dims.split(",")] if use_state else [0]:
-            proj = StateFeatures(st(train), dims) if use_state else None
-            x_tr = design(texts(train), st(train) if use_state else None, proj, use_text)
-            c, cv = choose_c(x_tr, y_train, grid)
-            if best is None or cv > best[0]:
-                best = (cv, proj, c, dims, x_tr)
-        assert best is not None
-        cv, proj, c, dims, x_tr = best
-        x_te = design(texts(test), st(test) if use_state else None, proj, use_text)
-        model = fit_logistic(x_tr, y_train, c)
-        scores[variant] = model.predict_proba(x_te)[:, 1]
-        chosen[variant] = {"C": c, "state_dims": dims, "cv_auc_train": round(float(cv), 4)}
-        line = {"variant": variant, "target": "extra compute pays", "split": "test",
-                "items": len(test), "positives": int(y_test.sum()),
-                "auc": round(float(roc_auc_score(y_test, scores[variant])), 4), **chosen[variant]}  # fmt: skip
-        print(json.dumps(line), flush=True)
+    def auc(v: np.ndarray, rows: np.ndarray) -> float:
+        return round(float(roc_auc_score(y[rows], v)), 4)
 
-    gain = paired_auc_gain(y_test, scores["text"], scores["text+state"], args.bootstrap)
-    policy = utility_routers(calib, prompt_of, states, items, args)
+    # 1. The fixed split of routing.py: choose on train, judge once on test.
+    tr = np.array([k for k, i in enumerate(ids) if not routing.is_test(items[i])])
+    te = np.array([k for k, i in enumerate(ids) if routing.is_test(items[i])])
+    split: dict[str, Any] = {}
+    for name, keys in (("final layer", ["final"]), ("middle layers", middle)):
+        choice = signals.select(tr, keys)
+        got = signals.predict(tr, te, choice)
+        split[name] = (choice, got)
+        for variant in ("state", "text+state"):
+            print(json.dumps({"variant": f"{variant} ({name})", "split": "test", "items": len(te),
+                              "auc": auc(got[variant], te), "state": list(choice.state),
+                              "text_C": choice.text_c, "cv_auc_train": choice.cv_auc}), flush=True)  # fmt: skip
+    text_test = split["final layer"][1]["text"]
+    print(json.dumps({"variant": "text", "split": "test", "items": len(te),
+                      "auc": auc(text_test, te)}), flush=True)  # fmt: skip
+    gains = {name: paired_auc_gain(y[te], text_test, got["text+state"], args.bootstrap)
+             for name, (_, got) in split.items()}  # fmt: skip
+
+    # 2. Nested cross-fitting over every item: each outer fold chooses on its own train
+    # part (inner 5-fold), so nothing is chosen on the rows it is judged on.
+    nested = nested_estimate(signals, middle, args)
+
+    best = split["middle layers"][0]
+    policy = utility_routers(calib, prompt_of, states, items, best.state[:2])
     summary = {
-        "summary": True, "model": routing.MODEL, "state": "last prompt token, final layer",
-        "n_embd": int(next(iter(states.values())).shape[0]),
-        "train_items": len(train), "test_items": len(test),
-        "auc_text": round(float(roc_auc_score(y_test, scores["text"])), 4),
-        "auc_state": round(float(roc_auc_score(y_test, scores["state"])), 4),
-        "auc_text_state": round(float(roc_auc_score(y_test, scores["text+state"])), 4),
-        "auc_gain_text_state_over_text": gain["gain"], "auc_gain_ci95": gain["ci95"],
-        **policy,
+        "summary": True, "model": routing.MODEL, "n_embd": int(views["final"].shape[1]),
+        "layers_probed": list(layers), "train_items": len(tr), "test_items": len(te),
+        "auc_text": auc(text_test, te),
+        "auc_text_state_final": auc(split["final layer"][1]["text+state"], te),
+        "auc_text_state_middle": auc(split["middle layers"][1]["text+state"], te),
+        "middle_state_chosen": list(best.state),
+        "auc_gain_final_over_text": gains["final layer"]["gain"],
+        "auc_gain_final_ci95": gains["final layer"]["ci95"],
+        "auc_gain_middle_over_text": gains["middle layers"]["gain"],
+        "auc_gain_middle_ci95": gains["middle layers"]["ci95"],
+        **nested, **policy,
     }  # fmt: skip
     print(json.dumps(summary), flush=True)
+
+
+def nested_estimate(signals: Signals, keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """AUCs of text, middle-layer state and both, nested 5-fold over all rows, repeated."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    y = signals.y
+    per_repeat: dict[str, list[float]] = defaultdict(list)
+    first: dict[str, np.ndarray] = {}
+    for rep in range(args.repeats):
+        pooled = {v: np.zeros(len(y)) for v in ("text", "state", "text+state")}
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=100 + rep)
+        chosen = []
+        for tr, te in folds.split(np.zeros(len(y)), y):
+            choice = signals.select(tr, keys, seed=rep)
+            chosen.append(choice.state[0])
+            for v, scores in signals.predict(tr, te, choice).items():
+                pooled[v][te] = scores
+        for v, scores in pooled.items():
+            per_repeat[v].append(float(roc_auc_score(y, scores)))
+        first = first or pooled
+        print(json.dumps({"variant": "nested 5-fold", "repeat": rep, "items": len(y),
+                          "layers_chosen": chosen,
+                          **{f"auc_{v.replace('+', '_')}": round(a[-1], 4) for v, a in per_repeat.items()}}),
+              flush=True)  # fmt: skip
+    gain = paired_auc_gain(y, first["text"], first["text+state"], args.bootstrap)
+    diffs = np.subtract(per_repeat["text+state"], per_repeat["text"])
+    return {
+        "nested_items": len(y), "nested_repeats": args.repeats,
+        **{f"nested_auc_{v.replace('+', '_')}": round(float(np.mean(a)), 4)
+           for v, a in per_repeat.items()},
+        "nested_gain_over_text": round(float(diffs.mean()), 4),
+        "nested_gain_range": [round(float(diffs.min()), 4), round(float(diffs.max()), 4)],
+        "nested_gain_ci95_repeat0": gain["ci95"],
+    }  # fmt: skip
+
+
+async def tap_overhead(layers: tuple[int, ...]) -> dict[str, Any]:
+    """Decode wall time with the layer tap installed (idle) against none, interleaved."""
+    from ponder.backends.llama_cpp import LlamaCppBackend
+    from ponder.types import GenRequest, Message
+
+    engines = {
+        "plain": LlamaCppBackend(routing.MODEL, n_ctx=2048, max_sequences=4, prefix_cache=False),
+        "tapped": LlamaCppBackend(
+            routing.MODEL, n_ctx=2048, max_sequences=4, prefix_cache=False, probe_layers=layers
+        ),  # fmt: skip
+    }
+    wall = dict.fromkeys(engines, 0.0)
+    tokens = dict.fromkeys(engines, 0)
+    try:
+        for rep in range(6):
+            req = GenRequest(messages=[Message(role="user", content=f"Count from {rep} upwards.")],
+                             n=4, max_tokens=64, temperature=0.0, ignore_eos=True)  # fmt: skip
+            order = list(engines) if rep % 2 == 0 else list(engines)[::-1]
+            for name in order:
+                started = time.perf_counter()
+                gens = await engines[name].generate(req)
+                wall[name] += time.perf_counter() - started
+                tokens[name] += sum(g.usage.output for g in gens)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {"summary": True, "stage": "tap overhead", "layers": list(layers),
+            "generated_tokens": tokens, "wall_s": {k: round(v, 2) for k, v in wall.items()},
+            "tapped_over_plain_wall": round(wall["tapped"] / wall["plain"], 3)}  # fmt: skip
 
 
 def utility_routers(
     calib: list[dict[str, Any]],
     prompt_of: dict[str, str],
-    states: dict[str, np.ndarray],
+    states: dict[str, dict[str, np.ndarray]],
     items: dict[str, Any],
-    args: argparse.Namespace,
+    view: tuple[str, int],
 ) -> dict[str, Any]:
-    """Per-request plan choice by P(correct) - lambda * cost, text vs text + state."""
+    """Per-request plan choice by P(correct) - lambda * cost, text vs text + state.
+
+    ``view`` is the state (key, principal axes) the AUC stage chose on train.
+    """
     outcome: dict[tuple[str, str], dict[str, Any]] = {(r["item_id"], r["plan"]): r for r in calib}
     plans = sorted({r["plan"] for r in calib})
     ids = sorted({r["item_id"] for r in calib} & set(states) & set(prompt_of))
@@ -263,7 +409,8 @@ def utility_routers(
     d_acc_tr, d_cost_tr = realised(train, default)
     d_acc_te, d_cost_te = realised(test, default)
     out["default_test_accuracy"], out["default_test_cost_usd"] = round(d_acc_te, 4), d_cost_te
-    proj = StateFeatures(np.stack([states[i] for i in train]), 16)
+    view_key, dims = view
+    proj = StateFeatures(np.stack([states[i][view_key] for i in train]), dims)
     for variant, use_state in (("text", False), ("text+state", True)):
         p_correct: dict[str, dict[str, float]] = {i: {} for i in ids}
         for plan in plans:
@@ -274,7 +421,7 @@ def utility_routers(
                 for i in have:
                     p_correct[i][plan] = float(ys[0]) if ys else 0.0
                 continue
-            st = np.stack([states[i] for i in have]) if use_state else None
+            st = np.stack([states[i][view_key] for i in have]) if use_state else None
             x = design([prompt_of[i] for i in have], st, proj if use_state else None, True)
             rows_tr = [k for k, i in enumerate(have) if i in train]
             model = fit_logistic(x[rows_tr], ys, 1.0)

@@ -171,3 +171,47 @@ async def test_prompt_state_is_the_prefill_a_generation_then_reuses(engines) -> 
     assert g.text == cold.text
     # Without the cache the probe still works; it just keeps nothing.
     assert cosine((await off.prompt_state(ask)).vector, state.vector) > 0.99
+
+
+async def test_prompt_state_of_middle_layers(engines) -> None:
+    """Probed layers come from the same prefill, and leave its result and the answer alone."""
+    import numpy as np
+
+    from ponder.backends.llama_cpp import LlamaCppBackend
+
+    on, off = engines
+    with pytest.raises(ValueError, match="probe layers"):
+        LlamaCppBackend(MODEL, n_ctx=256, max_sequences=1, probe_layers=(99,))
+    tapped = LlamaCppBackend(MODEL, n_ctx=2048, max_sequences=2, probe_layers=(5, 11, 23))
+    try:
+
+        def cosine(a, b) -> float:
+            return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+        def ask(text: str) -> GenRequest:
+            return GenRequest(messages=[Message(role="user", content=text)], max_tokens=8)
+
+        math = ask("What is 17*23? Reply with only the number.")
+        state = await tapped.prompt_state(math)
+        assert sorted(state.layers) == [5, 11, 23]
+        assert all(
+            v.shape == (tapped.n_embd,) and np.isfinite(v).all() for v in state.layers.values()
+        )
+        # Block outputs are not the final normalised state, and differ from layer to layer.
+        assert cosine(state.layers[11], state.layers[23]) < 0.9
+        assert cosine(state.layers[23], state.vector) < 0.99
+        # The final state is what an engine without the tap computes.
+        assert cosine(state.vector, (await off.prompt_state(math)).vector) > 0.99
+        assert (await off.prompt_state(math)).layers == {}
+        # The same prompt again (from the cache, bar its last token) reads the same;
+        # another prompt reads differently in the middle layer.
+        again = await tapped.prompt_state(math)
+        assert again.evaluated == 1 and cosine(again.layers[11], state.layers[11]) > 0.99
+        city = await tapped.prompt_state(ask("Name a large city in Japan."))
+        assert cosine(city.layers[11], state.layers[11]) < 0.95
+        # Generation with the tap installed answers as a plain cold engine does.
+        (g,) = await tapped.generate(math)
+        (cold,) = await off.generate(math)
+        assert g.text == cold.text
+    finally:
+        tapped.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ponder.types import Capabilities, Delta, Generation, GenRequest
@@ -33,12 +33,14 @@ class PromptState:
 
     ``evaluated`` prompt tokens were computed for it and ``reused`` came from the
     engine's prefix cache (the router's model-signal features; see
-    benchmarks/router_signal.py).
+    benchmarks/router_signal.py). ``layers`` maps each layer the engine was asked to
+    probe to that block's output for the same token (empty unless configured).
     """
 
     vector: Any  # a 1-D numpy float array of the model's hidden size
     evaluated: int
     reused: int
+    layers: dict[int, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -39,6 +39,7 @@ from ponder.backends.catalog import CATALOG, resolve_model
 from ponder.backends.llama_engine.context import BatchDecoder, LlamaMemory
 from ponder.backends.llama_engine.delivery import apply_stop, generation, stream_deltas
 from ponder.backends.llama_engine.jobs import Job, Seq
+from ponder.backends.llama_engine.layer_tap import LayerTap
 from ponder.backends.llama_engine.render import ChatText
 from ponder.backends.llama_engine.sampling import sample
 from ponder.backends.llama_engine.thinking import ThinkingControl
@@ -63,7 +64,8 @@ class LlamaCppBackend:
     ``prefix_cache`` keeps finished sequences' KV for later calls that share a
     prefix (reused prompt tokens are reported as ``cached_input``); it keeps up
     to ``max_sequences`` idle sequences beside the active ones, under the same
-    ``n_ctx`` cells.
+    ``n_ctx`` cells. ``probe_layers`` makes :meth:`prompt_state` also return those
+    layers' states of the prompt's last token (0-based transformer blocks).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LlamaCppBackend:
         seed: int = 0,
         verbose: bool = False,
         prefix_cache: bool = True,
+        probe_layers: tuple[int, ...] = (),
         context_params: dict[str, Any] | None = None,
     ) -> None:
         import llama_cpp
@@ -114,6 +117,15 @@ class LlamaCppBackend:
         # Expert knobs of llama_context_params (e.g. flash_attn_type, type_k).
         for key, value in (context_params or {}).items():
             setattr(cparams, key, value)
+        # Middle-layer states for prompt_state (probing reads middle layers). Off by
+        # default: the callback slows every decode (1.06x wall: router_signal.py --tap-overhead).
+        self._tap = (
+            LayerTap(llama_cpp, probe_layers, llama_cpp.llama_model_n_layer(self._model.model))
+            if probe_layers
+            else None
+        )
+        if self._tap is not None:
+            self._tap.install(cparams)
         self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx.ctx)
         self.max_sequences = max_sequences
@@ -414,9 +426,13 @@ class LlamaCppBackend:
             chunk = job.prompt[start : min(start + self.n_batch, end)]
             self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)])
         if job.probe:
-            job.state = self._decoder.run_with_state(
-                (job.prompt[end], end, first, True), self.n_embd
-            )
+            row = (job.prompt[end], end, first, True)
+            if self._tap is None:
+                job.state = (self._decoder.run_with_state(row, self.n_embd), {})
+            else:
+                with self._tap.armed() as layers:
+                    final = self._decoder.run_with_state(row, self.n_embd)
+                job.state = (final, layers)
             seq = job.seqs[0]
             seq.pos, seq.finish = len(job.prompt), "probe"  # its KV holds the whole prompt
             self._release(job, deliver=True)
@@ -562,7 +578,8 @@ class LlamaCppBackend:
             return
         if job.probe:
             assert job.future is not None
-            state = PromptState(job.state, len(job.prompt) - job.reused, job.reused)
+            final, layers = job.state
+            state = PromptState(final, len(job.prompt) - job.reused, job.reused, layers)
             job.loop.call_soon_threadsafe(_resolve, job.future, state)
         elif job.future is not None:
             gens = [generation(job, s) for s in job.seqs]
