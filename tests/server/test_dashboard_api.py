@@ -315,6 +315,44 @@ async def test_routing_has_escalation_and_what_routing_saved_per_class(
     assert math_all["requests"] == 11 and math_all["escalated"] == 1
 
 
+async def test_shadow_runs_are_spend_apart_from_served_traffic(store: Store) -> None:
+    """Totals, breakdowns and series count served requests; shadow spend is reported apart."""
+    client, _ = gateway_client(store)
+    _, admin = store.create_key("root", scopes=["admin"])
+    now = time.time()
+    served = [routed(f"r{i}", now - 60 + i, 1000, latency_ms=100.0 + i) for i in range(4)]
+    # A served request whose recorded prompt holds the key's text is still served (its
+    # JSON holds '"shadow_of"', which the text pre-test matches, but no such key).
+    served[0].features = {"v": 1, "prompt": 'x"shadow_of'}
+    for row in served:
+        store.insert_row(row)
+    for i in range(2):
+        shadow = routed(f"r{i}-shadow", now - 59 + i, 5000, tier="strong", latency_ms=9000.0,
+                        team="ponder-shadow")  # fmt: skip
+        shadow.features = {"v": 1, "shadow_of": f"r{i}", "shadow_plan": "strong"}
+        store.insert_row(shadow)
+    async with client:
+        summary = await get(client, "summary", admin)
+        recent = await get(client, "summary?window_s=3600", admin)
+        series = await get(client, "series", admin)
+        feed = await get(client, "requests", admin)
+    for view in (summary, recent):
+        t = view["totals"]
+        assert (t["requests"], t["cost_micro"]) == (4, 4000)
+        assert t["latency_p95_ms"] == pytest.approx(percentile([r.latency_ms for r in served], 95))
+        assert (t["shadow"]["requests"], t["shadow"]["cost_micro"]) == (2, 10_000)
+        assert [(g["name"], g["requests"]) for g in view["by"]["task_class"]] == [("math", 4)]
+        assert [g["name"] for g in view["by"]["tier"]] == ["small"]
+        assert all(g["team"] != "ponder-shadow" for g in view["by"]["caller"])
+    assert sum(b["requests"] for b in series["buckets"]) == 4
+    assert sum(b["cost_micro"] for b in series["buckets"]) == 4000
+    assert max(b["latency_p95_ms"] or 0 for b in series["buckets"]) < 9000
+    # The feed lists every row, each shadow run with the request it shadows.
+    links = {x["id"]: x["shadow_of"] for x in feed["data"]}
+    assert links == {"r0": None, "r1": None, "r2": None, "r3": None,
+                     "r0-shadow": "r0", "r1-shadow": "r1"}  # fmt: skip
+
+
 async def test_an_empty_ledger_gives_zeros_and_no_percentiles(store: Store) -> None:
     client, _ = gateway_client(store)
     _, admin = store.create_key("root", scopes=["admin"])

@@ -227,32 +227,37 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
         # Locator waits, not wait_for_function: the page's CSP forbids evaluating strings.
         expect(page.get_by_test_id("status")).to_have_attribute("data-state", "ok", timeout=30_000)
 
-        # Totals.
-        assert _text(page, "total-requests") == f"{len(rows):,}"
+        # Totals: served requests; shadow runs are spend shown apart.
+        served = [r for r in rows if not (r.features or {}).get("shadow_of")]
+        shadows = [r for r in rows if r not in served]
+        assert _text(page, "total-requests") == f"{len(served):,}"
         assert _text(page, "total-errors") == "0"
         for testid, column in (
             ("total-input-tokens", "input_tokens"),
             ("total-reasoning-tokens", "reasoning_tokens"),
             ("total-output-tokens", "output_tokens"),
         ):
-            assert _text(page, testid) == f"{sum(getattr(r, column) for r in rows):,}", testid
+            assert _text(page, testid) == f"{sum(getattr(r, column) for r in served):,}", testid
         total = sum(
             r.input_tokens + r.cached_input_tokens + r.reasoning_tokens + r.output_tokens
-            for r in rows
+            for r in served
         )
         assert _text(page, "total-tokens") == f"{total:,}"
-        cost = sum(r.cost_micro for r in rows)
+        cost = sum(r.cost_micro for r in served)
         assert cost > 0 and _text(page, "total-cost") == _usd(cost)
+        assert page.get_by_test_id("shadow-spend").is_visible()
+        assert _text(page, "shadow-requests") == str(len(shadows)) == str(SHADOW_PAIRS)
+        assert _text(page, "shadow-cost") == _usd(sum(r.cost_micro for r in shadows))
         assert sum(r.reasoning_tokens for r in rows) > 0  # the cot request thought
         p95 = page.get_by_test_id("latency-p95").get_attribute("data-value")
-        assert float(p95) == pytest.approx(percentile([r.latency_ms for r in rows], 95))
-        ttft = [r.ttft_ms for r in rows if r.ttft_ms is not None]
+        assert float(p95) == pytest.approx(percentile([r.latency_ms for r in served], 95))
+        ttft = [r.ttft_ms for r in served if r.ttft_ms is not None]
         assert ttft, "the streamed request should have a time to first token"
         p50 = page.get_by_test_id("ttft-p50").get_attribute("data-value")
         assert float(p50) == pytest.approx(percentile(ttft, 50))
 
         # Requests per strategy.
-        per_strategy = Counter(r.strategy for r in rows)
+        per_strategy = Counter(r.strategy for r in served)
         assert {"direct", "cot", "self_consistency"} <= set(per_strategy)
         shown = page.locator("#strategy-table tbody tr").count()
         assert shown == len(per_strategy)
@@ -264,6 +269,10 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
             "rows => rows.map(r => r.dataset.requestId)"
         )
         assert feed_ids == [r.id for r in sorted(rows, key=lambda r: (-r.at, r.id))]
+        marked = page.locator("#feed tbody tr.shadow").evaluate_all(
+            "rows => rows.map(r => [r.dataset.requestId, r.dataset.shadowOf])"
+        )
+        assert sorted(marked) == sorted([r.id, r.features["shadow_of"]] for r in shadows)
 
         # Quotas and the alert the fifth request raised.
         alice = page.locator("[data-testid=quota-row][data-subject=alice][data-metric=requests]")

@@ -2,6 +2,11 @@
 
 Totals, percentiles, time series, the latest requests and quota states, computed with
 SQLAlchemy Core in one read snapshot of the store (see :meth:`Store.transaction`).
+
+Shadow runs (``[router.shadow]``: a counterfactual plan run in the background, its row
+linked to the served request by ``features.shadow_of``) are not served traffic: totals,
+breakdowns and series count served requests only, as ``ponder stats`` does, and the
+summary reports shadow spend on its own (``totals.shadow``).
 """
 
 from __future__ import annotations
@@ -71,8 +76,22 @@ class LedgerQueries:
 
     # ---- shared pieces
 
-    @staticmethod
-    def _since(q: Any, since: float | None) -> Any:
+    def _shadow_link(self) -> Any:
+        """The row's ``features.shadow_of`` (NULL for served requests), in SQL."""
+        r = s.requests.c
+        if self.postgres:
+            found: Any = sa.func.json_extract_path_text(sa.cast(r.features, sa.JSON), "shadow_of")
+        else:
+            found = sa.func.json_extract(r.features, "$.shadow_of")
+        # The text test first: only rows that can hold the key are parsed as JSON.
+        return sa.case((r.features.like('%"shadow_of"%'), found), else_=None)
+
+    def _served(self, q: Any) -> Any:
+        return q.where(self._shadow_link().is_(None))
+
+    def _since(self, q: Any, since: float | None) -> Any:
+        """Served requests (no shadow runs) since ``since``."""
+        q = self._served(q)
         return q if since is None else q.where(s.requests.c.at >= since)
 
     @staticmethod
@@ -135,6 +154,10 @@ class LedgerQueries:
         with self._read() as conn:
             totals = self._figures(conn.execute(self._since(sa.select(*self._sums()), since)).one())
             totals.update(self._percentiles(conn, since))
+            shadow = sa.select(*self._sums()).where(self._shadow_link().is_not(None))
+            if since is not None:
+                shadow = shadow.where(r.at >= since)
+            totals["shadow"] = self._figures(conn.execute(shadow).one())
             groups: dict[str, list[dict[str, Any]]] = {}
             for name in _GROUPS:
                 keys = [r.key_id, r.user, r.team] if name == "caller" else [r[name]]
@@ -178,7 +201,7 @@ class LedgerQueries:
             )
             bucket = index.label("bucket")
             rows = conn.execute(
-                sa.select(bucket, *self._sums()).where(r.at >= start).group_by(bucket)
+                self._served(sa.select(bucket, *self._sums())).where(r.at >= start).group_by(bucket)
             ).all()
             sums = {int(row.bucket): self._figures(row) for row in rows}
             pcts = self._bucket_percentiles(conn, bucket, start)
@@ -204,7 +227,7 @@ class LedgerQueries:
                 for name, col in (("latency", r.latency_ms), ("ttft", r.ttft_ms))
                 for q in (50, 95)
             ]
-            query = sa.select(bucket, *cols).where(r.at >= start).group_by(bucket)
+            query = self._served(sa.select(bucket, *cols)).where(r.at >= start).group_by(bucket)
             for row in conn.execute(query):
                 found = dict(row._mapping)
                 b = int(found.pop("bucket"))
@@ -212,7 +235,8 @@ class LedgerQueries:
             return out
         latency: dict[int, list[float]] = defaultdict(list)
         ttft: dict[int, list[float]] = defaultdict(list)
-        for row in conn.execute(sa.select(bucket, r.latency_ms, r.ttft_ms).where(r.at >= start)):
+        served = self._served(sa.select(bucket, r.latency_ms, r.ttft_ms))
+        for row in conn.execute(served.where(r.at >= start)):
             latency[int(row.bucket)].append(row.latency_ms)
             if row.ttft_ms is not None:
                 ttft[int(row.bucket)].append(row.ttft_ms)
@@ -239,6 +263,12 @@ class LedgerQueries:
                     plan = {}
                 if not isinstance(plan, dict):
                     plan = {}
+                try:
+                    features = json.loads(row.features) if row.features else {}
+                except (TypeError, ValueError):
+                    features = {}
+                if not isinstance(features, dict):
+                    features = {}
                 out.append(
                     {
                         "id": row.id,
@@ -263,6 +293,8 @@ class LedgerQueries:
                         "latency_ms": row.latency_ms,
                         "ttft_ms": row.ttft_ms,
                         "truncated": bool(row.truncated),
+                        # A shadow run's served request (None for served traffic).
+                        "shadow_of": features.get("shadow_of"),
                     }
                 )
         return out

@@ -139,6 +139,11 @@ function drawTotals(t) {
   setText("latency-p95", ms(t.latency_p95_ms), t.latency_p95_ms);
   setText("ttft-p50", ms(t.ttft_p50_ms), t.ttft_p50_ms);
   setText("ttft-p95", ms(t.ttft_p95_ms), t.ttft_p95_ms);
+  // Shadow runs ([router.shadow]) are real spend but not served traffic: shown apart.
+  const shadow = t.shadow || { requests: 0, cost_micro: 0 };
+  document.getElementById("shadow-spend").hidden = !shadow.requests;
+  setText("shadow-requests", int(shadow.requests), shadow.requests);
+  setText("shadow-cost", usd(shadow.cost_micro), shadow.cost_micro);
 }
 
 function chart(id, config) {
@@ -386,7 +391,7 @@ function drawFeed(rows) {
       r.tier || "–", budget, int(r.reasoning_tokens), int(r.output_tokens),
       [usd(r.cost_micro), { "data-value": r.cost_micro }], ms(r.latency_ms),
       [status, { class: r.status === "ok" ? "" : "status-error" }],
-    ], { "data-request-id": r.id }));
+    ], { "data-request-id": r.id, ...(r.shadow_of ? { "data-shadow-of": r.shadow_of, class: "shadow" } : {}) }));
   }
 }
 
