@@ -273,6 +273,7 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
             "rows => rows.map(r => [r.dataset.requestId, r.dataset.shadowOf])"
         )
         assert sorted(marked) == sorted([r.id, r.features["shadow_of"]] for r in shadows)
+        assert "ponder-shadow" in page.locator("#feed tbody tr.shadow").first.inner_text()
 
         # Quotas and the alert the fifth request raised.
         alice = page.locator("[data-testid=quota-row][data-subject=alice][data-metric=requests]")

@@ -382,7 +382,8 @@ function drawFeed(rows) {
   const body = document.querySelector("#feed tbody");
   body.replaceChildren();
   for (const r of rows) {
-    const caller = r.user ? `${r.user}${r.team ? ` (${r.team})` : ""}` : "anonymous";
+    // A team-only caller (e.g. the shadow runs' ponder-shadow) is named by its team.
+    const caller = r.user ? `${r.user}${r.team ? ` (${r.team})` : ""}` : r.team || "anonymous";
     const budget = [r.budget !== null && r.budget !== undefined ? `${r.budget} tok` : null,
       r.thinking_budget ? `think ${r.thinking_budget}` : null].filter(Boolean).join(" · ") || "–";
     const status = r.status === "ok" ? "ok" : `${r.status} ${r.http_status}`;
