@@ -7,7 +7,10 @@ interleaved per workload (on, off, on, off, ...) so that load from other
 processes on the machine hits both; every repeat asks a different question (the same for both variants), so no
 repeat finds an earlier repeat's answer cached; figures are sums over repeats.
 Search runs greedily by default (``--temperature 0``) so that outputs can be
-compared exactly. Prints one JSON line per workload and variant, then a summary.
+compared exactly. Prints one JSON line per workload and variant (with the seconds
+each engine spent inside ``llama_decode`` on prompts and on generation), then a summary
+that includes the bound a prefix cache cannot beat: the uncached wall time less its
+prompt evaluation.
 
     .venv/bin/python benchmarks/prefix_cache.py --repeats 2
 """
@@ -159,14 +162,20 @@ async def main(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     chosen = workloads(args)
     names = [n for n in chosen if not args.only or n in args.only]
-    summed = ("wall_s", "input", "cached_input", "generated", "ttft_last_turn_s")
+    summed = ("wall_s", "input", "cached_input", "generated", "ttft_last_turn_s",
+              "prompt_eval_s", "generate_s")  # fmt: skip
     try:
         for name in names:
             for rep in range(args.repeats):
                 for variant, engine in engines.items():  # interleaved: on, off, on, off, ...
+                    before = engine.decode_stats()
                     t0 = time.perf_counter()
                     result = await chosen[name](engine, rep)
                     result["wall_s"] = time.perf_counter() - t0
+                    after = engine.decode_stats()
+                    # Time inside llama_decode evaluating prompts vs generating tokens.
+                    result["prompt_eval_s"] = after["prompt_s"] - before["prompt_s"]
+                    result["generate_s"] = after["generate_s"] - before["generate_s"]
                     row = rows.setdefault((name, variant), {"outputs": []})
                     row["outputs"].append(result.pop("output"))
                     for key in summed:
@@ -206,6 +215,14 @@ async def main(args: argparse.Namespace) -> None:
     if search:
         summary["cached_over_uncached_wall"] = round(
             total("cached", "wall_s", search) / total("uncached", "wall_s", search), 3
+        )
+        # What a prefix cache can remove at most: the uncached engine's prompt
+        # evaluation. With it free and everything else unchanged, the ratio would be:
+        off_wall = total("uncached", "wall_s", search)
+        off_prompt = total("uncached", "prompt_eval_s", search)
+        summary["uncached_prompt_eval_share_search"] = round(off_prompt / off_wall, 3)
+        summary["wall_ratio_if_prompts_were_free_search"] = round(
+            (off_wall - off_prompt) / off_wall, 3
         )
     summary["prompt_tokens_evaluated_ratio"] = round(
         total("cached", "input", names) / max(total("uncached", "input", names), 1), 3

@@ -215,3 +215,24 @@ async def test_prompt_state_of_middle_layers(engines) -> None:
         assert g.text == cold.text
     finally:
         tapped.close()
+
+
+async def test_decode_stats_split_prompt_evaluation_from_generation(engines) -> None:
+    """The engine's own account of where its time goes (prefix_cache.py's bound uses it)."""
+    on, off = engines
+    ask = GenRequest(
+        messages=[Message(role="user", content="List three colours, comma separated.")],
+        max_tokens=12,
+        temperature=0.0,
+        ignore_eos=True,
+    )
+    for engine in (on, off):
+        before = engine.decode_stats()
+        (g,) = await engine.generate(ask)
+        after = engine.decode_stats()
+        # Every evaluated prompt token went through a prompt decode; the first answer
+        # token comes from the prompt's logits, each later one from a generation step.
+        assert after["prompt_rows"] - before["prompt_rows"] == g.usage.input > 0
+        assert after["generate_rows"] - before["generate_rows"] == g.usage.output - 1 == 11
+        assert after["prompt_s"] > before["prompt_s"]
+        assert after["generate_s"] > before["generate_s"]

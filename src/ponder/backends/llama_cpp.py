@@ -208,6 +208,19 @@ class LlamaCppBackend:
             "cached_cells": self._prefix.cells,
         }
 
+    def decode_stats(self) -> dict[str, float]:
+        """Seconds inside ``llama_decode`` and rows decoded, for prompts and for generation.
+
+        Read from the caller's thread while the engine runs: a snapshot, not atomic.
+        """
+        d = self._decoder
+        return {
+            "prompt_s": d.seconds["prompt"],
+            "prompt_rows": d.rows["prompt"],
+            "generate_s": d.seconds["generate"],
+            "generate_rows": d.rows["generate"],
+        }
+
     # ------------------------------------------------------------ public API
 
     async def generate(self, req: GenRequest) -> list[Generation]:
@@ -424,7 +437,7 @@ class LlamaCppBackend:
         end = len(job.prompt) - 1
         for start in range(reuse, end, self.n_batch):
             chunk = job.prompt[start : min(start + self.n_batch, end)]
-            self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)])
+            self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)], "prompt")
         if job.probe:
             row = (job.prompt[end], end, first, True)
             if self._tap is None:
@@ -437,7 +450,7 @@ class LlamaCppBackend:
             seq.pos, seq.finish = len(job.prompt), "probe"  # its KV holds the whole prompt
             self._release(job, deliver=True)
             return
-        self._decoder.run([(job.prompt[end], end, first, True)])
+        self._decoder.run([(job.prompt[end], end, first, True)], "prompt")
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
             self._memory.seq_cp(first, s, -1, -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -36,13 +37,17 @@ class BatchDecoder:
         self._batch = ll.llama_batch_init(capacity, 0, 1)
         self._n_vocab = n_vocab
         self._logit_rows: list[int] = []
+        # Seconds and rows inside llama_decode, by what was decoded ("prompt" or
+        # "generate"): where an engine's time goes (benchmarks/prefix_cache.py).
+        self.seconds = {"prompt": 0.0, "generate": 0.0}
+        self.rows = {"prompt": 0, "generate": 0}
 
     @property
     def n_logits(self) -> int:
         return len(self._logit_rows)
 
-    def run(self, rows: list[tuple[int, int, int, bool]]) -> None:
-        """Decode the rows in one ``llama_decode`` call."""
+    def run(self, rows: list[tuple[int, int, int, bool]], kind: str = "generate") -> None:
+        """Decode the rows in one ``llama_decode`` call (``kind`` only labels the timing)."""
         b = self._batch
         b.n_tokens = len(rows)
         logit_rows = []
@@ -55,7 +60,10 @@ class BatchDecoder:
             if want:
                 logit_rows.append(i)
         self._logit_rows = logit_rows
+        started = time.perf_counter()
         rc = self._ll.llama_decode(self._ctx, b)
+        self.seconds[kind] += time.perf_counter() - started
+        self.rows[kind] += len(rows)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc}")
 
@@ -67,7 +75,7 @@ class BatchDecoder:
         """
         self._ll.llama_set_embeddings(self._ctx, True)
         try:
-            self.run([row])
+            self.run([row], "prompt")
             ptr = self._ll.llama_get_embeddings_ith(self._ctx, 0)
             if not ptr:
                 raise BackendError("llama.cpp returned no hidden state for the prompt")
