@@ -118,6 +118,11 @@ def test_stats_table_shows_what_routing_saved(db: str, capsys: pytest.CaptureFix
     assert "50.0% [50.0%, 50.0%]" in line  # the share saved
     assert "+50.0 pts" in line and "(8 graded)" in line
     assert "not enough shadow pairs (2 < 5)" in out
+    # Across classes only math has enough pairs: the total is its estimate, and the
+    # other classes' spend is shown as not covered.
+    assert "across classes" in out
+    total = next(x for x in out.splitlines() if x.lstrip("│ ").startswith("strong") and "math" in x)
+    assert "0.024000 [0.024000, 0.024000]" in total
     assert "escalation share over time (buckets of 1h" in out
     assert "100% (4/4)" in out and "0% (0/8)" in out
 

@@ -16,7 +16,7 @@ from ponder.config import ShadowSettings, load_settings
 from ponder.ledger import LedgerRow
 from ponder.ledger.stats import class_stats
 from ponder.router.escalation import bucket_for_span, escalated, escalation_series
-from ponder.router.savings import routing_report, routing_savings
+from ponder.router.savings import routing_report, routing_savings, routing_totals
 from ponder.router.shadow import ShadowSampler
 
 T0 = 1_700_000_000.0
@@ -179,6 +179,68 @@ def test_quality_difference_of_graded_pairs() -> None:
     q = s.quality_diff
     assert q.value == pytest.approx((16 + 1 - 10) / 21)
     assert q.low < q.value < q.high and q.low > -0.2 and q.high < 0.8
+
+
+def total(rows: list[LedgerRow], plan: str, **kw: Any) -> Any:
+    (found,) = [t for t in routing_totals(rows, **kw) if t.plan == plan]
+    return found
+
+
+def test_the_all_classes_total_sums_the_classes_with_an_estimate() -> None:
+    rng = random.Random(3)
+    rows: list[LedgerRow] = []
+    spent: dict[str, int] = {"math": 0, "codegen": 0, "extraction": 0}
+    for task_class, factor, shadowed in (("math", 2, 10), ("codegen", 3, 8), ("extraction", 5, 2)):
+        for i in range(30):
+            original = served(f"{task_class}{i}", rng.randint(500, 5000), task_class=task_class)
+            rows.append(original)
+            spent[task_class] += original.cost_micro
+            if i < shadowed:
+                rows.append(shadow(original, factor * original.cost_micro))
+    t = total(rows, "strong")
+    # extraction has 2 pairs (< 5): reported beside the total, never scaled.
+    assert t.classes == ("codegen", "math") and t.pairs == 18 and t.requests == 60
+    assert t.actual_usd == pytest.approx((spent["math"] + spent["codegen"]) / 1e6)
+    assert t.uncovered_usd == pytest.approx(spent["extraction"] / 1e6)
+    exact = (2 * spent["math"] + 3 * spent["codegen"]) / 1e6
+    cf = t.counterfactual_usd
+    assert cf.value == pytest.approx(exact)
+    assert cf.low == pytest.approx(exact) and cf.high == pytest.approx(exact)  # exact ratios
+    assert t.savings_usd.value == pytest.approx(exact - t.actual_usd)
+    assert t.savings_share.value == pytest.approx(1 - t.actual_usd / exact)
+    report = routing_report(rows)
+    assert report["total"] == [t.as_dict()]
+
+
+def test_the_total_interval_is_stratified_by_class() -> None:
+    rng = random.Random(4)
+    rows: list[LedgerRow] = []
+    for task_class in ("math", "codegen"):
+        for i in range(200):
+            original = served(f"{task_class}{i}", rng.randint(1000, 3000), task_class=task_class)
+            rows.append(original)
+            if i < 20:
+                rows.append(shadow(original, round(original.cost_micro * rng.uniform(1.2, 2.8))))
+    t = total(rows, "strong")
+    parts = [one(rows, "strong", task_class=c) for c in ("math", "codegen")]
+    # The point estimate is the sum of the classes'; the interval holds it and, the
+    # classes' errors being independent, is narrower than the sum of their widths.
+    assert t.counterfactual_usd.value == pytest.approx(
+        sum(p.counterfactual_usd.value for p in parts)
+    )
+    assert t.counterfactual_usd.low < t.counterfactual_usd.value < t.counterfactual_usd.high
+    width = t.counterfactual_usd.high - t.counterfactual_usd.low
+    widths = [p.counterfactual_usd.high - p.counterfactual_usd.low for p in parts]
+    assert max(widths) < width < sum(widths)
+    assert total(rows, "strong") == t  # seeded
+
+
+def test_no_class_with_enough_pairs_gives_no_total() -> None:
+    rows = [served(f"r{i}", 1000) for i in range(10)]
+    rows.append(shadow(rows[0], 2000))
+    t = total(rows, "strong")
+    assert t.classes == () and t.counterfactual_usd is None and t.savings_usd is None
+    assert t.uncovered_usd == pytest.approx(0.010)
 
 
 def test_escalation_is_anything_beyond_a_direct_small_tier_answer() -> None:

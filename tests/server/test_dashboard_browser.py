@@ -303,6 +303,15 @@ def test_dashboard_shows_what_the_ledger_holds(chromium: Any, tmp_path: Path) ->
         assert _usd(2 * spent) in saved.inner_text() and "66.7%" in saved.inner_text()
         shadowed = page.locator("[data-testid=savings-row][data-class=shadowed]")
         assert _usd(3 * spent) in shadowed.inner_text()  # always-strong would have cost 3x
+        # Across classes: only "shadowed" has pairs, so the total is its estimate, and
+        # the other classes' spend is named beside it.
+        (everything,) = [t for t in report["total"] if t["plan"] == "strong"]
+        assert everything["classes"] == ["shadowed"]
+        whole = page.locator("[data-testid=savings-total][data-plan=strong]")
+        assert _usd(3 * spent) in whole.inner_text()
+        total_saved = page.get_by_test_id("saved-total-strong")
+        assert float(total_saved.get_attribute("data-value")) == pytest.approx(2 * spent / 1e6)
+        assert _usd(round(everything["uncovered_usd"] * 1e6)) in whole.inner_text()
         assert page.get_by_test_id("chart-escalation").get_attribute("data-series") == str(
             len(report["classes"])
         )

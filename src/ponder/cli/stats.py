@@ -143,6 +143,32 @@ def _savings_table(classes: list[dict[str, Any]]) -> Table | None:
     return table
 
 
+def _total_table(totals: list[dict[str, Any]]) -> Table | None:
+    """Across classes: the classes with an estimate summed, per counterfactual plan."""
+    found = [t for t in totals if t["counterfactual_usd"] is not None]
+    if not found:
+        return None
+    table = Table(
+        title="across classes (those with an estimate; 95% stratified bootstrap CI)",
+        title_justify="left",
+    )
+    for col in ("vs always", "classes", "pairs", "spent USD", "always USD", "saved USD",
+                "saved share", "not covered USD"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("vs always", "classes") else "right")
+    for t in found:
+        table.add_row(
+            t["plan"],
+            ", ".join(t["classes"]),
+            str(t["pairs"]),
+            _usd(t["actual_usd"]),
+            _ci(t["counterfactual_usd"], _usd),
+            _ci(t["savings_usd"], _usd),
+            _ci(t["savings_share"], _share),
+            _usd(t["uncovered_usd"]),
+        )
+    return table
+
+
 def _escalation_table(classes: list[dict[str, Any]], width: int) -> Table | None:
     cells: dict[float, dict[str, str]] = {}
     for c in classes:
@@ -200,6 +226,9 @@ def _cmd_stats(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
     else:
         out.print(savings)
+        across = _total_table(report["total"])
+        if across is not None:
+            out.print(across)
     escalation = _escalation_table(classes, report["bucket_s"])
     if escalation is not None:
         out.print(escalation)

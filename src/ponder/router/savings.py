@@ -18,6 +18,11 @@ ones. The quality difference is the mean of ``correct(shadow) - correct(original
 over the pairs where both are graded (a verdict, or the recorded verification), with
 its own bootstrap interval: savings are read next to what they cost in accuracy.
 
+Across classes (:func:`routing_totals`, the number a platform team reports upward):
+per plan, the sum of the per-class estimates over the classes that have one, with an
+interval from bootstrapping each class's pairs independently (a stratified bootstrap);
+the served spend of classes without an estimate is reported beside it, never guessed.
+
 Under :data:`MIN_PAIRS` pairs (graded pairs, for the quality difference) there is no
 number, only a note saying so. The sample is of verifiable requests (only they are
 shadowed), so ``R`` stands for the whole class on the assumption that the class's other
@@ -43,8 +48,10 @@ __all__ = [
     "RESAMPLES",
     "Interval",
     "Savings",
+    "TotalSavings",
     "routing_report",
     "routing_savings",
+    "routing_totals",
 ]
 
 MIN_PAIRS = 5
@@ -92,6 +99,29 @@ class Savings:
         return out
 
 
+@dataclass(frozen=True)
+class TotalSavings:
+    """All classes with an estimate against always running ``plan``; amounts in USD."""
+
+    plan: str
+    classes: tuple[str, ...]  # the classes summed (each had enough pairs)
+    requests: int  # their served requests
+    pairs: int
+    actual_usd: float  # what those requests cost
+    uncovered_usd: float  # served spend of the classes without an estimate (not summed)
+    counterfactual_usd: Interval | None
+    savings_usd: Interval | None
+    savings_share: Interval | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Interval):
+                value = value.as_dict()
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
 def _shadow_plan(row: Any) -> str | None:
     named = (row.features or {}).get("shadow_plan")
     if isinstance(named, str) and named in CANDIDATE_PLANS:
@@ -126,6 +156,22 @@ def _resample_sums(
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _counterfactual(
+    pairs: Sequence[tuple[Any, Any]],
+    already: int,
+    actual: int,
+    resamples: int,
+    rng: np.random.Generator,
+) -> tuple[float, np.ndarray, float, np.ndarray]:
+    """R and the counterfactual spend (USD), each with its bootstrap draws."""
+    orig = np.array([o.cost_micro for o, _ in pairs], dtype=float) / 1e6
+    shadow = np.array([s.cost_micro for _, s in pairs], dtype=float) / 1e6
+    rest = (actual - already) / 1e6
+    r_hat = float(shadow.sum() / orig.sum())
+    r_draws = _ratio(*_resample_sums([shadow, orig], resamples, rng))
+    return r_hat, r_draws, already / 1e6 + r_hat * rest, already / 1e6 + r_draws * rest
 
 
 def _estimate(
@@ -164,12 +210,7 @@ def _estimate(
             "no ratio to scale by"
         )
     else:
-        orig = np.array([o.cost_micro for o, _ in pairs], dtype=float) / 1e6
-        shadow = np.array([s.cost_micro for _, s in pairs], dtype=float) / 1e6
-        rest = (actual - already) / 1e6
-        r_hat = shadow.sum() / orig.sum()
-        r_draws = _ratio(*_resample_sums([shadow, orig], resamples, rng))
-        cf_hat, cf_draws = already / 1e6 + r_hat * rest, already / 1e6 + r_draws * rest
+        r_hat, r_draws, cf_hat, cf_draws = _counterfactual(pairs, already, actual, resamples, rng)
         saved_hat, saved_draws = cf_hat - actual / 1e6, cf_draws - actual / 1e6
         fields["ratio"] = _interval(r_hat, r_draws)
         fields["counterfactual_usd"] = _interval(cf_hat, cf_draws)
@@ -195,6 +236,79 @@ def routing_savings(
 ) -> list[Savings]:
     """Per served class and counterfactual plan (``plans``, then every other plan the
     shadow rows ran), what routing saved against always running that plan."""
+    served, pairs, names = _pairs(rows, plans)
+    return [
+        _estimate(
+            task_class,
+            plan,
+            served[task_class],
+            pairs.get((task_class, plan), []),
+            min_pairs=min_pairs,
+            resamples=resamples,
+            seed=seed,
+        )
+        for task_class in sorted(served)
+        for plan in names
+    ]
+
+
+def routing_totals(
+    rows: Iterable[Any],
+    *,
+    plans: Sequence[str] = (),
+    min_pairs: int = MIN_PAIRS,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> list[TotalSavings]:
+    """Per counterfactual plan, what routing saved over every class with an estimate."""
+    served, pairs, names = _pairs(rows, plans)
+    out = []
+    for p, plan in enumerate(names):
+        covered: list[str] = []
+        actual = uncovered = requests = n_pairs = 0
+        cf_hat, cf_draws = 0.0, np.zeros(resamples)
+        for k, task_class in enumerate(sorted(served)):
+            group, found = served[task_class], pairs.get((task_class, plan), [])
+            spent = sum(r.cost_micro for r in group)
+            if len(found) < min_pairs or sum(o.cost_micro for o, _ in found) <= 0:
+                uncovered += spent
+                continue
+            already = sum(r.cost_micro for r in group if row_plan(r) == plan)
+            # Each class resampled on its own stream: the classes' errors are independent.
+            rng = np.random.default_rng([seed, p, k])
+            _, _, hat, draws = _counterfactual(found, already, spent, resamples, rng)
+            cf_hat, cf_draws = cf_hat + hat, cf_draws + draws
+            covered.append(task_class)
+            actual, requests, n_pairs = actual + spent, requests + len(group), n_pairs + len(found)
+        estimate: dict[str, Interval | None] = dict.fromkeys(
+            ("counterfactual_usd", "savings_usd", "savings_share")
+        )
+        if covered:
+            saved_hat, saved_draws = cf_hat - actual / 1e6, cf_draws - actual / 1e6
+            estimate["counterfactual_usd"] = _interval(cf_hat, cf_draws)
+            estimate["savings_usd"] = _interval(saved_hat, saved_draws)
+            if cf_hat > 0:
+                estimate["savings_share"] = _interval(
+                    saved_hat / cf_hat, _ratio(saved_draws, cf_draws)
+                )
+        out.append(
+            TotalSavings(
+                plan=plan,
+                classes=tuple(covered),
+                requests=requests,
+                pairs=n_pairs,
+                actual_usd=actual / 1e6,
+                uncovered_usd=uncovered / 1e6,
+                **estimate,
+            )
+        )
+    return out
+
+
+def _pairs(
+    rows: Iterable[Any], plans: Sequence[str]
+) -> tuple[dict[str, list[Any]], dict[tuple[str, str], list[tuple[Any, Any]]], list[str]]:
+    """Served rows per class, (class, plan) -> [(original, shadow)], and the plans named."""
     rows = list(rows)
     served: dict[str, list[Any]] = defaultdict(list)
     by_id: dict[str, Any] = {}
@@ -219,19 +333,7 @@ def routing_savings(
         pairs[(original.task_class, plan)].append((original, r))
         seen_plans.append(plan)
     names = list(dict.fromkeys([*plans, *sorted(set(seen_plans))]))
-    return [
-        _estimate(
-            task_class,
-            plan,
-            served[task_class],
-            pairs.get((task_class, plan), []),
-            min_pairs=min_pairs,
-            resamples=resamples,
-            seed=seed,
-        )
-        for task_class in sorted(served)
-        for plan in names
-    ]
+    return served, pairs, names
 
 
 def routing_report(
@@ -262,4 +364,10 @@ def routing_report(
                 "savings": savings.get(stats.task_class, []),
             }
         )
-    return {"bucket_s": width, "min_pairs": min_pairs, "classes": classes}
+    totals = routing_totals(rows, plans=plans, min_pairs=min_pairs, seed=seed)
+    return {
+        "bucket_s": width,
+        "min_pairs": min_pairs,
+        "classes": classes,
+        "total": [t.as_dict() for t in totals],
+    }

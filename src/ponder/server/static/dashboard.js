@@ -339,6 +339,20 @@ function drawRouting(data) {
         { "data-testid": "savings-row", "data-class": c.task_class, "data-plan": s.plan }));
     });
   }
+  // Across classes: the classes with an estimate summed (stratified bootstrap interval);
+  // the spend of classes without one is named beside it, never scaled.
+  for (const t of data.total || []) {
+    if (!t.counterfactual_usd) continue;
+    const names = `all with an estimate (${t.classes.join(", ")})`;
+    body.appendChild(row([
+      [names, { class: "total" }], int(t.requests), "–", "–", "–", t.plan, int(t.pairs), money(t.actual_usd),
+      [interval(t.counterfactual_usd, money), { "data-value": t.counterfactual_usd.value }],
+      [`${money(t.savings_usd.value)} · ${t.savings_share ? interval(t.savings_share, pct) : "–"}`,
+        { "data-value": t.savings_usd.value, "data-testid": `saved-total-${t.plan}` }],
+      [t.uncovered_usd > 0 ? `${money(t.uncovered_usd)} served in classes without an estimate` : "",
+        { class: "dim" }],
+    ], { "data-testid": "savings-total", "data-plan": t.plan }));
+  }
   document.getElementById("savings-empty").hidden = shadowed;
 
   const width = data.bucket_s;
