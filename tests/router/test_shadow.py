@@ -202,6 +202,10 @@ async def test_a_sampled_shadow_is_dropped_while_an_interactive_request_is_in_fl
         await gateway.drain_shadows()
     assert (gateway.shadow.started, gateway.shadow.skipped_busy) == (1, 1)
     assert sum(1 for r in store.rows() if (r.features or {}).get("shadow_of")) == 1
+    # The drop is visible where operators look: the shadow rate that reached the ledger.
+    metrics = gateway.metrics_text().decode()
+    assert 'ponder_shadow_runs_total{outcome="started"} 1.0' in metrics
+    assert 'ponder_shadow_runs_total{outcome="skipped_busy"} 1.0' in metrics
 
 
 async def test_with_shadows_on_a_chat_keeps_its_request_id_and_settlement_hook(

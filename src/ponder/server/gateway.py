@@ -146,6 +146,9 @@ class Gateway:
         self.admin = AdminAPI(store, self.admission)
         # [router.shadow]: counterfactual runs of sampled requests, in the background.
         self.shadow = shadow_sampler(router, list(self.tiers))
+        self.metrics.watch_shadows(
+            lambda: None if self.shadow is None else (self.shadow.started, self.shadow.skipped_busy)
+        )
         self.shadow_tasks: set[asyncio.Task[Any]] = set()
         self.retrain_task: asyncio.Task[None] | None = None
 

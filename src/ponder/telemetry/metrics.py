@@ -123,6 +123,11 @@ class GatewayMetrics:
         ``(tier, prefix_cache_stats())`` pairs of the tiers whose engine has a cache."""
         self.registry.register(_PrefixCacheCollector(source))
 
+    def watch_shadows(self, source: Callable[[], tuple[int, int] | None]) -> None:
+        """Export shadow-run counters, read from ``source`` at each scrape: ``(started,
+        skipped_busy)`` of the gateway's sampler, or None when shadows are off."""
+        self.registry.register(_ShadowCollector(source))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -156,3 +161,30 @@ class _PrefixCacheCollector:
         for tier, s in stats:
             rate.add_metric([tier], float(s.get("hit_rate", 0.0)))
         yield rate
+
+
+class _ShadowCollector:
+    """Sampled shadow runs that started, and those dropped because the engine was busy.
+
+    A dropped sample is never queued behind traffic, so on a busy deployment the
+    shadow rate that reaches the ledger is below the configured one; this says by how
+    much.
+    """
+
+    def __init__(self, source: Callable[[], tuple[int, int] | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Any]:
+        counts = self._source()
+        if counts is None:
+            return
+        family = CounterMetricFamily(
+            "ponder_shadow_runs",
+            "Sampled shadow runs ([router.shadow]) by outcome: started, or skipped_busy "
+            "(dropped: an interactive request or another shadow was running)",
+            labels=["outcome"],
+        )
+        started, skipped = counts
+        family.add_metric(["started"], float(started))
+        family.add_metric(["skipped_busy"], float(skipped))
+        yield family
