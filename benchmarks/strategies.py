@@ -19,7 +19,9 @@ issue-4 grid), so the comparison costs only what is new.
 
 ``--search-timing`` instead times beam search and MCTS on the reasoning-gym sample with
 the embedded engine's prefix cache on and off (two engines in one process, no pool: the
-calls are real, interleaved item by item), and reports accuracy per second of each:
+calls are real, interleaved item by item), and reports accuracy per second of each,
+with the seconds each engine spent inside ``llama_decode`` on prompts and on generation
+(measured in this run; a resumed run reports only what it ran):
 
     .venv/bin/python benchmarks/strategies.py --search-timing --gym 2
 """
@@ -175,14 +177,22 @@ async def search_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     stores = {cache: ResultStore(out / f"search-cache-{cache}.jsonl") for cache in engines}
     rows: list[dict[str, Any]] = []
+    # Seconds inside llama_decode evaluating prompts / generating, per (plan, variant):
+    # where each engine's time went (LlamaCppBackend.decode_stats; this run only).
+    spent: dict[tuple[str, str], dict[str, float]] = {}
     try:
         for k, item in enumerate(items):
-            for config in configs.values():
+            for name, config in configs.items():
                 # Alternate which variant goes first, so drifting load hits both alike.
                 order = ("on", "off") if k % 2 == 0 else ("off", "on")
                 for cache in order:
+                    before = engines[cache].decode_stats()
                     await run_eval([item], [config], {MODEL: engines[cache]}, stores[cache],
                                    concurrency=1)  # fmt: skip
+                    after = engines[cache].decode_stats()
+                    got = spent.setdefault((name, cache), {"prompt_s": 0.0, "generate_s": 0.0})
+                    for key in got:
+                        got[key] += after[key] - before[key]
         ids = {it.id for it in items}
         per: dict[tuple[str, str], dict[str, Any]] = {}
         for cache, store in stores.items():
@@ -198,7 +208,9 @@ async def search_timing(args: argparse.Namespace) -> list[dict[str, Any]]:
                        "wall_s": round(wall, 1),
                        "correct_per_minute": round(60 * correct / wall, 3) if wall else None,
                        "prompt_tokens": sum(r["usage"]["input"] for r in recs),
-                       "cached_input_tokens": sum(r["usage"].get("cached_input", 0) for r in recs)}  # fmt: skip
+                       "cached_input_tokens": sum(r["usage"].get("cached_input", 0) for r in recs),
+                       **{f"decode_{k}": round(v, 1)
+                          for k, v in spent.get((name, cache), {}).items()}}  # fmt: skip
                 per[(name, cache)] = row
                 print(json.dumps(row), flush=True)
                 rows.append(row)
