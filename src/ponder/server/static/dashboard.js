@@ -343,9 +343,9 @@ function drawRouting(data) {
   // the spend of classes without one is named beside it, never scaled.
   for (const t of data.total || []) {
     if (!t.counterfactual_usd) continue;
-    const names = `all with an estimate (${t.classes.join(", ")})`;
+    const across = `across ${t.classes.length} ${t.classes.length === 1 ? "class" : "classes"}`;
     body.appendChild(row([
-      [names, { class: "total" }], int(t.requests), "–", "–", "–", t.plan, int(t.pairs), money(t.actual_usd),
+      [across, { class: "total", title: t.classes.join(", ") }], int(t.requests), "–", "–", "–", t.plan, int(t.pairs), money(t.actual_usd),
       [interval(t.counterfactual_usd, money), { "data-value": t.counterfactual_usd.value }],
       [`${money(t.savings_usd.value)} · ${t.savings_share ? interval(t.savings_share, pct) : "–"}`,
         { "data-value": t.savings_usd.value, "data-testid": `saved-total-${t.plan}` }],
