@@ -59,6 +59,15 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return percentile(values, q) if values else None
 
 
+def _json_object(text: str | None) -> dict[str, Any]:
+    """A JSON column read back as an object ({} when empty, malformed or not an object)."""
+    try:
+        found = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 class LedgerQueries:
     """Read-only aggregates over the ledger of a :class:`Store` (SQLite or PostgreSQL)."""
 
@@ -89,10 +98,13 @@ class LedgerQueries:
     def _served(self, q: Any) -> Any:
         return q.where(self._shadow_link().is_(None))
 
+    @staticmethod
+    def _window(q: Any, since: float | None) -> Any:
+        return q if since is None else q.where(s.requests.c.at >= since)
+
     def _since(self, q: Any, since: float | None) -> Any:
         """Served requests (no shadow runs) since ``since``."""
-        q = self._served(q)
-        return q if since is None else q.where(s.requests.c.at >= since)
+        return self._window(self._served(q), since)
 
     @staticmethod
     def _sums() -> list[Any]:
@@ -155,9 +167,7 @@ class LedgerQueries:
             totals = self._figures(conn.execute(self._since(sa.select(*self._sums()), since)).one())
             totals.update(self._percentiles(conn, since))
             shadow = sa.select(*self._sums()).where(self._shadow_link().is_not(None))
-            if since is not None:
-                shadow = shadow.where(r.at >= since)
-            totals["shadow"] = self._figures(conn.execute(shadow).one())
+            totals["shadow"] = self._figures(conn.execute(self._window(shadow, since)).one())
             groups: dict[str, list[dict[str, Any]]] = {}
             for name in _GROUPS:
                 keys = [r.key_id, r.user, r.team] if name == "caller" else [r[name]]
@@ -257,18 +267,7 @@ class LedgerQueries:
         out = []
         with self._read() as conn:
             for row in conn.execute(q):
-                try:
-                    plan = json.loads(row.plan)
-                except (TypeError, ValueError):
-                    plan = {}
-                if not isinstance(plan, dict):
-                    plan = {}
-                try:
-                    features = json.loads(row.features) if row.features else {}
-                except (TypeError, ValueError):
-                    features = {}
-                if not isinstance(features, dict):
-                    features = {}
+                plan, features = _json_object(row.plan), _json_object(row.features)
                 out.append(
                     {
                         "id": row.id,

@@ -6,10 +6,11 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ponder.ledger.store import LedgerRow
 
-__all__ = ["ClassStats", "class_stats", "percentile"]
+__all__ = ["ClassStats", "class_stats", "is_shadow", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -52,12 +53,17 @@ class ClassStats:
         }
 
 
+def is_shadow(row: Any) -> bool:
+    """A counterfactual run of ``[router.shadow]`` (``features.shadow_of``), not served
+    traffic."""
+    return bool((row.features or {}).get("shadow_of"))
+
+
 def class_stats(rows: Iterable[LedgerRow]) -> list[ClassStats]:
     by_class: dict[str, list[LedgerRow]] = defaultdict(list)
     for row in rows:
-        if (row.features or {}).get("shadow_of"):
-            continue  # a counterfactual run (router.shadow), not served traffic
-        by_class[row.task_class].append(row)
+        if not is_shadow(row):
+            by_class[row.task_class].append(row)
     out = []
     for name in sorted(by_class):
         group = by_class[name]

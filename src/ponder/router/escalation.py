@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ponder.ledger.stats import is_shadow
 from ponder.router.calibrate import STRONG_TIER
 
 __all__ = [
@@ -37,11 +38,6 @@ _EXTRA_RUNGS = frozenset({"think", "search", "tier"})
 # Bucket widths escalation series snap to (seconds): a minute to a week.
 _WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86_400, 7 * 86_400)
 _TARGET_BUCKETS = 24
-
-
-def is_shadow(row: Any) -> bool:
-    """A counterfactual run of ``[router.shadow]``, not served traffic."""
-    return bool((row.features or {}).get("shadow_of"))
 
 
 def escalated(row: Any) -> bool:

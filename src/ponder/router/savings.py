@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from ponder.ledger.stats import class_stats
+from ponder.ledger.stats import class_stats, is_shadow
 from ponder.router.calibrate import CANDIDATE_PLANS
-from ponder.router.escalation import escalation_series, is_shadow
+from ponder.router.escalation import escalation_series
 from ponder.router.retrain import row_plan, row_verdict
 
 __all__ = [
@@ -122,6 +122,10 @@ class TotalSavings:
         return out
 
 
+# Served rows per class, (class, plan) -> [(original, shadow)], and the plans named.
+_Paired = tuple[dict[str, list[Any]], dict[tuple[str, str], list[tuple[Any, Any]]], list[str]]
+
+
 def _shadow_plan(row: Any) -> str | None:
     named = (row.features or {}).get("shadow_plan")
     if isinstance(named, str) and named in CANDIDATE_PLANS:
@@ -174,6 +178,18 @@ def _counterfactual(
     return r_hat, r_draws, already / 1e6 + r_hat * rest, already / 1e6 + r_draws * rest
 
 
+def _no_estimate(pairs: Sequence[tuple[Any, Any]], min_pairs: int) -> str | None:
+    """Why these pairs give no spend estimate, or None when they do."""
+    if len(pairs) < min_pairs:
+        return f"not enough shadow pairs ({len(pairs)} < {min_pairs})"
+    if sum(o.cost_micro for o, _ in pairs) <= 0:
+        return (
+            "the shadowed requests cost nothing (no [pricing] for their models?): "
+            "no ratio to scale by"
+        )
+    return None
+
+
 def _estimate(
     task_class: str,
     plan: str,
@@ -202,13 +218,9 @@ def _estimate(
     )
     rng = np.random.default_rng(seed)
     fields: dict[str, Any] = {}
-    if len(pairs) < min_pairs:
-        fields["note"] = f"not enough shadow pairs ({len(pairs)} < {min_pairs})"
-    elif sum(o.cost_micro for o, _ in pairs) <= 0:
-        fields["note"] = (
-            "the shadowed requests cost nothing (no [pricing] for their models?): "
-            "no ratio to scale by"
-        )
+    note = _no_estimate(pairs, min_pairs)
+    if note is not None:
+        fields["note"] = note
     else:
         r_hat, r_draws, cf_hat, cf_draws = _counterfactual(pairs, already, actual, resamples, rng)
         saved_hat, saved_draws = cf_hat - actual / 1e6, cf_draws - actual / 1e6
@@ -236,7 +248,11 @@ def routing_savings(
 ) -> list[Savings]:
     """Per served class and counterfactual plan (``plans``, then every other plan the
     shadow rows ran), what routing saved against always running that plan."""
-    served, pairs, names = _pairs(rows, plans)
+    return _savings(_pairs(rows, plans), min_pairs=min_pairs, resamples=resamples, seed=seed)
+
+
+def _savings(paired: _Paired, *, min_pairs: int, resamples: int, seed: int) -> list[Savings]:
+    served, pairs, names = paired
     return [
         _estimate(
             task_class,
@@ -261,7 +277,11 @@ def routing_totals(
     seed: int = 0,
 ) -> list[TotalSavings]:
     """Per counterfactual plan, what routing saved over every class with an estimate."""
-    served, pairs, names = _pairs(rows, plans)
+    return _totals(_pairs(rows, plans), min_pairs=min_pairs, resamples=resamples, seed=seed)
+
+
+def _totals(paired: _Paired, *, min_pairs: int, resamples: int, seed: int) -> list[TotalSavings]:
+    served, pairs, names = paired
     out = []
     for p, plan in enumerate(names):
         covered: list[str] = []
@@ -270,7 +290,7 @@ def routing_totals(
         for k, task_class in enumerate(sorted(served)):
             group, found = served[task_class], pairs.get((task_class, plan), [])
             spent = sum(r.cost_micro for r in group)
-            if len(found) < min_pairs or sum(o.cost_micro for o, _ in found) <= 0:
+            if _no_estimate(found, min_pairs) is not None:
                 uncovered += spent
                 continue
             already = sum(r.cost_micro for r in group if row_plan(r) == plan)
@@ -305,9 +325,7 @@ def routing_totals(
     return out
 
 
-def _pairs(
-    rows: Iterable[Any], plans: Sequence[str]
-) -> tuple[dict[str, list[Any]], dict[tuple[str, str], list[tuple[Any, Any]]], list[str]]:
+def _pairs(rows: Iterable[Any], plans: Sequence[str]) -> _Paired:
     """Served rows per class, (class, plan) -> [(original, shadow)], and the plans named."""
     rows = list(rows)
     served: dict[str, list[Any]] = defaultdict(list)
@@ -348,8 +366,9 @@ def routing_report(
     the window and over time) and :func:`routing_savings`, as JSON-ready dicts."""
     rows = list(rows)
     width, series = escalation_series(rows, bucket_s=bucket_s)
+    paired = _pairs(rows, plans)  # once, for the per-class estimates and the totals
     savings: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in routing_savings(rows, plans=plans, min_pairs=min_pairs, seed=seed):
+    for s in _savings(paired, min_pairs=min_pairs, resamples=RESAMPLES, seed=seed):
         savings[s.task_class].append(s.as_dict())
     classes = []
     for stats in class_stats(rows):
@@ -364,7 +383,7 @@ def routing_report(
                 "savings": savings.get(stats.task_class, []),
             }
         )
-    totals = routing_totals(rows, plans=plans, min_pairs=min_pairs, seed=seed)
+    totals = _totals(paired, min_pairs=min_pairs, resamples=RESAMPLES, seed=seed)
     return {
         "bucket_s": width,
         "min_pairs": min_pairs,
