@@ -15,7 +15,13 @@ from ponder.wiring import build_gateway, engine_tier_backend
 
 def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
     engine = EngineSettings(
-        n_ctx=2048, max_sequences=4, n_batch=64, threads=3, seed=7, prefix_cache=False
+        n_ctx=2048,
+        max_sequences=4,
+        n_batch=64,
+        threads=3,
+        seed=7,
+        prefix_cache=False,
+        weight_repack=False,
     )
     expected = {
         "n_ctx": 2048,
@@ -25,6 +31,7 @@ def test_engine_settings_map_to_backend_arguments(tmp_path: Path) -> None:
         "cache_dir": tmp_path,
         "seed": 7,
         "prefix_cache": False,
+        "weight_repack": False,
     }
     assert engine.backend_options(tmp_path) == expected
     assert engine.backend_options(tmp_path, threads=5) == {**expected, "threads": 5}
@@ -56,6 +63,7 @@ def test_an_embedded_tier_gets_the_engine_settings_under_its_own(
         "cache_dir": tmp_path,
         "seed": 7,
         "prefix_cache": True,
+        "weight_repack": None,
     }
     assert built["small"].options == {**defaults, "n_ctx": 4096, "threads": 3}
     assert built["pinned"].options == {**defaults, "n_ctx": 4096, "threads": 5}

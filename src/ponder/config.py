@@ -58,6 +58,9 @@ class EngineSettings(BaseModel):
     seed: int = 0
     # Keep finished sequences' KV for later calls that share a prefix (cached_input).
     prefix_cache: bool = True
+    # Let llama.cpp repack weights for its CPU kernels; unset: yes, except on CPUs with
+    # AMX, where its AMX kernels can crash (LlamaCppBackend, cpu_has_amx).
+    weight_repack: bool | None = None
 
     def backend_options(self, cache_dir: Path, *, threads: int | None = None) -> dict[str, Any]:
         """These settings as keyword arguments of the embedded backend (``LlamaCppBackend``,
@@ -70,6 +73,7 @@ class EngineSettings(BaseModel):
             "cache_dir": cache_dir,
             "seed": self.seed,
             "prefix_cache": self.prefix_cache,
+            "weight_repack": self.weight_repack,
         }
 
 

@@ -172,3 +172,17 @@ def test_prompt_tokens_of_plain_messages_match_whole_prompt_tokenization(engine)
     )
 
     assert engine.prompt_tokens(req) == engine.tokenize(engine.render(req), special=True)
+
+
+def test_weights_are_not_repacked_for_amx(engine, tmp_path) -> None:
+    """llama.cpp's AMX kernels segfault on some hosts (llama.cpp#20824): plain weights there."""
+    from ponder.backends.llama_cpp import cpu_has_amx
+
+    flags = "flags\t\t: fpu sse2 avx2 avx512f"
+    (tmp_path / "sapphire").write_text(f"{flags} amx_bf16 amx_tile amx_int8\n")
+    (tmp_path / "zen").write_text(f"{flags}\n")
+    assert cpu_has_amx(tmp_path / "sapphire") is True
+    assert cpu_has_amx(tmp_path / "zen") is False
+    assert cpu_has_amx(tmp_path / "absent") is False
+    # This engine decoded in the tests above, whichever CPU runs them.
+    assert engine.weight_repack is (not cpu_has_amx())

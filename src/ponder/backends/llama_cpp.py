@@ -58,6 +58,20 @@ __all__ = ["LlamaCppBackend", "SCRATCHPAD_INSTRUCTION", "scratchpad_messages"]
 _LLAMA_MAX_SEQ = 256
 
 
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has Intel AMX (Sapphire Rapids and later).
+
+    There llama.cpp repacks the weights for its AMX matrix kernels, and the first decode
+    segfaults inside ``ggml_backend_amx_mul_mat`` on some hosts (llama.cpp#20824, open;
+    reproduced here with the 0.3.36 wheel on a 2-core Sapphire Rapids VM), so the engine
+    loads plain weights there. Not Linux, or unreadable: no.
+    """
+    try:
+        return "amx_int8" in Path(cpuinfo).read_text()
+    except OSError:
+        return False
+
+
 class LlamaCppBackend:
     """The embedded llama.cpp engine: a catalog model or any local ``.gguf`` file.
 
@@ -66,6 +80,9 @@ class LlamaCppBackend:
     to ``max_sequences`` idle sequences beside the active ones, under the same
     ``n_ctx`` cells. ``probe_layers`` makes :meth:`prompt_state` also return those
     layers' states of the prompt's last token (0-based transformer blocks).
+    ``weight_repack`` lets llama.cpp repack the weights for its CPU kernels (its
+    "extra buffer types"); the default (None) does so except on a CPU with AMX, whose
+    kernels crash in llama.cpp on some hosts (see :func:`cpu_has_amx`).
     """
 
     def __init__(
@@ -81,6 +98,7 @@ class LlamaCppBackend:
         verbose: bool = False,
         prefix_cache: bool = True,
         probe_layers: tuple[int, ...] = (),
+        weight_repack: bool | None = None,
         context_params: dict[str, Any] | None = None,
     ) -> None:
         import llama_cpp
@@ -98,6 +116,8 @@ class LlamaCppBackend:
         self.name = model if model in CATALOG else Path(model).stem
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
+        self.weight_repack = (not cpu_has_amx()) if weight_repack is None else weight_repack
+        mparams.use_extra_bufts = self.weight_repack
         self._model = _internals.LlamaModel(
             path_model=str(self.model_path), params=mparams, verbose=verbose
         )
@@ -435,21 +455,10 @@ class LlamaCppBackend:
         # size of the batch it is in, so a prompt served from the cache (all but its
         # last token) and the same prompt evaluated cold give the same first token.
         end = len(job.prompt) - 1
-        for start in range(reuse, end, self.n_batch):
-            chunk = job.prompt[start : min(start + self.n_batch, end)]
-            self._decoder.run([(t, start + j, first, False) for j, t in enumerate(chunk)], "prompt")
         if job.probe:
-            row = (job.prompt[end], end, first, True)
-            if self._tap is None:
-                job.state = (self._decoder.run_with_state(row, self.n_embd), {})
-            else:
-                with self._tap.armed() as layers:
-                    final = self._decoder.run_with_state(row, self.n_embd)
-                job.state = (final, layers)
-            seq = job.seqs[0]
-            seq.pos, seq.finish = len(job.prompt), "probe"  # its KV holds the whole prompt
-            self._release(job, deliver=True)
+            self._probe(job, reuse, end, first)
             return
+        self._evaluate_prompt(job, reuse, end, first)
         self._decoder.run([(job.prompt[end], end, first, True)], "prompt")
         # Share the prompt's KV cells with the other sequences (no copy, no recompute).
         for s in ids[1:]:
@@ -457,6 +466,30 @@ class LlamaCppBackend:
         logits = self._decoder.logits(0)
         for seq in job.seqs:
             self._choose(job, seq, logits)
+
+    def _evaluate_prompt(self, job: Job, start_at: int, end: int, seq_id: int) -> None:
+        """Decode prompt tokens ``start_at`` .. ``end - 1`` into ``seq_id``, in chunks."""
+        for start in range(start_at, end, self.n_batch):
+            chunk = job.prompt[start : min(start + self.n_batch, end)]
+            self._decoder.run(
+                [(t, start + j, seq_id, False) for j, t in enumerate(chunk)], "prompt"
+            )
+
+    def _probe(self, job: Job, reuse: int, end: int, first: int) -> None:
+        """A prompt-state job: evaluate the prompt, keep its states, answer nothing."""
+        row = (job.prompt[end], end, first, True)
+        if self._tap is None:
+            self._evaluate_prompt(job, reuse, end, first)
+            job.state = (self._decoder.run_with_state(row, self.n_embd), {}, {})
+        else:
+            # Armed over the whole prefill: the layers' means cover every evaluated token.
+            with self._tap.armed() as capture:
+                self._evaluate_prompt(job, reuse, end, first)
+                final = self._decoder.run_with_state(row, self.n_embd)
+            job.state = (final, capture.last, capture.mean)
+        seq = job.seqs[0]
+        seq.pos, seq.finish = len(job.prompt), "probe"  # its KV holds the whole prompt
+        self._release(job, deliver=True)
 
     # ---------------------------------------------------------------- decode
 
@@ -591,8 +624,8 @@ class LlamaCppBackend:
             return
         if job.probe:
             assert job.future is not None
-            final, layers = job.state
-            state = PromptState(final, len(job.prompt) - job.reused, job.reused, layers)
+            final, layers, means = job.state
+            state = PromptState(final, len(job.prompt) - job.reused, job.reused, layers, means)
             job.loop.call_soon_threadsafe(_resolve, job.future, state)
         elif job.future is not None:
             gens = [generation(job, s) for s in job.seqs]
