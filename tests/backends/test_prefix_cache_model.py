@@ -203,10 +203,17 @@ async def test_prompt_state_of_middle_layers(engines) -> None:
         # The final state is what an engine without the tap computes.
         assert cosine(state.vector, (await off.prompt_state(math)).vector) > 0.99
         assert (await off.prompt_state(math)).layers == {}
+        # Each layer's mean over the prompt is another reading than its last token's;
+        # the last block is computed for the output row only, so its mean is that row.
+        assert sorted(state.layer_means) == [5, 11, 23] and state.evaluated > 20
+        assert cosine(state.layer_means[11], state.layers[11]) < 0.95
+        assert cosine(state.layer_means[23], state.layers[23]) > 0.999
         # The same prompt again (from the cache, bar its last token) reads the same;
         # another prompt reads differently in the middle layer.
         again = await tapped.prompt_state(math)
         assert again.evaluated == 1 and cosine(again.layers[11], state.layers[11]) > 0.99
+        # A mean covers the evaluated tokens only: here the one token not from the cache.
+        assert cosine(again.layer_means[11], again.layers[11]) > 0.999
         city = await tapped.prompt_state(ask("Name a large city in Japan."))
         assert cosine(city.layers[11], state.layers[11]) < 0.95
         # Generation with the tap installed answers as a plain cold engine does.

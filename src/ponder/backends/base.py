@@ -34,13 +34,17 @@ class PromptState:
     ``evaluated`` prompt tokens were computed for it and ``reused`` came from the
     engine's prefix cache (the router's model-signal features; see
     benchmarks/router_signal.py). ``layers`` maps each layer the engine was asked to
-    probe to that block's output for the same token (empty unless configured).
+    probe to that block's output for the same token (empty unless configured), and
+    ``layer_means`` to that block's output averaged over the ``evaluated`` tokens (a
+    prefix served from the cache is not in the mean: probe with the cache off, or on
+    prompts that share no prefix, for means over whole prompts).
     """
 
     vector: Any  # a 1-D numpy float array of the model's hidden size
     evaluated: int
     reused: int
     layers: dict[int, Any] = field(default_factory=dict)
+    layer_means: dict[int, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

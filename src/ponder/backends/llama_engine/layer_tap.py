@@ -18,7 +18,7 @@ import numpy as np
 
 from ponder.errors import BackendError
 
-__all__ = ["LayerTap"]
+__all__ = ["Capture", "LayerTap"]
 
 
 def _ggml(ll: Any) -> ctypes.CDLL:
@@ -39,8 +39,35 @@ def _ggml(ll: Any) -> ctypes.CDLL:
     return lib
 
 
+class Capture:
+    """What one armed span read: each layer's last row, and the mean of all its rows."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, np.ndarray] = {}
+        self._sums: dict[int, np.ndarray] = {}
+        self._rows: dict[int, int] = {}
+
+    def add(self, layer: int, data: np.ndarray) -> None:
+        self.last[layer] = data[-1].copy()  # the row of the batch's last token
+        total = data.sum(axis=0, dtype=np.float64)
+        if layer in self._sums:
+            self._sums[layer] += total
+        else:
+            self._sums[layer] = total
+        self._rows[layer] = self._rows.get(layer, 0) + len(data)
+
+    @property
+    def mean(self) -> dict[int, np.ndarray]:
+        """Each layer's output averaged over every token decoded while armed."""
+        return {i: (s / self._rows[i]).astype(np.float32) for i, s in self._sums.items()}
+
+
 class LayerTap:
-    """While armed, keeps the last row of each wanted layer's output (``l_out-<i>``)."""
+    """While armed, reads each wanted layer's output (``l_out-<i>``) for every row decoded.
+
+    The last transformer block is read only for rows that ask for logits (llama.cpp
+    drops the others before it), so its mean is over those rows alone.
+    """
 
     def __init__(self, ll: Any, layers: Sequence[int], n_layer: int) -> None:
         bad = [i for i in layers if not 0 <= i < n_layer]
@@ -50,7 +77,7 @@ class LayerTap:
         self._lib = _ggml(ll)
         self._wanted = {f"l_out-{i}".encode(): i for i in self.layers}
         self._armed = False
-        self._captured: dict[int, np.ndarray] = {}
+        self._capture = Capture()
         # Kept on self: ctypes frees a callback whose Python object is collected.
         self.callback = ll.ggml_backend_sched_eval_callback(self._on_tensor)
 
@@ -59,15 +86,15 @@ class LayerTap:
         cparams.cb_eval_user_data = None
 
     @contextmanager
-    def armed(self) -> Iterator[dict[int, np.ndarray]]:
-        """Capture during the block; the dict it yields holds layer -> state afterwards."""
-        self._captured = {}
+    def armed(self) -> Iterator[Capture]:
+        """Capture during the block; what it yields holds the layers' states afterwards."""
+        self._capture = Capture()
         self._armed = True
         try:
-            yield self._captured
+            yield self._capture
         finally:
             self._armed = False
-        missing = [i for i in self.layers if i not in self._captured]
+        missing = [i for i in self.layers if i not in self._capture.last]
         if missing:
             raise BackendError(
                 f"the model's graph produced no output for layers {missing} "
@@ -85,11 +112,13 @@ class LayerTap:
                 return layer is not None
             if layer is not None and self._lib.ggml_is_contiguous(tensor):
                 rows = self._lib.ggml_nrows(tensor)
+                if rows == 0:
+                    return True
                 width = self._lib.ggml_nelements(tensor) // rows
                 if self._lib.ggml_nbytes(tensor) != 4 * rows * width:
                     return True  # not float32 (a quantised or f16 graph): not read
                 data = np.ctypeslib.as_array(self._lib.ggml_get_data_f32(tensor), (rows, width))
-                self._captured[layer] = data[-1].copy()  # the row of the batch's last token
+                self._capture.add(layer, data)
         except Exception:  # noqa: BLE001  # reported as missing layers by armed()
             pass
         return True
