@@ -356,7 +356,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on loopback, once per session."""
+    """llama-cpp-python's OpenAI-compatible server on loopback, once per session.
+
+    Started through ``llama_server.py``, which keeps llama.cpp's weights unrepacked on
+    AMX CPUs, where its AMX kernels crash the server on the first request.
+    """
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     for mod in ("sse_starlette", "starlette_context", "uvicorn", "fastapi"):
         pytest.importorskip(mod, reason=f"llama_cpp.server needs {mod} (pip install '.[dev]')")
@@ -369,7 +373,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     log = log_path.open("wb")
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+        sys.executable, str(Path(__file__).parent / "llama_server.py"), "--model", str(gguf),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
         "--n_threads", str(min(os.cpu_count() or 2, 2)), "--seed", "0",
     ]  # fmt: skip
