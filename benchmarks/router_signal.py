@@ -11,7 +11,8 @@ cached in ``<dir>/prompt_states.npz`` (resumable).
 1. **AUC of "extra compute pays"** (a heavier rung right where direct was wrong): text
    features (the learned router's hashed word n-grams + numeric features), the state,
    and both (stacked out-of-fold scores). Every choice (text C; state layer, whitened
-   principal axes, C) is made by 5-fold CV on training rows only. Judged on the fixed
+   principal axes, C) is made by 5-fold CV on training rows only. A second state view
+   averages the scores of every probed middle layer's model instead of choosing one. Judged on the fixed
    test split of routing.py, with a paired bootstrap 95% interval of the gain, and by
    nested cross-fitting over all items (outer 5-fold, inner 5-fold, ``--repeats`` seeds).
 2. **Accuracy at equal cost**: a utility router that picks, per request, the candidate
@@ -151,6 +152,11 @@ class Choice:
     state: tuple[str, int, float]  # (state key, principal axes, C)
     stacker: Any  # logistic on (text score, state score), fitted on out-of-fold scores
     cv_auc: dict[str, float]
+    # Every probed layer's state model (same axes and C), their scores averaged: no
+    # single layer is chosen, so a fold's choice cannot swing between layers.
+    keys: tuple[str, ...] = ()
+    layers_mean: tuple[int, float] = (8, 0.3)
+    layers_stacker: Any = None
 
 
 class Signals:
@@ -200,14 +206,25 @@ class Signals:
         both = np.c_[oof_text[text_c], oof_state[state]]
         stacker = LogisticRegression().fit(both, y)
         stacked = roc_auc_score(y, stacker.decision_function(both))
+        # The layers' mean: its out-of-fold scores are the mean of each layer's.
+        oof_mean = {(d, c): np.mean([oof_state[(k, d, c)] for k in keys], axis=0)
+                    for d in self.DIMS for c in self.STATE_C}  # fmt: skip
+        mean_auc = {cfg: roc_auc_score(y, v) for cfg, v in oof_mean.items()}
+        layers_mean = max(oof_mean, key=lambda cfg: (round(mean_auc[cfg], 6), -cfg[0], -cfg[1]))
+        layers_stacker = LogisticRegression().fit(np.c_[oof_text[text_c], oof_mean[layers_mean]], y)
         return Choice(text_c, state, stacker, {"text": round(float(text_auc[text_c]), 4),
-                      "state": round(float(state_auc[state]), 4), "stacked": round(float(stacked), 4)})  # fmt: skip
+                      "state": round(float(state_auc[state]), 4), "stacked": round(float(stacked), 4),
+                      "layers_mean": round(float(mean_auc[layers_mean]), 4)},
+                      tuple(keys), layers_mean, layers_stacker)  # fmt: skip
 
     def predict(self, tr: np.ndarray, te: np.ndarray, choice: Choice) -> dict[str, np.ndarray]:
         text = self.text_scores(tr, te, choice.text_c)
         state = self.state_scores(tr, te, choice.state)
+        dims, c = choice.layers_mean
+        layers = np.mean([self.state_scores(tr, te, (k, dims, c)) for k in choice.keys], axis=0)
         return {"text": text, "state": state,
-                "text+state": choice.stacker.decision_function(np.c_[text, state])}  # fmt: skip
+                "text+state": choice.stacker.decision_function(np.c_[text, state]),
+                "text+layers": choice.layers_stacker.decision_function(np.c_[text, layers])}  # fmt: skip
 
 
 def paired_auc_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int) -> dict[str, float]:
@@ -280,7 +297,7 @@ def main() -> None:
         choice = signals.select(tr, keys)
         got = signals.predict(tr, te, choice)
         split[name] = (choice, got)
-        for variant in ("state", "text+state"):
+        for variant in ("state", "text+state", "text+layers")[: 3 if len(keys) > 1 else 2]:
             print(json.dumps({"variant": f"{variant} ({name})", "split": "test", "items": len(te),
                               "auc": auc(got[variant], te), "state": list(choice.state),
                               "text_C": choice.text_c, "cv_auc_train": choice.cv_auc}), flush=True)  # fmt: skip
@@ -289,6 +306,9 @@ def main() -> None:
                       "auc": auc(text_test, te)}), flush=True)  # fmt: skip
     gains = {name: paired_auc_gain(y[te], text_test, got["text+state"], args.bootstrap)
              for name, (_, got) in split.items()}  # fmt: skip
+    mean_gain = paired_auc_gain(
+        y[te], text_test, split["middle layers"][1]["text+layers"], args.bootstrap
+    )
 
     # 2. Nested cross-fitting over every item: each outer fold chooses on its own train
     # part (inner 5-fold), so nothing is chosen on the rows it is judged on.
@@ -308,6 +328,10 @@ def main() -> None:
         "auc_gain_final_ci95": gains["final layer"]["ci95"],
         "auc_gain_middle_over_text": gains["middle layers"]["gain"],
         "auc_gain_middle_ci95": gains["middle layers"]["ci95"],
+        "auc_text_layers_mean": auc(split["middle layers"][1]["text+layers"], te),
+        "middle_layers_mean_chosen": list(best.layers_mean),
+        "auc_gain_layers_mean_over_text": mean_gain["gain"],
+        "auc_gain_layers_mean_ci95": mean_gain["ci95"],
         **nested, **policy,
     }  # fmt: skip
     print(json.dumps(summary), flush=True)
@@ -322,7 +346,7 @@ def nested_estimate(signals: Signals, keys: list[str], args: argparse.Namespace)
     per_repeat: dict[str, list[float]] = defaultdict(list)
     first: dict[str, np.ndarray] = {}
     for rep in range(args.repeats):
-        pooled = {v: np.zeros(len(y)) for v in ("text", "state", "text+state")}
+        pooled = {v: np.zeros(len(y)) for v in ("text", "state", "text+state", "text+layers")}
         folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=100 + rep)
         chosen = []
         for tr, te in folds.split(np.zeros(len(y)), y):
@@ -339,6 +363,7 @@ def nested_estimate(signals: Signals, keys: list[str], args: argparse.Namespace)
               flush=True)  # fmt: skip
     gain = paired_auc_gain(y, first["text"], first["text+state"], args.bootstrap)
     diffs = np.subtract(per_repeat["text+state"], per_repeat["text"])
+    mean_diffs = np.subtract(per_repeat["text+layers"], per_repeat["text"])
     return {
         "nested_items": len(y), "nested_repeats": args.repeats,
         **{f"nested_auc_{v.replace('+', '_')}": round(float(np.mean(a)), 4)
@@ -346,6 +371,9 @@ def nested_estimate(signals: Signals, keys: list[str], args: argparse.Namespace)
         "nested_gain_over_text": round(float(diffs.mean()), 4),
         "nested_gain_range": [round(float(diffs.min()), 4), round(float(diffs.max()), 4)],
         "nested_gain_ci95_repeat0": gain["ci95"],
+        "nested_gain_layers_mean_over_text": round(float(mean_diffs.mean()), 4),
+        "nested_gain_layers_mean_range": [round(float(mean_diffs.min()), 4),
+                                          round(float(mean_diffs.max()), 4)],
     }  # fmt: skip
 
 
