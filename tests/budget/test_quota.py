@@ -72,3 +72,16 @@ def test_prices_cost_and_worst_case() -> None:
     table = PriceTable(models={"big": price})
     assert table.for_model("big") is price and table.for_model("other") == Price()
     assert to_micro(0.0000261) == 27  # money rounds up, never down
+
+
+async def test_guard_runs_over_an_upstream_whose_token_counter_is_async() -> None:
+    """An OpenAI-compatible upstream counts tokens over the network (async): the guard's
+    synchronous estimate falls back to bytes instead of failing on a coroutine."""
+    from ponder.backends.openai_compat import OpenAICompatBackend
+
+    upstream = OpenAICompatBackend("http://127.0.0.1:9/v1", flavor="vllm")
+    try:
+        messages = [Message(role="user", content="héllo")]
+        assert estimate_prompt_tokens(upstream, messages) == len("héllo".encode()) + 4
+    finally:
+        await upstream.aclose()

@@ -258,6 +258,45 @@ def test_anthropic_tool_use(anthropic_client: Any) -> None:
     assert use.name == "get_weather" and set(use.input) == {"city"}
 
 
+def test_anthropic_count_tokens_is_what_the_request_sends(anthropic_client: Any) -> None:
+    """Counted on the serving model's own chat template: exactly the prompt tokens a
+    direct request is then charged (new or read from the prefix cache)."""
+    weather = {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+    }
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    plain = anthropic_client.messages.count_tokens(model="ponder", messages=messages)
+    with_tool = anthropic_client.messages.count_tokens(
+        model="ponder", messages=messages, tools=[weather]
+    )
+    assert with_tool.input_tokens > plain.input_tokens > 0
+    msg = anthropic_client.messages.create(
+        model="ponder",
+        max_tokens=24,
+        tools=[weather],
+        messages=messages,
+        extra_body={"ponder": {"strategy": "direct"}},
+    )
+    charged = msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0)
+    assert charged == with_tool.input_tokens
+
+
+def test_responses_input_tokens_count(openai_client: Any) -> None:
+    counted = openai_client.responses.input_tokens.count(
+        model="ponder", input="Name one planet.", instructions="Answer in one word."
+    )
+    r = openai_client.responses.create(
+        model="ponder",
+        input="Name one planet.",
+        instructions="Answer in one word.",
+        max_output_tokens=8,
+        extra_body={"ponder": {"strategy": "direct"}},
+    )
+    assert counted.input_tokens == r.usage.input_tokens > 0
+
+
 def test_anthropic_messages_stream(anthropic_client: Any) -> None:
     with anthropic_client.messages.stream(
         model="ponder",

@@ -200,3 +200,70 @@ async def test_messages_tool_use_round_trip() -> None:
         r = await client.post("/v1/messages", json=follow)
     assert r.status_code == 200, r.text
     assert r.json()["content"][0]["text"] == "It is 21 C."
+
+
+async def test_token_counts_need_the_key_and_spend_nothing(store: Store) -> None:
+    """count_tokens / input_tokens answer what the request would send, with the caller's
+    auth, and run nothing: no model call, no ledger row, no quota used or held."""
+    _, alice = store.create_key("alice")
+    _, bob = store.create_key("bob")
+    store.set_limit(Limit("key", "*", "tokens", "day", 10_000))
+    backend = FakeBackend(["Paris."])
+    count = {"model": "fake", "messages": [{"role": "user", "content": "Capital of France?"}]}
+    async with governed(store, backend) as client:
+        r = await client.post("/v1/messages/count_tokens", json=count)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        r = await client.post(
+            "/v1/messages/count_tokens", json={"messages": []}, headers={"x-api-key": alice}
+        )
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        plain = await client.post(
+            "/v1/messages/count_tokens", json=count, headers={"x-api-key": alice}
+        )
+        documents = {"documents": [{"content": "France's capital is Paris. " * 20}]}
+        longer = await client.post(
+            "/v1/messages/count_tokens",
+            json={**count, "system": "Answer in one word.", "ponder": documents},
+            headers={"x-api-key": alice},
+        )
+        first = await client.post(
+            "/v1/responses",
+            json={"model": "fake", "input": "Capital of France?"},
+            headers={"authorization": f"Bearer {alice}"},
+        )
+        follow = {
+            "model": "fake",
+            "input": "Its population?",
+            "previous_response_id": first.json()["id"],
+        }
+        owner = await client.post(
+            "/v1/responses/input_tokens", json=follow, headers={"authorization": f"Bearer {alice}"}
+        )
+        stranger = await client.post(
+            "/v1/responses/input_tokens", json=follow, headers={"authorization": f"Bearer {bob}"}
+        )
+        alone = {k: v for k, v in follow.items() if k != "previous_response_id"}
+        solo = await client.post(
+            "/v1/responses/input_tokens", json=alone, headers={"authorization": f"Bearer {alice}"}
+        )
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["input_tokens"] > 0
+    # The system prompt and the wrapped documents are part of what is counted.
+    assert longer.json()["input_tokens"] > plain.json()["input_tokens"] + 100
+    assert owner.status_code == 200, owner.text
+    assert owner.json()["object"] == "response.input_tokens"
+    # The stored turns are counted: more than the follow-up alone.
+    assert owner.json()["input_tokens"] > solo.json()["input_tokens"] > 0
+    assert (
+        stranger.status_code == 404 and stranger.json()["error"]["param"] == "previous_response_id"
+    )
+    # Only the one real request ran and left a row; the counts are not in the quota.
+    assert len(backend.calls) == 1
+    (row,) = store.rows()
+    key_id = next(k.id for k in store.list_keys() if k.user == "alice")
+    used, reserved = store.counter("key", key_id, "tokens", "day")
+    assert reserved == 0
+    assert (
+        used
+        == row.input_tokens + row.cached_input_tokens + row.reasoning_tokens + row.output_tokens
+    )

@@ -14,6 +14,7 @@ hard bound: no call of any strategy can use more tokens than were reserved.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,11 +138,12 @@ class Refusal:
 def estimate_prompt_tokens(backend: object, messages: Sequence[Message]) -> int:
     """An upper estimate of the prompt tokens of one call.
 
-    Uses the backend's ``count_tokens`` when it has one (plus room for the chat
-    template); otherwise counts UTF-8 bytes, which bounds any byte-level tokenizer.
+    Uses the backend's ``count_tokens`` when it has a synchronous one (plus room for
+    the chat template); otherwise counts UTF-8 bytes, which bounds any byte-level
+    tokenizer. An upstream's counter is a network call (async), too slow to make here.
     """
     count = getattr(backend, "count_tokens", None)
-    if callable(count):
+    if callable(count) and not inspect.iscoroutinefunction(count):
         return sum(int(count(m.content)) + 8 for m in messages) + 64
     return sum(len(m.content.encode("utf-8")) + 4 for m in messages)
 

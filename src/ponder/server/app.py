@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +28,13 @@ from ponder.backends.base import Backend
 from ponder.budget.quota import Scope
 from ponder.config import ServerSettings
 from ponder.errors import InvalidRequest, PonderError
-from ponder.server.dropin import SurfaceResult, messages, responses_create
+from ponder.server.dropin import (
+    SurfaceResult,
+    count_message_tokens,
+    messages,
+    responses_create,
+    responses_input_tokens,
+)
 from ponder.server.feedback import FeedbackBody, record_feedback
 from ponder.server.gateway import Gateway
 from ponder.server.jobs import Jobs
@@ -52,6 +58,9 @@ from ponder.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 __all__ = ["REQUEST_BODIES", "create_app"]
 
 logger = logging.getLogger("ponder.server")
+
+# A drop-in surface's handler: (gateway, decoded body, headers) -> what to answer.
+Surface = Callable[[Gateway, Any, Mapping[str, str]], Awaitable[SurfaceResult]]
 
 
 def _error(result: ErrorResult) -> JSONResponse:
@@ -329,7 +338,8 @@ def create_app(
                 body=openai_error_body(
                     f"{request.method} {request.url.path}: {exc.detail}; "
                     "ponder serves POST /v1/chat/completions, POST /v1/messages, "
-                    "POST /v1/responses, POST/GET /v1/jobs, "
+                    "POST /v1/messages/count_tokens, POST /v1/responses, "
+                    "POST /v1/responses/input_tokens, POST/GET /v1/jobs, "
                     "POST /v1/feedback, GET /v1/models, GET /health, GET /metrics, "
                     "GET /dashboard and the admin API under /v1/admin",
                     type="invalid_request_error",
@@ -355,8 +365,8 @@ def create_app(
             )
         return JSONResponse(result.body, status_code=result.status, headers=result.headers)
 
-    @app.post("/v1/messages")
-    async def anthropic_messages(request: Request) -> Response:
+    async def _anthropic(request: Request, handler: Surface) -> Response:
+        """An Anthropic-shaped route: its body errors and failures in Anthropic's shape."""
         body = await _body(request)
         if isinstance(body, ErrorResult):
             return JSONResponse(
@@ -365,22 +375,37 @@ def create_app(
                 headers=body.headers,
             )
         try:
-            return await _surface(await messages(gateway, body, request.headers))
+            return await _surface(await handler(gateway, body, request.headers))
         except Exception as exc:  # never drop a connection
             failed = internal_error(exc)
             return JSONResponse(
                 anthropic_error_from_openai(failed.status, failed.body), status_code=failed.status
             )
 
-    @app.post("/v1/responses")
-    async def openai_responses(request: Request) -> Response:
+    async def _openai(request: Request, handler: Surface) -> Response:
         body = await _body(request)
         if isinstance(body, ErrorResult):
             return _error(body)
         try:
-            return await _surface(await responses_create(gateway, body, request.headers))
+            return await _surface(await handler(gateway, body, request.headers))
         except Exception as exc:  # never drop a connection
             return _error(internal_error(exc))
+
+    @app.post("/v1/messages")
+    async def anthropic_messages(request: Request) -> Response:
+        return await _anthropic(request, messages)
+
+    @app.post("/v1/messages/count_tokens")
+    async def anthropic_count_tokens(request: Request) -> Response:
+        return await _anthropic(request, count_message_tokens)
+
+    @app.post("/v1/responses")
+    async def openai_responses(request: Request) -> Response:
+        return await _openai(request, responses_create)
+
+    @app.post("/v1/responses/input_tokens")
+    async def openai_responses_input_tokens(request: Request) -> Response:
+        return await _openai(request, responses_input_tokens)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

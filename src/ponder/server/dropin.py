@@ -98,6 +98,22 @@ async def messages(gateway: Gateway, body: Any, headers: Mapping[str, str]) -> S
     )
 
 
+async def count_message_tokens(
+    gateway: Gateway, body: Any, headers: Mapping[str, str]
+) -> SurfaceResult:
+    """``POST /v1/messages/count_tokens``: the Messages request's input tokens, nothing run."""
+    if isinstance(body, dict) and "max_tokens" not in body:
+        body = {**body, "max_tokens": 1}  # not part of a count request; irrelevant to it
+    try:
+        chat = anthropic.to_chat_request(anthropic.parse_messages_request(body))
+        chat = chat.model_copy(update={"stream": False, "stream_options": None})
+        tokens = await gateway.count_input_tokens(chat, anthropic.auth_headers(headers))
+    except PonderError as exc:
+        status, error = anthropic.error_body(exc)
+        return SurfaceResult(status=status, body=error, headers=exc.headers())
+    return SurfaceResult(body={"input_tokens": tokens})
+
+
 # --------------------------------------------------------------------------- /v1/responses
 
 
@@ -147,6 +163,24 @@ async def responses_create(
     return SurfaceResult(
         body=responses.from_chat_completion(result, req, id=rid), headers=ponder_headers(result)
     )
+
+
+async def responses_input_tokens(
+    gateway: Gateway, body: Any, headers: Mapping[str, str]
+) -> SurfaceResult:
+    """``POST /v1/responses/input_tokens``: the request's input tokens, nothing run."""
+    try:
+        req = responses.parse_responses_request(body)
+        caller = await gateway.authenticate(headers)
+        chat = responses.to_chat_request(
+            req, history=await _history(gateway, req.previous_response_id, caller.key_id)
+        )
+        chat = chat.model_copy(update={"stream": False, "stream_options": None})
+        tokens = await gateway.count_input_tokens(chat, headers)
+    except PonderError as exc:
+        status, error = responses.error_body(exc)
+        return SurfaceResult(status=status, body=error, headers=exc.headers())
+    return SurfaceResult(body={"object": "response.input_tokens", "input_tokens": tokens})
 
 
 def _keep_conversation(

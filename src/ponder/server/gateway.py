@@ -22,7 +22,7 @@ from typing import Any
 from ponder.api import Ponder
 from ponder.backends.base import Backend
 from ponder.budget.pricing import Price, PriceTable
-from ponder.budget.quota import Limit, Scope
+from ponder.budget.quota import Limit, Scope, estimate_prompt_tokens
 from ponder.config import GuardrailSettings, ServerSettings
 from ponder.errors import PonderError
 from ponder.guardrails import GuardrailPolicy
@@ -54,6 +54,7 @@ from ponder.server.streaming import Streams
 from ponder.telemetry.alerts import Alerts
 from ponder.telemetry.metrics import GatewayMetrics
 from ponder.telemetry.otel import OtelTracer
+from ponder.types import GenRequest
 
 __all__ = ["Gateway"]
 
@@ -222,12 +223,7 @@ class Gateway:
         """``(tier, stats)`` of every tier whose engine keeps a prefix cache (metrics)."""
         found = []
         for tier, backend in self.tiers.items():
-            engine: Any = backend
-            for _ in range(4):  # through the resilience and accounting wrappers
-                if hasattr(engine, "prefix_cache_stats") or not hasattr(engine, "inner"):
-                    break
-                engine = engine.inner
-            stats = getattr(engine, "prefix_cache_stats", None)
+            stats = getattr(_engine_with(backend, "prefix_cache_stats"), "prefix_cache_stats", None)
             if callable(stats) and (values := stats()):
                 found.append((tier, values))
         return found
@@ -358,6 +354,26 @@ class Gateway:
         while self.shadow_tasks:
             await asyncio.gather(*list(self.shadow_tasks), return_exceptions=True)
 
+    async def count_input_tokens(self, body: Any, headers: Mapping[str, str] | None) -> int:
+        """The prompt tokens the request's first model call would send, nothing run.
+
+        Planned exactly as the request would be (its tier, tools, guarded documents);
+        exact on an engine that renders its own chat template (the embedded one), else
+        the admission's upper estimate. Charges nothing and writes no ledger row.
+        """
+        caller = await self.admission.authenticate(headers)
+        request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
+        p = self._plan(caller, request, headers)
+        assert p.tier is not None
+        backend = self.tiers[p.tier]
+        call = GenRequest(
+            messages=p.messages, tools=p.sampling.tools, tool_choice=p.sampling.tool_choice
+        )
+        render = getattr(_engine_with(backend, "prompt_tokens"), "prompt_tokens", None)
+        if callable(render):
+            return len(render(call))
+        return estimate_prompt_tokens(backend, p.messages)
+
     def _plan(
         self,
         caller: Caller,
@@ -461,3 +477,13 @@ class Gateway:
         self, headers: Mapping[str, str] | None, subjects: Mapping[Scope, str | None]
     ) -> dict[str, Any] | ErrorResult:
         return await self.admin.show_quota(headers, subjects)
+
+
+def _engine_with(backend: Backend, attr: str) -> Any:
+    """The backend, or the first one it wraps (resilience, accounting) that has ``attr``."""
+    engine: Any = backend
+    for _ in range(4):
+        if hasattr(engine, attr) or not hasattr(engine, "inner"):
+            break
+        engine = engine.inner
+    return engine
