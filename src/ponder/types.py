@@ -207,6 +207,12 @@ class GenRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = Field(default=0, ge=0, le=20)
+    # OpenAI's repetition controls: subtracted from a token's logit once it has been
+    # generated (presence) and per time it has (frequency), in this generation.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    # Added to the logits of these token ids (of the serving model's vocabulary).
+    logit_bias: dict[int, float] = Field(default_factory=dict)
     # Continue the last assistant message instead of starting a new turn
     # (step-level search extends partial solutions this way).
     continue_final: bool = False

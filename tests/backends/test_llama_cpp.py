@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ponder.errors import ContextOverflow
+from ponder.errors import ContextOverflow, InvalidRequest
 from ponder.types import GenRequest, Message, ThinkingConfig
 
 pytestmark = pytest.mark.model
@@ -67,6 +67,25 @@ async def test_logprobs_follow_greedy_choice(engine):
         assert tok.logprob <= 0.0
         # Greedy: the chosen token is the most likely one.
         assert tok.logprob == pytest.approx(max(tok.top.values()), abs=1e-6)
+
+
+async def test_logit_bias_bans_the_greedy_token_and_penalties_curb_repeats(engine):
+    (plain,) = await engine.generate(GenRequest(messages=COUNT, max_tokens=6, logprobs=True))
+    first = engine.tokenize(plain.logprobs[0].token, special=False)
+    assert len(first) == 1
+    (biased,) = await engine.generate(
+        GenRequest(messages=COUNT, max_tokens=6, logit_bias={first[0]: -100.0})
+    )
+    assert not biased.text.startswith(plain.logprobs[0].token)
+    echo = user("Write the word 'go' 30 times, separated by spaces.")
+    (loop,) = await engine.generate(GenRequest(messages=echo, max_tokens=40))
+    (curbed,) = await engine.generate(
+        GenRequest(messages=echo, max_tokens=40, frequency_penalty=2.0, presence_penalty=2.0)
+    )
+    assert loop.text.lower().count("go") >= 20
+    assert curbed.text.lower().count("go") < loop.text.lower().count("go") / 2
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        await engine.generate(GenRequest(messages=COUNT, logit_bias={engine.n_vocab: 1.0}))
 
 
 async def test_stop_string_ends_generation(engine):

@@ -188,6 +188,20 @@ async def test_n_falls_back_to_concurrent_requests_when_the_server_ignores_it():
     assert all("n" not in bd for bd in rec.bodies[3:])
 
 
+async def test_penalties_and_logit_bias_reach_the_upstream():
+    rec = Recorder(lambda body, i: httpx.Response(200, json=chat("ok")))
+    b = rec.backend()
+    req = GenRequest(
+        messages=Q, presence_penalty=0.5, frequency_penalty=-1.0, logit_bias={42: -100.0}
+    )
+    await b.generate(req)
+    await b.generate(GenRequest(messages=Q))
+    sent, plain = rec.bodies
+    assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, -1.0)
+    assert sent["logit_bias"] == {"42": -100.0}  # JSON keys: token ids as strings
+    assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(plain)
+
+
 async def test_continuation_through_the_completions_endpoint():
     def reply(body: dict, i: int) -> httpx.Response:
         return httpx.Response(

@@ -41,7 +41,7 @@ from ponder.backends.llama_engine.delivery import apply_stop, generation, stream
 from ponder.backends.llama_engine.jobs import Job, Seq
 from ponder.backends.llama_engine.layer_tap import LayerTap
 from ponder.backends.llama_engine.render import ChatText
-from ponder.backends.llama_engine.sampling import sample
+from ponder.backends.llama_engine.sampling import adjusted, sample
 from ponder.backends.llama_engine.thinking import ThinkingControl
 from ponder.backends.prefix_cache import CachedSequence, PrefixCache
 from ponder.backends.scratchpad import (
@@ -330,6 +330,12 @@ class LlamaCppBackend:
                 req = req.model_copy(update={"thinking": None})
         if req.constraint is not None:
             self._grammar_compiler().grammar(req.constraint)  # a bad grammar is a 400 here
+        if unknown := [t for t in req.logit_bias if not 0 <= t < self.n_vocab]:
+            raise InvalidRequest(
+                f"logit_bias: token id {unknown[0]} is not in this model's vocabulary "
+                f"(0 to {self.n_vocab - 1})",
+                param="logit_bias",
+            )
         prompt = self.prompt_tokens(req)
         room = self.n_ctx - len(prompt)
         if room < req.n:
@@ -549,6 +555,7 @@ class LlamaCppBackend:
             # leave the caller with hidden reasoning and an empty reply.
             answer_start = req.thinking is not None and not seq.thinking and not seq.out_tokens
             banned = self._eog if req.ignore_eos or answer_start else None
+            raw = adjusted(req, raw, seq.think_tokens + seq.out_tokens)
             if seq.constraint is not None and not seq.thinking:
                 raw = seq.constraint.apply(raw)  # tokens the grammar forbids at -inf
             token, logp = sample(req, raw, seq.rng, banned)

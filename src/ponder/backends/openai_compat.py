@@ -240,6 +240,12 @@ class OpenAICompatBackend(ClientThinkingCap):
             body["seed"] = req.seed
         if req.stop:
             body["stop"] = list(req.stop)
+        if req.presence_penalty:
+            body["presence_penalty"] = req.presence_penalty
+        if req.frequency_penalty:
+            body["frequency_penalty"] = req.frequency_penalty
+        if req.logit_bias:
+            body["logit_bias"] = {str(t): b for t, b in req.logit_bias.items()}
         return body
 
     def _chat_body(self, req: GenRequest, messages: Sequence[Message]) -> dict[str, Any]:

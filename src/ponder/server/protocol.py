@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from ponder.errors import PonderError, openai_error_body
+from ponder.errors import InvalidRequest, PonderError, openai_error_body
 from ponder.server.protocol_tools import (
     ChoiceLogprobs,
     ChunkToolCall,
@@ -257,6 +257,17 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, strict=True)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, strict=True)
+    # Token id (as a JSON key) -> bias in [-100, 100], as in OpenAI's API.
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=1024)
+    # Parts of OpenAI's API this gateway cannot serve: refused with what to send instead,
+    # never silently dropped (see _unsupported).
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    web_search_options: Any = None
     # Recorded, not used for routing: OpenAI's end-user id and free-form tags.
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
@@ -266,11 +277,49 @@ class ChatCompletionRequest(BaseModel):
     def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        self._unsupported()
+        self.logit_bias_ids()
         # Names, duplicates, schemas and tool_choice against tools (raise with the field).
         self.tool_specs()
         self.tool_choice_value()
         self.output_constraint()
         return self
+
+    def _unsupported(self) -> None:
+        if self.functions is not None or self.function_call is not None:
+            raise InvalidRequest(
+                "functions and function_call are OpenAI's deprecated form of tools; send "
+                'tools: [{"type": "function", "function": {...}}] and tool_choice instead',
+                param="functions" if self.functions is not None else "function_call",
+            )
+        if self.audio is not None or "audio" in (self.modalities or []):
+            raise InvalidRequest(
+                "audio output is not supported: this gateway's models answer in text "
+                '(send modalities: ["text"] or leave it out)',
+                param="audio" if self.audio is not None else "modalities",
+            )
+        if self.web_search_options is not None:
+            raise InvalidRequest(
+                "web_search_options: this gateway runs no built-in web search; give the "
+                "model a search function in tools, or the documents in ponder.documents",
+                param="web_search_options",
+            )
+
+    def logit_bias_ids(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids (a bad id or bias raises a 400)."""
+        out: dict[int, float] = {}
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit():
+                raise InvalidRequest(
+                    f"logit_bias: keys are token ids, got {key!r}", param="logit_bias"
+                )
+            if isinstance(bias, bool) or not -100 <= bias <= 100:
+                raise InvalidRequest(
+                    f"logit_bias[{key!r}]: a bias is in [-100, 100], got {bias!r}",
+                    param="logit_bias",
+                )
+            out[int(key)] = float(bias)
+        return out
 
     def tool_specs(self) -> list[ToolSpec]:
         """The functions the model may call (a malformed schema raises a 400)."""

@@ -127,6 +127,9 @@ class SamplingDefaults:
     # logprobs, functions the model may call, and a grammar the answer must follow.
     logprobs: bool = False
     top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     constraint: OutputConstraint | None = None
@@ -189,6 +192,9 @@ class RunContext:
             "thinking": thinking,
             "logprobs": s.logprobs,
             "top_logprobs": s.top_logprobs,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "logit_bias": dict(s.logit_bias),
             "tools": list(s.tools),
             "tool_choice": s.tool_choice,
             "constraint": s.constraint,

@@ -6,12 +6,30 @@ import numpy as np
 
 from ponder.types import GenRequest
 
-__all__ = ["draw", "sample"]
+__all__ = ["adjusted", "draw", "sample"]
 
 # Nucleus sampling looks at the top tokens only; the nucleus of a real model
 # practically always fits in this many tokens, and sorting 150k logits per
 # token would dominate the step time.
 _TOP_P_POOL = 1024
+
+
+def adjusted(req: GenRequest, raw: np.ndarray, generated: list[int]) -> np.ndarray:
+    """``raw`` with the request's logit bias and OpenAI's presence and frequency
+    penalties over the tokens ``generated`` so far (a copy; ``raw`` when none apply)."""
+    penalised = bool(generated) and bool(req.presence_penalty or req.frequency_penalty)
+    if not req.logit_bias and not penalised:
+        return raw
+    logits = raw.copy()
+    if req.logit_bias:
+        ids = np.fromiter(req.logit_bias, dtype=np.int64)
+        logits[ids] += np.fromiter(req.logit_bias.values(), dtype=np.float32)
+    if penalised:
+        ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+        logits[ids] -= (
+            counts * np.float32(req.frequency_penalty) + np.float32(req.presence_penalty)
+        ).astype(np.float32)
+    return logits
 
 
 def sample(
