@@ -267,3 +267,28 @@ async def test_token_counts_need_the_key_and_spend_nothing(store: Store) -> None
         used
         == row.input_tokens + row.cached_input_tokens + row.reasoning_tokens + row.output_tokens
     )
+
+
+async def test_text_document_blocks_reach_the_model_as_delimited_documents() -> None:
+    backend = FakeBackend(["Green."])
+    doc = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "The sky is green."},
+        "title": "Field notes",
+    }
+    question = {"type": "text", "text": "What colour is the sky, per the notes?"}
+    body = message_body(messages=[{"role": "user", "content": [doc, question]}])
+    pdf = {**doc, "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
+    refused = message_body(messages=[{"role": "user", "content": [pdf, question]}])
+    async with governed(None, backend) as client:
+        r = await client.post("/v1/messages", json=body)
+        bad = await client.post("/v1/messages", json=refused)
+    assert r.status_code == 200, r.text
+    sent = "\n".join(m.content for m in backend.calls[0].messages)
+    # Inside the guardrails' untrusted-data delimiters, titled, ahead of the question.
+    opened = sent.index('title="Field_notes">')
+    assert sent.rindex("<untrusted-", 0, opened) < opened
+    assert opened < sent.index("The sky is green.") < sent.index("</untrusted-", opened)
+    assert sent.rstrip().endswith("What colour is the sky, per the notes?")
+    assert bad.status_code == 400 and "PDF" in bad.json()["error"]["message"]
+    assert len(backend.calls) == 1

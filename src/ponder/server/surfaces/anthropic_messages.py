@@ -44,7 +44,7 @@ __all__ = [
 
 _UNSUPPORTED_BLOCKS = {
     "image": "images",
-    "document": "documents",
+    "document": "PDF and image documents",
     "search_result": "search results",
 }
 _STOP_REASONS = {
@@ -165,8 +165,33 @@ def _text_of(blocks: str | list[dict[str, Any]], where: str) -> str:
     return "\n".join(texts)
 
 
-def _chat_messages(req: MessagesRequest) -> list[dict[str, Any]]:
+def _plain_document(block: dict[str, Any], where: str, number: int) -> dict[str, Any] | None:
+    """A text document block as a ``ponder.documents`` entry; None for PDFs and images.
+
+    Anthropic's plain-text sources: ``{"type": "text", "data": ...}`` and ``{"type":
+    "content", "content": [text blocks]}``. They become untrusted reference data,
+    delimited by the guardrails as documents sent to the chat surface are.
+    """
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return None
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        text = source["data"]
+    elif source.get("type") == "content" and source.get("content"):
+        text = _text_of(source["content"], f"{where}.source.content")
+    else:
+        return None
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    context = block.get("context")
+    if isinstance(context, str) and context:
+        text = f"{context}\n\n{text}"
+    return {"id": f"document-{number}", "title": title, "content": text}
+
+
+def _chat_messages(req: MessagesRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chat messages, and the text documents the user messages carried."""
     out: list[dict[str, Any]] = []
+    documents: list[dict[str, Any]] = []
     if req.system:
         out.append({"role": "system", "content": _text_of(req.system, "system")})
     for i, m in enumerate(req.messages):
@@ -201,6 +226,12 @@ def _chat_messages(req: MessagesRequest) -> list[dict[str, Any]]:
                 out.append(
                     {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
                 )
+            elif (
+                kind == "document"
+                and m.role == "user"
+                and (doc := _plain_document(block, f"{where}[{j}]", len(documents) + 1))
+            ):
+                documents.append(doc)
             elif kind in _UNSUPPORTED_BLOCKS:
                 _text_of([block], where)  # raises with the reason
             else:
@@ -213,14 +244,15 @@ def _chat_messages(req: MessagesRequest) -> list[dict[str, Any]]:
             if calls:
                 message["tool_calls"] = calls
             out.append(message)
-    return out
+    return out, documents
 
 
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     """The chat request that runs this Messages request on the governed path."""
+    messages, documents = _chat_messages(req)
     body: dict[str, Any] = {
         "model": req.model,
-        "messages": _chat_messages(req),
+        "messages": messages,
         "max_tokens": req.max_tokens,
         "stream": req.stream,
         # message_delta carries the usage: the chat stream must end with it.
@@ -231,6 +263,9 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
         "user": req.metadata.user_id if req.metadata else None,
         "ponder": req.ponder.model_dump(exclude_defaults=True) if req.ponder else None,
     }
+    if documents:
+        ponder = body["ponder"] or {}
+        body["ponder"] = {**ponder, "documents": [*ponder.get("documents", []), *documents]}
     if req.thinking is not None and req.thinking.type != "adaptive":
         # "adaptive" leaves the thinking to the router, as a request that sets nothing.
         body["thinking"] = req.thinking.model_dump(exclude_none=True)
