@@ -283,6 +283,26 @@ def test_anthropic_count_tokens_is_what_the_request_sends(anthropic_client: Any)
     assert charged == with_tool.input_tokens
 
 
+def test_responses_logprobs(openai_client: Any) -> None:
+    r = openai_client.responses.create(
+        model="ponder", input="Say hello.", top_logprobs=2, max_output_tokens=8
+    )
+    (part,) = [c for o in r.output if o.type == "message" for c in o.content]
+    assert part.logprobs and "".join(t.token for t in part.logprobs) == part.text
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in part.logprobs)
+    flagged = openai_client.responses.create(
+        model="ponder",
+        input="Say hello.",
+        include=["message.output_text.logprobs"],
+        max_output_tokens=8,
+    )
+    (part,) = [c for o in flagged.output if o.type == "message" for c in o.content]
+    assert part.logprobs and all(t.top_logprobs == [] for t in part.logprobs)
+    plain = openai_client.responses.create(model="ponder", input="Say hello.", max_output_tokens=8)
+    (part,) = [c for o in plain.output if o.type == "message" for c in o.content]
+    assert not part.logprobs
+
+
 def test_responses_input_tokens_count(openai_client: Any) -> None:
     counted = openai_client.responses.input_tokens.count(
         model="ponder", input="Name one planet.", instructions="Answer in one word."

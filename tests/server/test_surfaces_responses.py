@@ -283,6 +283,8 @@ def test_cut_off_answer_is_incomplete():
             "JSON Schema",
         ),
         ({"input": "hi", "previous_response_id": "resp_1"}, "not loaded"),
+        ({"input": "hi", "conversation": "conv_1"}, "previous_response_id"),
+        ({"input": "hi", "top_logprobs": 21}, "top_logprobs"),
     ],
 )
 def test_bad_requests_are_400s(body, fragment):

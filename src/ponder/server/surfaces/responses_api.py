@@ -16,9 +16,11 @@
 
 The reasoning "summary" is the model's reasoning text itself: ponder has no
 summarizer, and it is shown under the same rule as ``reasoning_content``.
-Ignored on purpose: ``store`` (a response is always kept for
-``previous_response_id``), ``include``, ``truncation``, ``service_tier``,
-``background``, built-in tools other than functions (a 400).
+Token logprobs come with ``top_logprobs`` or ``include:
+["message.output_text.logprobs"]`` (not streamed). Ignored on purpose: ``store`` (a
+response is always kept for ``previous_response_id``), other ``include`` values,
+``truncation``, ``service_tier``, ``background``; a 400: built-in tools other than
+functions, and ``conversation`` (no Conversations API objects here).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ponder.errors import InvalidRequest, PonderError
 from ponder.server.parsing import parse_model
 from ponder.server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
+    Choice,
     PonderOptions,
     ReasoningEffort,
 )
@@ -109,7 +112,28 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    include: list[str] | None = None
+    # The Conversations API's server-side state: not kept here (see _no_conversation).
+    conversation: Any = None
     ponder: PonderOptions | None = None
+
+    @field_validator("conversation")
+    @classmethod
+    def _no_conversation(cls, v: Any) -> Any:
+        if v is not None:
+            raise InvalidRequest(
+                "conversation: this gateway keeps no Conversations API objects; continue a "
+                "conversation with previous_response_id, or send its turns in input",
+                param="conversation",
+            )
+        return v
+
+    def wants_logprobs(self) -> bool:
+        """Token logprobs on the output text: ``top_logprobs`` or OpenAI's include flag."""
+        return self.top_logprobs is not None or "message.output_text.logprobs" in (
+            self.include or []
+        )
 
 
 def parse_responses_request(body: Any) -> ResponsesRequest:
@@ -268,6 +292,9 @@ def to_chat_request(
         "metadata": req.metadata,
         "ponder": req.ponder.model_dump(exclude_defaults=True) if req.ponder else None,
     }
+    if req.wants_logprobs():
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or None
     if req.reasoning is not None and req.reasoning.summary is not None:
         # A summary is the reasoning shown: asked for the same way as on the chat surface
         # (and still only given to callers with the reasoning scope).
@@ -355,15 +382,40 @@ def _reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
 
 
 def _message_item(
-    text: str, item_id: str | None = None, status: str = "completed"
+    text: str,
+    item_id: str | None = None,
+    status: str = "completed",
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
+    if logprobs is not None:
+        part["logprobs"] = logprobs
     return {
         "id": item_id or _item_id("msg"),
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [{"type": "output_text", "text": text, "annotations": []}],
+        "content": [part],
     }
+
+
+def _logprobs(choice: Choice) -> list[dict[str, Any]] | None:
+    """The chat choice's token logprobs in the Responses API's shape."""
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    if content is None:
+        return None
+    return [
+        {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": t.bytes,
+            "top_logprobs": [
+                {"token": top.token, "logprob": top.logprob, "bytes": top.bytes}
+                for top in t.top_logprobs
+            ],
+        }
+        for t in content
+    ]
 
 
 def _call_item(
@@ -397,7 +449,8 @@ def from_chat_completion(
     if msg.reasoning_content:
         output.append(_reasoning_item(msg.reasoning_content))
     if msg.content or msg.refusal:
-        output.append(_message_item(msg.content or msg.refusal or ""))
+        logprobs = _logprobs(choice) if req.wants_logprobs() else None
+        output.append(_message_item(msg.content or msg.refusal or "", logprobs=logprobs))
     for call in msg.tool_calls or []:
         output.append(_call_item(call.id, call.function.name, call.function.arguments))
     out = _envelope(req, id or response_id(), completion.model, completion.created)
