@@ -151,7 +151,12 @@ async def test_logprobs_and_top_logprobs_come_back_in_openai_shape() -> None:
 
 async def test_penalties_and_logit_bias_reach_every_generation_of_the_run() -> None:
     backend = FakeBackend(["4", "4", "5"])
-    extra = {"presence_penalty": 0.5, "frequency_penalty": 1.5, "logit_bias": {"151643": -100}}
+    extra = {
+        "presence_penalty": 0.5,
+        "frequency_penalty": 1.5,
+        "logit_bias": {"151643": -100},
+        "top_k": 20,
+    }
     strategy = {"strategy": "self_consistency", "params": {"n": 3}}
     async with client_for(backend) as client:
         r = await client.post("/v1/chat/completions", json=body("2+2?", ponder=strategy, **extra))
@@ -160,6 +165,7 @@ async def test_penalties_and_logit_bias_reach_every_generation_of_the_run() -> N
     for call in backend.calls:
         assert (call.presence_penalty, call.frequency_penalty) == (0.5, 1.5)
         assert call.logit_bias == {151643: -100.0}
+        assert call.top_k == 20
 
 
 async def test_n_returns_independent_choices_from_one_batched_call() -> None:

@@ -292,3 +292,12 @@ async def test_text_document_blocks_reach_the_model_as_delimited_documents() -> 
     assert sent.rstrip().endswith("What colour is the sky, per the notes?")
     assert bad.status_code == 400 and "PDF" in bad.json()["error"]["message"]
     assert len(backend.calls) == 1
+
+
+async def test_anthropic_top_k_reaches_the_model() -> None:
+    backend = FakeBackend(["4"])
+    async with governed(None, backend) as client:
+        r = await client.post("/v1/messages", json=message_body(top_k=5))
+        plain = await client.post("/v1/messages", json=message_body())
+    assert r.status_code == plain.status_code == 200
+    assert [c.top_k for c in backend.calls] == [5, 0]

@@ -384,6 +384,7 @@ def plan(
             max_tokens=max_tokens,
             temperature=request.temperature,
             top_p=request.top_p if request.top_p is not None else 1.0,
+            top_k=max(request.top_k or 0, 0),
             seed=request.seed,
             stop=list(request.stop or []),
             logprobs=request.logprobs,

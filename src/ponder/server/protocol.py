@@ -257,6 +257,8 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Not in OpenAI's API; vLLM's and Anthropic's top-k (-1 or 0: off, as in vLLM).
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOKENS, strict=True)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, strict=True)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, strict=True)
     # Token id (as a JSON key) -> bias in [-100, 100], as in OpenAI's API.

@@ -13,8 +13,8 @@
 - :func:`error_body`: a :class:`PonderError` -> Anthropic's error shape;
   :func:`auth_headers`: ``x-api-key`` accepted as the gateway's bearer key.
 
-Ignored on purpose: ``top_k``, ``service_tier``, ``container``, ``mcp_servers``
-and block ``cache_control`` (there is no prompt cache to steer).
+Ignored on purpose: ``service_tier``, ``container``, ``mcp_servers``
+and block ``cache_control`` (the embedded engine's prefix cache needs no hints).
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
     thinking: _Thinking | None = None
     tools: list[_Tool] | None = None
     tool_choice: _ToolChoice | None = None
@@ -259,6 +260,7 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
         "stream_options": {"include_usage": True} if req.stream else None,
         "temperature": req.temperature,
         "top_p": req.top_p,
+        "top_k": req.top_k,
         "stop": req.stop_sequences,
         "user": req.metadata.user_id if req.metadata else None,
         "ponder": req.ponder.model_dump(exclude_defaults=True) if req.ponder else None,
