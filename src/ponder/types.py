@@ -258,6 +258,8 @@ class Generation(BaseModel):
     logprobs: list[TokenLogprob] | None = None
     # Calls parsed out of the text (``text`` then holds only the visible prose, if any).
     tool_calls: list[ToolCall] | None = None
+    # The request's stop string that ended this generation (cut from ``text``), if one did.
+    stop_sequence: str | None = None
 
     @property
     def mean_logprob(self) -> float | None:

@@ -202,6 +202,18 @@ async def test_penalties_and_logit_bias_reach_the_upstream():
     assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(plain)
 
 
+async def test_the_stop_string_vllm_names_is_kept():
+    def reply(body: dict, i: int) -> httpx.Response:
+        out = chat("1 2")
+        out["choices"][0]["stop_reason"] = [" 3", 151645, "junk"][i]  # vLLM's extension
+        return httpx.Response(200, json=out)
+
+    b = Recorder(reply).backend()
+    got = [(await b.generate(GenRequest(messages=Q, stop=[" 3"])))[0] for _ in range(3)]
+    # A stop string of the request; a token id (end of turn) or an unknown string is not.
+    assert [g.stop_sequence for g in got] == [" 3", None, None]
+
+
 async def test_continuation_through_the_completions_endpoint():
     def reply(body: dict, i: int) -> httpx.Response:
         return httpx.Response(

@@ -258,6 +258,26 @@ def test_anthropic_tool_use(anthropic_client: Any) -> None:
     assert use.name == "get_weather" and set(use.input) == {"city"}
 
 
+def test_anthropic_stop_sequence_is_reported(anthropic_client: Any) -> None:
+    msg = anthropic_client.messages.create(
+        model="ponder",
+        max_tokens=40,
+        stop_sequences=[" 4"],
+        messages=[{"role": "user", "content": "Count from 1 to 10, separated by spaces."}],
+        extra_body={"ponder": {"strategy": "direct"}},
+    )
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", " 4")
+    assert msg.content[0].text.rstrip().endswith("3")
+    ended = anthropic_client.messages.create(
+        model="ponder",
+        max_tokens=40,
+        stop_sequences=["zebra"],
+        messages=[{"role": "user", "content": "Say hello."}],
+        extra_body={"ponder": {"strategy": "direct"}},
+    )
+    assert (ended.stop_reason, ended.stop_sequence) == ("end_turn", None)
+
+
 def test_anthropic_count_tokens_is_what_the_request_sends(anthropic_client: Any) -> None:
     """Counted on the serving model's own chat template: exactly the prompt tokens a
     direct request is then charged (new or read from the prefix cache)."""

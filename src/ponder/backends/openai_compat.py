@@ -385,6 +385,7 @@ class OpenAICompatBackend(ClientThinkingCap):
                 usage=u,
                 logprobs=ch.logprobs,
                 tool_calls=ch.tool_calls or None,
+                stop_sequence=ch.stop_sequence if ch.stop_sequence in req.stop else None,
             )
             for ch, u in await self._sample(req, messages)
         ]

@@ -62,6 +62,8 @@ class Choice:
     tokens: int | None = None
     # The calls the upstream returned in ``message.tool_calls``.
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # vLLM's ``stop_reason`` when it names a stop string (a token id is not one).
+    stop_sequence: str | None = None
 
 
 @dataclass
@@ -216,6 +218,7 @@ def parse_choices(
                 logprobs=lps if logprobs else None,
                 tokens=len(lps) if lps is not None else None,
                 tool_calls=calls,
+                stop_sequence=c["stop_reason"] if isinstance(c.get("stop_reason"), str) else None,
             )
         )
     return out

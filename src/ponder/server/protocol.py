@@ -395,6 +395,17 @@ class Choice(BaseModel):
     message: AssistantMessage
     finish_reason: OpenAIFinishReason
     logprobs: ChoiceLogprobs | None = None
+    # vLLM's extension: the stop string that ended the answer (None: end of turn,
+    # length or a tool call; then left out, keeping OpenAI's shape). The Anthropic
+    # surface reports it as stop_sequence.
+    stop_reason: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_stop(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("stop_reason") is None:
+            data.pop("stop_reason", None)
+        return data
 
 
 class ContinuedJob(BaseModel):

@@ -45,10 +45,21 @@ def _chosen_generation(outcome: Outcome) -> Generation | None:
     return outcome.candidates[outcome.chosen].generation
 
 
-def with_calls(p: Plan, text: str, finish: str, calls: list[ToolCall] | None) -> Generation:
+def with_calls(
+    p: Plan,
+    text: str,
+    finish: str,
+    calls: list[ToolCall] | None,
+    stop_sequence: str | None = None,
+) -> Generation:
     """``text`` with its calls: the engine's, else ``<tool_call>`` blocks parsed out of it
     (backends that return text only)."""
-    gen = Generation(text=text, finish_reason=finish, tool_calls=calls or None)  # type: ignore[arg-type]
+    gen = Generation(
+        text=text,
+        finish_reason=finish,  # type: ignore[arg-type]
+        tool_calls=calls or None,
+        stop_sequence=stop_sequence,
+    )
     s = p.sampling
     if gen.tool_calls or not s.tools:
         return gen
@@ -84,6 +95,7 @@ def _choice(
         ),
         finish_reason=finish,
         logprobs=logprobs,
+        stop_reason=gen.stop_sequence if finish == "stop" else None,
     )
 
 
@@ -98,6 +110,7 @@ def choices(state: RunState, outcome: Outcome) -> list[Choice]:
         outcome.answer,
         chosen.finish_reason if chosen is not None else "stop",
         chosen.tool_calls if chosen is not None else None,
+        chosen.stop_sequence if chosen is not None else None,
     )
     out = [
         _choice(
@@ -130,7 +143,9 @@ def choices(state: RunState, outcome: Outcome) -> list[Choice]:
             _choice(
                 p,
                 index,
-                with_calls(p, "" if found else text, gen.finish_reason, gen.tool_calls),
+                with_calls(
+                    p, "" if found else text, gen.finish_reason, gen.tool_calls, gen.stop_sequence
+                ),
                 truncated=gen.finish_reason not in ("stop", "tool_calls"),
                 reasoning=(reasoning if not found else "") if p.include_reasoning else None,
                 refused=found,

@@ -19,7 +19,7 @@ def apply_stop(req: GenRequest, seq: Seq) -> None:
         if s and s in window:
             start = len(seq.out_text) - len(window) + window.index(s)
             seq.out_text = seq.out_text[:start]
-            seq.finish = "stop"
+            seq.finish, seq.stop_sequence = "stop", s
             return
 
 
@@ -64,5 +64,6 @@ def generation(job: Job, seq: Seq) -> Generation:
             output=len(seq.out_tokens),
         ),
         logprobs=seq.logprobs if job.req.logprobs else None,
+        stop_sequence=seq.stop_sequence,
     )
     return with_tool_calls(gen, job.req.tools, job.req.tool_choice)

@@ -49,6 +49,7 @@ class Seq:
     extensions: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended it
     # The answer's grammar state (ponder.structured.TokenConstraint) when constrained.
     constraint: Any = None
 

@@ -344,8 +344,10 @@ def from_chat_completion(completion: ChatCompletion, *, model: str | None = None
         "role": "assistant",
         "model": model or completion.model,
         "content": content,
-        "stop_reason": _STOP_REASONS.get(choice.finish_reason, "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": "stop_sequence"
+        if choice.stop_reason is not None
+        else _STOP_REASONS.get(choice.finish_reason, "end_turn"),
+        "stop_sequence": choice.stop_reason,
         "usage": _usage(completion.usage),
     }
 
