@@ -276,6 +276,8 @@ class Delta(BaseModel):
     reasoning: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    # With the finish: the request's stop string that ended the generation, if one did.
+    stop_sequence: str | None = None
 
 
 class Capabilities(BaseModel):

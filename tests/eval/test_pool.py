@@ -83,3 +83,9 @@ def test_request_keys_of_committed_pools_stay_stable():
         update={"tools": [ToolSpec(name="f", parameters={"type": "object"})]}
     )
     assert request_key(with_tools, "m") != request_key(plain, "m")
+    for changed in (
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 1.0},
+        {"logit_bias": {3: 1.0}},
+    ):
+        assert request_key(plain.model_copy(update=changed), "m") != request_key(plain, "m")

@@ -276,6 +276,15 @@ def test_anthropic_stop_sequence_is_reported(anthropic_client: Any) -> None:
         extra_body={"ponder": {"strategy": "direct"}},
     )
     assert (ended.stop_reason, ended.stop_sequence) == ("end_turn", None)
+    with anthropic_client.messages.stream(
+        model="ponder",
+        max_tokens=40,
+        stop_sequences=[" 4"],
+        messages=[{"role": "user", "content": "Count from 1 to 10, separated by spaces."}],
+        extra_body={"ponder": {"strategy": "direct"}},
+    ) as stream:
+        streamed = stream.get_final_message()
+    assert (streamed.stop_reason, streamed.stop_sequence) == ("stop_sequence", " 4")
 
 
 def test_anthropic_count_tokens_is_what_the_request_sends(anthropic_client: Any) -> None:

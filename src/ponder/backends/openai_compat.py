@@ -434,6 +434,7 @@ class OpenAICompatBackend(ClientThinkingCap):
         reasoning_parts: list[str] = []
         text_parts: list[str] = []
         finish: FinishReason | None = None
+        stop_sequence: str | None = None
         usage: ServerUsage | None = None
         done = False
         events = self.http.post_sse(path, body, deadline=req.deadline)
@@ -472,6 +473,8 @@ class OpenAICompatBackend(ClientThinkingCap):
                         yield Delta(reasoning=r, text=t)
                     if c.get("finish_reason"):
                         finish = finish_reason(c["finish_reason"])
+                    if c.get("stop_reason") in req.stop:  # vLLM names the stop string
+                        stop_sequence = c["stop_reason"]
         if mode == "split":
             r, t = splitter.flush()
             if r or t:
@@ -491,4 +494,4 @@ class OpenAICompatBackend(ClientThinkingCap):
             logprobs=None,
         )
         ((_, u),) = await self._attribute([choice], usage, req, messages, mode)
-        yield Delta(finish_reason=choice.finish, usage=u)
+        yield Delta(finish_reason=choice.finish, usage=u, stop_sequence=stop_sequence)

@@ -29,7 +29,14 @@ __all__ = ["PooledBackend", "request_key"]
 # Fields added to the request types after pools were recorded: left out of the key at
 # their defaults, so a request that does not use them keeps the key it always had (a
 # new field must be added here, or every committed pool stops replaying).
-_LATER_REQUEST_FIELDS = {"tools": [], "tool_choice": "auto", "constraint": None}
+_LATER_REQUEST_FIELDS = {
+    "tools": [],
+    "tool_choice": "auto",
+    "constraint": None,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "logit_bias": {},
+}
 _LATER_MESSAGE_FIELDS = {"tool_calls": [], "tool_call_id": None, "name": None}
 
 

@@ -469,6 +469,7 @@ class ChunkChoice(BaseModel):
     delta: ChunkDelta = Field(default_factory=ChunkDelta)
     finish_reason: OpenAIFinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
+    stop_reason: str | None = None  # as Choice.stop_reason, on the finishing chunk
 
 
 class StreamProgress(BaseModel):

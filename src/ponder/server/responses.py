@@ -225,8 +225,11 @@ def stream_headers(state: RunState) -> dict[str, str]:
     }
 
 
-def final_choice(state: RunState, truncated: bool, *, called: bool = False) -> ChunkChoice:
-    """A stream's last choice: its finish reason, or the refusal that ended it."""
+def final_choice(
+    state: RunState, truncated: bool, *, called: bool = False, stop_sequence: str | None = None
+) -> ChunkChoice:
+    """A stream's last choice: its finish reason (and the stop string that ended it, if
+    one did), or the refusal that ended it."""
     refused = state.screened.refused
     if refused is not None:
         return ChunkChoice(
@@ -234,7 +237,10 @@ def final_choice(state: RunState, truncated: bool, *, called: bool = False) -> C
         )
     if called and not truncated:
         return ChunkChoice(finish_reason="tool_calls")
-    return ChunkChoice(finish_reason=openai_finish(truncated))
+    finish = openai_finish(truncated)
+    return ChunkChoice(
+        finish_reason=finish, stop_reason=stop_sequence if finish == "stop" else None
+    )
 
 
 def sse(payload: str) -> str:

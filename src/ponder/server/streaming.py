@@ -162,6 +162,7 @@ class Streams:
         try:
             yield chunk.first()
             engine_finish: str | None = None
+            engine_stop: str | None = None
             # Output guardrails: text leaves only once no later scan could redact it.
             shield = StreamShield(p)
             # With tools, <tool_call> blocks leave as tool-call deltas, never as text.
@@ -178,6 +179,7 @@ class Streams:
                     for call_delta in calls.deltas(done):
                         yield chunk([ChunkChoice(delta=call_delta)])
                     engine_finish = delta.finish_reason or engine_finish
+                    engine_stop = delta.stop_sequence or engine_stop
                     delta = await anext(deltas, None)
                 if shield.refused is None:
                     text, done = calls.finish()
@@ -228,7 +230,8 @@ class Streams:
                 tier=state.tier,
                 job=state.job,
             )
-            yield chunk([final_choice(state, truncated, called=calls.count > 0)], ponder=info)
+            last = final_choice(state, truncated, called=calls.count > 0, stop_sequence=engine_stop)
+            yield chunk([last], ponder=info)
             if p.include_usage:
                 yield chunk([], usage=meter.usage.to_openai())
             yield sse("[DONE]")

@@ -43,7 +43,14 @@ def stream_deltas(job: Job, seq: Seq) -> list[Delta]:
         deltas.append(Delta(index=seq.index, text=new_out, reasoning=new_think))
     if seq.finish is not None:
         gen = generation(job, seq)
-        deltas.append(Delta(index=seq.index, finish_reason=gen.finish_reason, usage=gen.usage))
+        deltas.append(
+            Delta(
+                index=seq.index,
+                finish_reason=gen.finish_reason,
+                usage=gen.usage,
+                stop_sequence=gen.stop_sequence,
+            )
+        )
     return deltas
 
 

@@ -399,6 +399,7 @@ class MessagesStream:
         self._index = -1
         self._tool_blocks: dict[int, int] = {}  # chat tool-call index -> block index
         self._stop_reason = "end_turn"
+        self._stop_sequence: str | None = None
         self._usage: dict[str, int] | None = None
 
     def _start(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -497,6 +498,8 @@ class MessagesStream:
                     yield self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
             if choice.get("finish_reason"):
                 self._stop_reason = _STOP_REASONS.get(choice["finish_reason"], "end_turn")
+            if choice.get("stop_reason"):
+                self._stop_reason, self._stop_sequence = "stop_sequence", choice["stop_reason"]
 
     def finish(self) -> Iterator[tuple[str, dict[str, Any]]]:
         yield from self._start()
@@ -506,7 +509,7 @@ class MessagesStream:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": self._stop_reason, "stop_sequence": self._stop_sequence},
                 "usage": usage,
             },
         )
