@@ -140,3 +140,15 @@ def test_stats_without_shadows_says_how_to_get_an_estimate(
     assert "chat" in out and "set [router.shadow] rate" in out
     assert cli.main(["stats", "--bucket", "soon"]) == 2
     assert "not a duration" in capsys.readouterr().err
+
+
+def test_piped_stats_keep_whole_columns(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No COLUMNS and no terminal (a pipe, a log file): the tables are not cut to 80.
+    monkeypatch.delenv("COLUMNS")
+    fill(Store(db))
+    assert cli.main(["stats", "--bucket", "1h"]) == 0
+    out = capsys.readouterr().out
+    assert "USD/correct" in out and "escalated" in out
+    assert "0.024000 [0.024000, 0.024000]" in out

@@ -16,6 +16,8 @@ exit with status 2; no traceback. Each command group lives in its own module.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -66,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console() -> Console:
+    """Standard output; piped or redirected (logs, CI, ``| less``) it is 200 columns wide,
+    not rich's default 80, which cuts the stats tables' columns down to ellipses."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ponder`` command; returns the exit status."""
     parser = _parser()
@@ -73,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
-    out, err = Console(), Console(stderr=True)
+    out, err = _console(), Console(stderr=True)
     try:
         return int(args.func(args, out, err))
     except PonderError as exc:
