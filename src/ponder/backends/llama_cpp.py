@@ -555,7 +555,7 @@ class LlamaCppBackend:
             # leave the caller with hidden reasoning and an empty reply.
             answer_start = req.thinking is not None and not seq.thinking and not seq.out_tokens
             banned = self._eog if req.ignore_eos or answer_start else None
-            raw = adjusted(req, raw, seq.think_tokens + seq.out_tokens)
+            raw = adjusted(req, raw, seq.think_tokens, seq.out_tokens)
             if seq.constraint is not None and not seq.thinking:
                 raw = seq.constraint.apply(raw)  # tokens the grammar forbids at -inf
             token, logp = sample(req, raw, seq.rng, banned)

@@ -106,7 +106,6 @@ async def count_message_tokens(
         body = {**body, "max_tokens": 1}  # not part of a count request; irrelevant to it
     try:
         chat = anthropic.to_chat_request(anthropic.parse_messages_request(body))
-        chat = chat.model_copy(update={"stream": False, "stream_options": None})
         tokens = await gateway.count_input_tokens(chat, anthropic.auth_headers(headers))
     except PonderError as exc:
         status, error = anthropic.error_body(exc)
@@ -175,7 +174,6 @@ async def responses_input_tokens(
         chat = responses.to_chat_request(
             req, history=await _history(gateway, req.previous_response_id, caller.key_id)
         )
-        chat = chat.model_copy(update={"stream": False, "stream_options": None})
         tokens = await gateway.count_input_tokens(chat, headers)
     except PonderError as exc:
         status, error = responses.error_body(exc)

@@ -363,6 +363,8 @@ class Gateway:
         """
         caller = await self.admission.authenticate(headers)
         request = body if isinstance(body, ChatCompletionRequest) else parse_request(body)
+        # Counted as the plain call it would make: a count is never a stream.
+        request = request.model_copy(update={"stream": False, "stream_options": None})
         p = self._plan(caller, request, headers)
         assert p.tier is not None
         backend = self.tiers[p.tier]

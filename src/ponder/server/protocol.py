@@ -371,6 +371,14 @@ class ChatCompletionRequest(BaseModel):
 # --------------------------------------------------------------------------- responses
 
 
+def _without_unset(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` without those optional ``keys`` that are None: OpenAI leaves them out."""
+    for key in keys:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     # None when the answer is only tool calls (as OpenAI sends it).
@@ -383,11 +391,7 @@ class AssistantMessage(BaseModel):
 
     @model_serializer(mode="wrap")
     def _drop_hidden(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for key in ("reasoning_content", "refusal", "tool_calls"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+        return _without_unset(handler(self), ("reasoning_content", "refusal", "tool_calls"))
 
 
 class Choice(BaseModel):
@@ -402,10 +406,7 @@ class Choice(BaseModel):
 
     @model_serializer(mode="wrap")
     def _drop_unset_stop(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("stop_reason") is None:
-            data.pop("stop_reason", None)
-        return data
+        return _without_unset(handler(self), ("stop_reason",))
 
 
 class ContinuedJob(BaseModel):

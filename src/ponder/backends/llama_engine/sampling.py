@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ponder.types import GenRequest
@@ -14,10 +16,12 @@ __all__ = ["adjusted", "draw", "sample"]
 _TOP_P_POOL = 1024
 
 
-def adjusted(req: GenRequest, raw: np.ndarray, generated: list[int]) -> np.ndarray:
+def adjusted(req: GenRequest, raw: np.ndarray, *generated: Sequence[int]) -> np.ndarray:
     """``raw`` with the request's logit bias and OpenAI's presence and frequency
-    penalties over the tokens ``generated`` so far (a copy; ``raw`` when none apply)."""
-    penalised = bool(generated) and bool(req.presence_penalty or req.frequency_penalty)
+    penalties over the tokens ``generated`` so far, given in parts (thought, answer)
+    so that the per-token call joins nothing unless a penalty applies (a copy; ``raw``
+    when none apply)."""
+    penalised = any(generated) and bool(req.presence_penalty or req.frequency_penalty)
     if not req.logit_bias and not penalised:
         return raw
     logits = raw.copy()
@@ -25,7 +29,8 @@ def adjusted(req: GenRequest, raw: np.ndarray, generated: list[int]) -> np.ndarr
         ids = np.fromiter(req.logit_bias, dtype=np.int64)
         logits[ids] += np.fromiter(req.logit_bias.values(), dtype=np.float32)
     if penalised:
-        ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+        tokens = np.concatenate([np.asarray(part, dtype=np.int64) for part in generated])
+        ids, counts = np.unique(tokens, return_counts=True)
         logits[ids] -= (
             counts * np.float32(req.frequency_penalty) + np.float32(req.presence_penalty)
         ).astype(np.float32)

@@ -402,20 +402,8 @@ def _message_item(
 def _logprobs(choice: Choice) -> list[dict[str, Any]] | None:
     """The chat choice's token logprobs in the Responses API's shape."""
     content = choice.logprobs.content if choice.logprobs is not None else None
-    if content is None:
-        return None
-    return [
-        {
-            "token": t.token,
-            "logprob": t.logprob,
-            "bytes": t.bytes,
-            "top_logprobs": [
-                {"token": top.token, "logprob": top.logprob, "bytes": top.bytes}
-                for top in t.top_logprobs
-            ],
-        }
-        for t in content
-    ]
+    # The chat entries (token, logprob, bytes, top_logprobs) are the Responses shape too.
+    return None if content is None else [t.model_dump(mode="json") for t in content]
 
 
 def _call_item(
